@@ -1,1 +1,5 @@
+//! The one integration-test binary (one link step; see STYLE.md).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod harness;
+mod model_vs_kernel;

@@ -1,1 +1,113 @@
-fn main() {}
+//! `timewait`: parse flags, call the libraries, render, and choose the exit
+//! status. Nothing else lives here.
+//!
+//! Exit status: 0 success; 1 runtime failure (or a subcommand not built
+//! yet); 2 bad usage or bad input, with a one-line error naming the flag;
+//! doctor adds 1 = worst finding is a warning, 3 = critical.
+
+mod cli;
+mod model_cmd;
+mod render;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command, ModelCommand, NginxCommand};
+use render::Style;
+
+/// Why a command did not succeed, and so which exit status it gets.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad flag values or input: exit 2.
+    Usage(String),
+    /// A subcommand that a later issue builds: exit 1.
+    NotBuilt(&'static str, &'static str),
+    /// Anything else at run time: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<timewait_model::ModelError> for Failure {
+    fn from(e: timewait_model::ModelError) -> Failure {
+        match e.parameter() {
+            Some(p) => Failure::Usage(format!("--{p}: {e}")),
+            None => Failure::Usage(e.to_string()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Runtime(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: stdout, success (a closed pipe is fine too).
+            let _ = render::emit(&e.render().to_string());
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let text = e.render().to_string();
+            // A bad value is one line naming the flag; a missing argument
+            // or subcommand also shows the usage line.
+            let brief = matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            );
+            let shown = if brief {
+                text.lines().next().unwrap_or_default()
+            } else {
+                text.trim_end()
+            };
+            eprintln!("timewait: {}", shown.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
+    let style = Style::detect(cli.color);
+    let result = dispatch(&cli.command, &style);
+    match result {
+        Ok(text) => match render::emit(&text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("timewait: cannot write output: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Err(Failure::Usage(msg)) => {
+            eprintln!("timewait: error: {msg}");
+            ExitCode::from(2)
+        }
+        Err(Failure::NotBuilt(what, issue)) => {
+            eprintln!("timewait {what}: not built yet (tracked in issue {issue}); nothing was run");
+            ExitCode::from(1)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("timewait: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(command: &Command, style: &Style) -> Result<String, Failure> {
+    match command {
+        Command::Model(ModelCommand::Rate(a)) => model_cmd::run_rate(a, style),
+        Command::Model(ModelCommand::Wrap(a)) => model_cmd::run_wrap(a, style),
+        Command::Model(ModelCommand::Simulate(a)) => model_cmd::run_simulate(a, style),
+        Command::Status(_) => Err(Failure::NotBuilt("status", "#3")),
+        Command::Snapshot(_) => Err(Failure::NotBuilt("snapshot", "#3")),
+        Command::Doctor(_) => Err(Failure::NotBuilt("doctor", "#4")),
+        Command::Tune(_) => Err(Failure::NotBuilt("tune", "#4")),
+        Command::Proxy(_) => Err(Failure::NotBuilt("proxy", "#5")),
+        Command::Load(_) => Err(Failure::NotBuilt("load", "(not filed yet)")),
+        Command::Lab(_) => Err(Failure::NotBuilt("lab", "(not filed yet)")),
+        Command::Nginx(NginxCommand::Check(_)) => {
+            Err(Failure::NotBuilt("nginx check", "(not filed yet)"))
+        }
+        Command::Exporter(_) => Err(Failure::NotBuilt("exporter", "(not filed yet)")),
+    }
+}

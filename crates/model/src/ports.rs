@@ -327,7 +327,7 @@ impl ConnectPorts {
     /// scan but those starting at offset 0; see the module docs), if any.
     pub fn skipped_by_parity(&self) -> Option<u16> {
         let n = self.range.len();
-        (n > 1 && n % 2 == 1).then_some(self.range.low)
+        (n > 1 && !n.is_multiple_of(2)).then_some(self.range.low)
     }
 
     /// Ports reserved inside the range.

@@ -281,7 +281,7 @@ fn levers(input: &RateInput, usable: u32, current: f64, reuse_applies: bool) -> 
         );
         push(
             format!(
-                "sysctl -w net.ipv4.ip_local_port_range=\"{} {}\" ({} usable ports; keep listening ports out of it)",
+                "sysctl -w net.ipv4.ip_local_port_range=\"{} {}\" ({} usable ports; keep listening ports out of it or reserve them)",
                 WIDEST.0,
                 WIDEST.1,
                 wide.usable()

@@ -218,7 +218,7 @@ impl Layout {
         let s = (offset / 2) as usize;
         if self.n == 1 {
             [(0, 1), (0, 0)]
-        } else if self.n % 2 == 0 {
+        } else if self.n.is_multiple_of(2) {
             [(s, self.a_len), (0, s)]
         } else if offset == 0 {
             // Starts at low, stops before high: high is the port missed.
@@ -259,7 +259,7 @@ impl Rng {
     }
 
     fn below(&mut self, n: u32) -> u32 {
-        ((self.next() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next() >> 32) * u64::from(n)) >> 32) as u32
     }
 }
 
@@ -297,7 +297,11 @@ impl<'a> Sim<'a> {
                         continue;
                     }
                     let idx = (rel / 2) as usize;
-                    if rel % 2 == 0 { a.set(idx) } else { b.set(idx) }
+                    if rel.is_multiple_of(2) {
+                        a.set(idx)
+                    } else {
+                        b.set(idx)
+                    }
                 }
                 Space {
                     a,
@@ -506,7 +510,7 @@ impl<'a> Sim<'a> {
     fn connect(&mut self, t: u64, space: usize) -> bool {
         let layout = &self.layout;
         let s = &mut self.spaces[space];
-        let offset = s.hash.wrapping_add(s.perturb) % layout.remaining & !1;
+        let offset = (s.hash.wrapping_add(s.perturb) % layout.remaining) & !1;
         let mut found =
             find(&s.a, layout.pass_a(offset)).map(|(idx, steps)| (idx as u32 * 2, steps));
         if found.is_none() && layout.remaining > 1 {
@@ -550,7 +554,11 @@ fn reuse_at(entry: u64, delay_ms: u32) -> u64 {
 }
 
 fn mark(s: &mut Space, rel: u32, available: bool) {
-    let set = if rel % 2 == 0 { &mut s.a } else { &mut s.b };
+    let set = if rel.is_multiple_of(2) {
+        &mut s.a
+    } else {
+        &mut s.b
+    };
     let idx = (rel / 2) as usize;
     if available {
         set.set(idx)

@@ -1,0 +1,367 @@
+//! The command line: every subcommand of DESIGN.md, with help that explains
+//! the concept behind it. Parsing only; no I/O happens here.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use timewait_model::ports::{PortRange, ReservedPorts, TwReuse};
+use timewait_model::wrap::Bandwidth;
+
+/// Makes TCP TIME_WAIT trouble visible, explains it with numbers, and removes it.
+///
+/// The side of a TCP connection that closes first keeps its 4-tuple in
+/// TIME_WAIT for 60 seconds on Linux, so a host that opens and closes many
+/// short connections to one destination runs out of ephemeral ports
+/// ("Cannot assign requested address", EADDRNOTAVAIL). timewait shows where
+/// TIME_WAIT piles up, predicts when ports run out, and fixes it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "timewait",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// When to colour human output: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto)]
+    pub color: ColorChoice,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--color`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    /// Colour on a terminal unless NO_COLOR is set.
+    Auto,
+    /// Always colour.
+    Always,
+    /// Never colour.
+    Never,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Live census of TCP sockets: TIME_WAIT by destination, port headroom, timers.
+    ///
+    /// Counts sockets by state the way `ss` names them, and groups TIME_WAIT and
+    /// ESTABLISHED sockets by destination (local ip, remote ip, remote port):
+    /// how many ephemeral ports each destination holds, how many the port range
+    /// allows, when the TIME_WAIT timers run out, and the sustainable rate of
+    /// new connections toward it.
+    Status(StatusArgs),
+    /// Diagnose TIME_WAIT and port trouble on this host, with evidence and exact fixes.
+    ///
+    /// Reads sysctls, TcpExt counters, the kernel log, the socket census and an
+    /// nginx configuration if one is found, and prints findings, each with a
+    /// stable code, a severity, the numbers behind it and the fix. The exit
+    /// status is the worst severity: 0 info, 1 warning, 3 critical.
+    Doctor(DoctorArgs),
+    /// Save everything doctor reads as one JSON document, to analyse elsewhere.
+    ///
+    /// `doctor --from FILE` and `status --from FILE` give the same results on
+    /// another machine as they would have given here.
+    Snapshot(SnapshotArgs),
+    /// The arithmetic of TIME_WAIT: rate ceilings, sequence wrap, and a kernel simulator.
+    #[command(subcommand)]
+    Model(ModelCommand),
+    /// Generate short-lived or keep-alive load and count what fails and why.
+    ///
+    /// One request per connection (`--mode close`) is the traffic that fills
+    /// TIME_WAIT; keep-alive (`--mode keepalive`) is the fix. Failures are
+    /// counted by errno (EADDRNOTAVAIL, ECONNREFUSED, ...) or HTTP status class.
+    Load(LoadArgs),
+    /// Reproduce the article on this machine, in a throw-away network namespace.
+    ///
+    /// Runs port exhaustion with short connections, the effect of each kernel
+    /// knob, and the keep-alive proxy fix, and prints measured numbers beside
+    /// the model's predictions.
+    Lab(LabArgs),
+    /// nginx configuration checks.
+    #[command(subcommand)]
+    Nginx(NginxCommand),
+    /// HTTP/1.1 reverse proxy that keeps upstream connections alive.
+    ///
+    /// nginx speaks HTTP/1.0 with `Connection: close` to its backends unless
+    /// told otherwise, so every request leaves a TIME_WAIT socket behind. This
+    /// proxy pools and reuses upstream connections by default.
+    Proxy(ProxyArgs),
+    /// Prometheus metrics of the census and counters, for fleet-wide alerts.
+    Exporter(ExporterArgs),
+    /// Show (and with --apply, set) the sysctl changes doctor recommends.
+    ///
+    /// A dry run by default: prints the changes as a diff against current values.
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Maximum sustainable rate of new outgoing connections to one destination.
+    ///
+    /// Toward one destination (remote ip:port) from one local address only the
+    /// local port varies, and each port stays in TIME_WAIT for 60 s after this
+    /// host closes the connection. The ceiling is usable ports / TIME_WAIT:
+    /// 28,232 / 60 s = 470.5 per second with the kernel's default range.
+    /// tcp_tw_reuse (with timestamps) lets a port be reused after
+    /// tcp_tw_reuse_delay instead.
+    Rate(RateArgs),
+    /// How fast TCP sequence numbers wrap at a bandwidth, against 2·MSL.
+    ///
+    /// Sequence numbers are 32 bits; at high bandwidth a connection walks
+    /// through half of them (2^31 bytes) faster than old segments die in the
+    /// network. Below 2·MSL only timestamps (PAWS, RFC 7323) keep an old
+    /// segment out of a new connection — which is also why tcp_tw_reuse needs
+    /// them.
+    Wrap(WrapArgs),
+    /// Simulate a stream of connect() calls against the kernel's rules.
+    ///
+    /// An event-driven model of the Linux port search (__inet_hash_connect,
+    /// with its even/odd passes), TIME_WAIT entry and expiry, tcp_tw_reuse with
+    /// its delay and loopback rule, and tcp_max_tw_buckets. Predicts how many
+    /// connects succeed, when the first EADDRNOTAVAIL happens, and how many
+    /// TIME_WAIT sockets pile up. Checked against the real kernel by the test
+    /// suite.
+    Simulate(SimulateArgs),
+}
+
+/// Kernel knobs shared by `model rate` and `model simulate`.
+#[derive(Debug, Args)]
+pub struct KnobArgs {
+    /// net.ipv4.ip_local_port_range, as LOW-HIGH (inclusive).
+    #[arg(long, value_name = "LOW-HIGH", default_value = "32768-60999")]
+    pub port_range: PortRange,
+    /// net.ipv4.ip_local_reserved_ports: ports connect() skips, e.g. 8080,9000-9100.
+    #[arg(long, value_name = "LIST", default_value = "")]
+    pub reserved: ReservedPorts,
+    /// How long TIME_WAIT lasts: 60 on Linux; Alibaba Cloud Linux's tcp_tw_timeout changes it.
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    pub time_wait_seconds: f64,
+    /// net.ipv4.tcp_tw_reuse: 0 off, 1 on, 2 loopback only (the default).
+    #[arg(long, value_name = "0|1|2", default_value = "2")]
+    pub tw_reuse: TwReuse,
+    /// net.ipv4.tcp_timestamps: reuse needs them (0 off, 1 on, 2 on without offsets).
+    #[arg(long, value_name = "0|1|2", default_value_t = 1)]
+    pub timestamps: u8,
+    /// net.ipv4.tcp_tw_reuse_delay in ms (Linux 6.14+; earlier kernels behave like 1000).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub reuse_delay_ms: u32,
+    /// The remote address; tcp_tw_reuse=2 applies only if it is loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub destination: Option<IpAddr>,
+    /// Number of distinct destinations (remote ip:port), each its own 4-tuple space.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub destinations: u32,
+    /// Number of local source addresses in use.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub source_ips: u32,
+}
+
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct RateArgs {
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct WrapArgs {
+    /// Add a bandwidth to the table, e.g. 25Gbit, 1.5Mbit/s, 125MB/s (repeatable).
+    #[arg(long, value_name = "BW")]
+    pub bandwidth: Vec<Bandwidth>,
+    /// Show only the --bandwidth rows, not the article's and today's links.
+    #[arg(long, requires = "bandwidth")]
+    pub only: bool,
+    /// 2·MSL to compare against, in seconds (Linux's TIME_WAIT is 60).
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    pub time_wait_seconds: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
+pub struct SimulateArgs {
+    /// New connections per second, spread over all destinations and source addresses.
+    #[arg(long, value_name = "R")]
+    pub rate: f64,
+    /// Simulated seconds.
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    pub duration: f64,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
+    /// net.ipv4.tcp_max_tw_buckets; when reached, closing sockets skip TIME_WAIT.
+    #[arg(long, value_name = "N")]
+    pub max_tw_buckets: Option<u64>,
+    /// How long each connection stays open before this host closes it, in ms.
+    #[arg(long, value_name = "MS", default_value_t = 0.0)]
+    pub hold_ms: f64,
+    /// Seed for the kernel's random choices (port offsets).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Where to look: this host, a named network namespace, or a process's namespace.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// A named network namespace (/var/run/netns/NAME).
+    #[arg(long, value_name = "NAME", conflicts_with = "pid")]
+    pub netns: Option<String>,
+    /// The network namespace of a process (e.g. a container's).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Analyse a snapshot file instead of the live host.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Group by destination, remote-ip, local-ip or state.
+    #[arg(long, value_name = "KEY", default_value = "destination")]
+    pub by: String,
+    /// Show the N largest groups.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+    /// Refresh every SECS seconds and show rates of change.
+    #[arg(long, value_name = "SECS")]
+    pub watch: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Analyse a snapshot file instead of the live host.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// nginx configuration to check (default: /etc/nginx/nginx.conf if present).
+    #[arg(long, value_name = "PATH")]
+    pub nginx: Option<PathBuf>,
+    /// Sample twice, SECS apart, to measure rates and time to exhaustion.
+    #[arg(long, value_name = "SECS")]
+    pub interval: Option<f64>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Write to FILE instead of standard output.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// http://HOST:PORT/PATH or tcp://HOST:PORT
+    pub target: String,
+    /// close: one request per connection; keepalive: reuse connections.
+    #[arg(long, default_value = "close")]
+    pub mode: String,
+    /// Concurrent connections.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub concurrency: u32,
+    /// Requests per second (all connections together).
+    #[arg(long, value_name = "R")]
+    pub rate: Option<f64>,
+    /// Seconds to run.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LabArgs {
+    /// Write an HTML report with charts.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NginxCommand {
+    /// Parse an nginx configuration and report the article's pitfalls with file:line.
+    ///
+    /// Upstreams without `keepalive`, `proxy_http_version 1.0`, a client's
+    /// `Connection: close` forwarded upstream, and `proxy_set_header` lines
+    /// silently lost by inheritance.
+    Check(NginxCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NginxCheckArgs {
+    /// The main configuration file.
+    #[arg(default_value = "/etc/nginx/nginx.conf")]
+    pub path: PathBuf,
+    /// The nginx version whose defaults apply (e.g. 1.29.7).
+    #[arg(long, value_name = "X.Y.Z")]
+    pub nginx_version: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Upstream address (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub upstream: Vec<String>,
+    /// Worker threads.
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Configuration file (several listeners and routes).
+    #[arg(short = 'c', long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExporterArgs {
+    /// Address to serve /metrics on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9809")]
+    pub listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Set the values now and write /etc/sysctl.d/90-timewait.conf.
+    #[arg(long)]
+    pub apply: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}
