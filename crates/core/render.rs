@@ -242,7 +242,7 @@ mod tests {
         assert_eq!(real(7000.0), "7,000");
         assert_eq!(bits(25e9), "25 Gbit/s");
         assert_eq!(bits(1.5e6), "1.5 Mbit/s");
-        assert_eq!(duration(0.1718), "172 ms");
+        assert_eq!(duration(0.1718), "171.8 ms");
         assert_eq!(duration(17.18), "17.2 s");
         assert_eq!(duration(1718.0), "28.6 min");
         assert_eq!(duration(11_453.0), "3.2 h");
