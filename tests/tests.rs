@@ -1,5 +1,6 @@
 //! The one integration-test binary (one link step; see STYLE.md).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cli;
 mod harness;
 mod model_vs_kernel;

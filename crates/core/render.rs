@@ -14,7 +14,7 @@ pub struct Style {
 }
 
 impl Style {
-    /// Decides from `--color`, the terminal and `NO_COLOR` (https://no-color.org).
+    /// Decides from `--color`, the terminal and `NO_COLOR` (<https://no-color.org>).
     pub fn detect(choice: ColorChoice) -> Style {
         let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
         let color = match choice {
