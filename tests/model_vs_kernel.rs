@@ -96,6 +96,12 @@ fn measure(tag: &str, s: &Scenario) -> Option<Measured> {
         ns.sysctl("net.ipv4.ip_local_reserved_ports", s.reserved);
     }
     ns.sysctl("net.ipv4.tcp_tw_reuse", &s.tw_reuse.to_string());
+    // The model follows 6.14+ (millisecond reuse delay, tcp_tw_reuse_delay);
+    // older kernels reuse after a whole-second timestamp tick instead.
+    assert!(
+        std::path::Path::new("/proc/sys/net/ipv4/tcp_tw_reuse_delay").exists(),
+        "these tests need Linux 6.14 or later (net.ipv4.tcp_tw_reuse_delay)"
+    );
     ns.sysctl("net.ipv4.tcp_tw_reuse_delay", &s.reuse_delay_ms.to_string());
     ns.sysctl("net.ipv4.tcp_timestamps", &s.timestamps.to_string());
     if let Some(n) = s.max_tw_buckets {
