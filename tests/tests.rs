@@ -4,3 +4,4 @@
 mod cli;
 mod harness;
 mod model_vs_kernel;
+mod status;

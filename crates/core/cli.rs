@@ -225,21 +225,37 @@ pub struct TargetArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Analyse a snapshot file instead of the live host.
-    #[arg(long, value_name = "FILE")]
+    /// Analyse a snapshot file (from `timewait snapshot`) instead of the live host.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid", "watch"])]
     pub from: Option<PathBuf>,
-    /// Group by destination, remote-ip, local-ip or state.
-    #[arg(long, value_name = "KEY", default_value = "destination")]
-    pub by: String,
+    /// How to group connections.
+    #[arg(long, value_enum, default_value_t = GroupByArg::Destination)]
+    pub by: GroupByArg,
     /// Show the N largest groups.
     #[arg(long, value_name = "N", default_value_t = 20)]
     pub top: usize,
-    /// Refresh every SECS seconds and show rates of change.
+    /// Refresh every SECS seconds and show rates of change (Ctrl-C stops).
     #[arg(long, value_name = "SECS")]
     pub watch: Option<f64>,
-    /// Print JSON.
+    /// With --watch: stop after N refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
+    /// Print JSON (with --watch, one JSON document per line).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `status --by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupByArg {
+    /// (local ip, remote ip, remote port): the kernel's unit of port exhaustion.
+    Destination,
+    /// Remote address.
+    RemoteIp,
+    /// Local address.
+    LocalIp,
+    /// Socket state only.
+    State,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 mod cli;
 mod model_cmd;
 mod render;
+mod status_cmd;
 
 use std::process::ExitCode;
 
@@ -98,8 +99,8 @@ fn dispatch(command: &Command, style: &Style) -> Result<String, Failure> {
         Command::Model(ModelCommand::Rate(a)) => model_cmd::run_rate(a, style),
         Command::Model(ModelCommand::Wrap(a)) => model_cmd::run_wrap(a, style),
         Command::Model(ModelCommand::Simulate(a)) => model_cmd::run_simulate(a, style),
-        Command::Status(_) => Err(Failure::NotBuilt("status", "#3")),
-        Command::Snapshot(_) => Err(Failure::NotBuilt("snapshot", "#3")),
+        Command::Status(a) => status_cmd::run_status(a, style),
+        Command::Snapshot(a) => status_cmd::run_snapshot(a),
         Command::Doctor(_) => Err(Failure::NotBuilt("doctor", "#4")),
         Command::Tune(_) => Err(Failure::NotBuilt("tune", "#4")),
         Command::Proxy(_) => Err(Failure::NotBuilt("proxy", "#5")),

@@ -208,13 +208,24 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Writes `text` to stdout. A closed pipe (`timewait … | head`) is not an error.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes `text` to stdout. A closed pipe (`timewait … | head`) is not an
+/// error; it is remembered so a refreshing view can stop.
 pub fn emit(text: &str) -> io::Result<()> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+            STDOUT_CLOSED.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
         other => other,
     }
+}
+
+/// Whether a write found stdout closed.
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Pretty JSON with a trailing newline.

@@ -220,3 +220,42 @@ mod tests {
         }
     }
 }
+
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: u8 = 6;
+/// Length of `struct inet_diag_req_v2`.
+pub const REQ_V2_LEN: usize = 56;
+
+/// `struct inet_diag_req_v2` for a TCP dump of `family`, with the kernel
+/// filtering on `states` (bit `n` = state number `n`, as in `ss`).
+pub fn encode_request(family: u8, states: u32) -> [u8; REQ_V2_LEN] {
+    let mut b = [0u8; REQ_V2_LEN];
+    b[0] = family;
+    b[1] = IPPROTO_TCP;
+    // b[2] idiag_ext = 0: no extensions, so answers stay 72 bytes each.
+    b[4..8].copy_from_slice(&states.to_ne_bytes());
+    b
+}
+
+/// The `idiag_states` mask for some states.
+pub fn state_mask(states: &[TcpState]) -> u32 {
+    states.iter().fold(0, |m, s| m | (1 << s.kernel()))
+}
+
+#[cfg(test)]
+mod request_tests {
+    use super::*;
+
+    #[test]
+    fn request_carries_family_protocol_and_states() {
+        let r = encode_request(
+            AF_INET6,
+            state_mask(&[TcpState::TimeWait, TcpState::Listen]),
+        );
+        assert_eq!((r[0], r[1]), (AF_INET6, IPPROTO_TCP));
+        assert_eq!(
+            u32::from_ne_bytes([r[4], r[5], r[6], r[7]]),
+            (1 << 6) | (1 << 10)
+        );
+    }
+}

@@ -1,0 +1,281 @@
+//! Streaming aggregation of a socket dump.
+//!
+//! Each socket is classified once:
+//! - `LISTEN` (and `BOUND_INACTIVE`): its port is held by `bind()`, so
+//!   `connect()` never picks it for any destination;
+//! - local port is a listening port: an accepted (server-side) connection; a
+//!   TIME_WAIT here means this host closed first as the server;
+//! - otherwise an outgoing (client-side) connection, grouped by destination
+//!   `(local ip, remote ip, remote port)`: the kernel's 4-tuple rule makes
+//!   every socket in a group hold a distinct local port.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+use timewait_kernel::TcpState;
+use timewait_model::PortRange;
+
+/// What the aggregator needs from one socket (netlink or /proc alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketView {
+    /// Kernel state number (TIME_WAIT minisockets report their substate).
+    pub state: u8,
+    /// Whether this is a TIME_WAIT minisocket (timer 3).
+    pub timewait_timer: bool,
+    /// Milliseconds until the timer fires.
+    pub expires_ms: u64,
+    /// Local address.
+    pub local: IpAddr,
+    /// Local port.
+    pub local_port: u16,
+    /// Remote address.
+    pub remote: IpAddr,
+    /// Remote port.
+    pub remote_port: u16,
+}
+
+/// Counts for one destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationTally {
+    /// Local address used toward it.
+    pub local_ip: IpAddr,
+    /// Remote address.
+    pub remote_ip: IpAddr,
+    /// Remote port.
+    pub remote_port: u16,
+    /// Sockets in TIME_WAIT.
+    pub time_wait: u64,
+    /// Sockets in ESTABLISHED.
+    pub established: u64,
+    /// Sockets in any other state (SYN_SENT, FIN_WAIT*, CLOSE_WAIT, …).
+    pub other: u64,
+    /// Sockets whose local port lies in the ephemeral range.
+    pub in_range: u64,
+    /// TIME_WAIT sockets whose timer fires within 10 s.
+    pub expiring_10s: u64,
+    /// … within 30 s.
+    pub expiring_30s: u64,
+    /// … within 60 s.
+    pub expiring_60s: u64,
+}
+
+/// TIME_WAIT on an accepted connection: this host closed first as the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerSide {
+    /// The listening port.
+    pub local_port: u16,
+    /// Sockets in TIME_WAIT on it.
+    pub time_wait: u64,
+    /// Sockets in ESTABLISHED on it.
+    pub established: u64,
+}
+
+/// The folded dump.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Census {
+    /// Sockets seen.
+    pub sockets: u64,
+    /// Sockets by state name (as `ss` names them).
+    pub states: BTreeMap<String, u64>,
+    /// Client-side connections by destination, in no particular order.
+    pub destinations: Vec<DestinationTally>,
+    /// Server-side connections by listening port.
+    pub server_side: Vec<ServerSide>,
+    /// Ports with a listener.
+    pub listening_ports: Vec<u16>,
+    /// Ports inside the ephemeral range held by `bind()` or a listener.
+    pub bind_held_in_range: u64,
+}
+
+type Key = (IpAddr, IpAddr, u16);
+
+/// Folds sockets into a [`Census`].
+#[derive(Debug)]
+pub struct Aggregator {
+    range: PortRange,
+    listening: HashSet<u16>,
+    states: [u64; 16],
+    unknown_states: BTreeMap<u8, u64>,
+    sockets: u64,
+    groups: HashMap<Key, DestinationTally>,
+    server: BTreeMap<u16, ServerSide>,
+    /// One bit per port: held by bind() or a listener.
+    bound: Vec<u64>,
+}
+
+impl Aggregator {
+    /// An aggregator for a namespace whose ephemeral range is `range` and
+    /// whose listening ports are `listening` (dumped first, so accepted
+    /// connections can be told from outgoing ones).
+    pub fn new(range: PortRange, listening: impl IntoIterator<Item = u16>) -> Aggregator {
+        Aggregator {
+            range,
+            listening: listening.into_iter().collect(),
+            states: [0; 16],
+            unknown_states: BTreeMap::new(),
+            sockets: 0,
+            groups: HashMap::new(),
+            server: BTreeMap::new(),
+            bound: vec![0; 1024],
+        }
+    }
+
+    /// Adds one socket.
+    pub fn add(&mut self, s: &SocketView) {
+        self.sockets += 1;
+        match self.states.get_mut(usize::from(s.state)) {
+            Some(n) if TcpState::from_kernel(s.state).is_some() => *n += 1,
+            _ => *self.unknown_states.entry(s.state).or_default() += 1,
+        }
+        let state = TcpState::from_kernel(s.state);
+        if matches!(state, Some(TcpState::Listen | TcpState::BoundInactive)) {
+            let p = usize::from(s.local_port);
+            self.bound[p / 64] |= 1 << (p % 64);
+            return;
+        }
+        let tw = s.timewait_timer && state == Some(TcpState::TimeWait);
+        if self.listening.contains(&s.local_port) {
+            let e = self.server.entry(s.local_port).or_insert(ServerSide {
+                local_port: s.local_port,
+                time_wait: 0,
+                established: 0,
+            });
+            if tw {
+                e.time_wait += 1;
+            } else if state == Some(TcpState::Established) {
+                e.established += 1;
+            }
+            return;
+        }
+        let g = self
+            .groups
+            .entry((s.local, s.remote, s.remote_port))
+            .or_insert_with(|| DestinationTally {
+                local_ip: s.local,
+                remote_ip: s.remote,
+                remote_port: s.remote_port,
+                time_wait: 0,
+                established: 0,
+                other: 0,
+                in_range: 0,
+                expiring_10s: 0,
+                expiring_30s: 0,
+                expiring_60s: 0,
+            });
+        if tw {
+            g.time_wait += 1;
+            g.expiring_10s += u64::from(s.expires_ms <= 10_000);
+            g.expiring_30s += u64::from(s.expires_ms <= 30_000);
+            g.expiring_60s += u64::from(s.expires_ms <= 60_000);
+        } else if state == Some(TcpState::Established) {
+            g.established += 1;
+        } else {
+            g.other += 1;
+        }
+        g.in_range += u64::from(self.range.contains(s.local_port));
+    }
+
+    /// The result.
+    pub fn finish(self) -> Census {
+        let mut states: BTreeMap<String, u64> = BTreeMap::new();
+        for (n, count) in self.states.iter().enumerate() {
+            if let Some(st) = TcpState::from_kernel(n as u8)
+                && *count > 0
+            {
+                states.insert(st.name().to_string(), *count);
+            }
+        }
+        for (n, count) in self.unknown_states {
+            states.insert(format!("UNKNOWN_{n}"), count);
+        }
+        let bind_held_in_range = (self.range.low..=self.range.high)
+            .filter(|&p| self.bound[usize::from(p) / 64] & (1 << (usize::from(p) % 64)) != 0)
+            .count() as u64;
+        let mut listening_ports: Vec<u16> = self.listening.into_iter().collect();
+        listening_ports.sort_unstable();
+        Census {
+            sockets: self.sockets,
+            states,
+            destinations: self.groups.into_values().collect(),
+            server_side: self.server.into_values().collect(),
+            listening_ports,
+            bind_held_in_range,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sock(state: u8, lp: u16, remote: &str, rp: u16, expires_ms: u64) -> SocketView {
+        SocketView {
+            state,
+            timewait_timer: state == 6,
+            expires_ms,
+            local: "10.0.0.1".parse().unwrap(),
+            local_port: lp,
+            remote: remote.parse().unwrap(),
+            remote_port: rp,
+        }
+    }
+
+    #[test]
+    fn classifies_listeners_servers_and_destinations() {
+        let mut a = Aggregator::new(PortRange::new(32768, 60999).unwrap(), [80, 40000]);
+        a.add(&sock(10, 80, "0.0.0.0", 0, 0)); // listener outside the range
+        a.add(&sock(10, 40000, "0.0.0.0", 0, 0)); // listener inside the range
+        a.add(&sock(6, 80, "192.0.2.9", 51000, 5_000)); // server-side TIME_WAIT
+        a.add(&sock(1, 80, "192.0.2.9", 51001, 0));
+        for i in 0..5 {
+            a.add(&sock(
+                6,
+                33000 + i,
+                "192.0.2.1",
+                443,
+                1_000 * 12 * u64::from(i),
+            ));
+        }
+        a.add(&sock(1, 33100, "192.0.2.1", 443, 0));
+        a.add(&sock(2, 33101, "192.0.2.1", 443, 0));
+        a.add(&sock(6, 1000, "192.0.2.2", 443, 59_000)); // explicitly bound below the range
+        let c = a.finish();
+        assert_eq!(c.sockets, 12);
+        assert_eq!(c.states["TIME_WAIT"], 7);
+        assert_eq!(c.states["LISTEN"], 2);
+        assert_eq!(c.bind_held_in_range, 1);
+        assert_eq!(
+            c.server_side,
+            vec![ServerSide {
+                local_port: 80,
+                time_wait: 1,
+                established: 1
+            }]
+        );
+        let d = c
+            .destinations
+            .iter()
+            .find(|d| d.remote_port == 443 && d.remote_ip.to_string() == "192.0.2.1")
+            .unwrap();
+        assert_eq!(
+            (d.time_wait, d.established, d.other, d.in_range),
+            (5, 1, 1, 7)
+        );
+        // expires 0, 12, 24, 36, 48 s
+        assert_eq!((d.expiring_10s, d.expiring_30s, d.expiring_60s), (1, 3, 5));
+        let d2 = c
+            .destinations
+            .iter()
+            .find(|d| d.remote_ip.to_string() == "192.0.2.2")
+            .unwrap();
+        assert_eq!(d2.in_range, 0);
+    }
+
+    #[test]
+    fn unknown_states_are_counted_not_dropped() {
+        let mut a = Aggregator::new(PortRange::new(32768, 60999).unwrap(), []);
+        a.add(&sock(42, 33000, "192.0.2.1", 1, 0));
+        assert_eq!(a.finish().states["UNKNOWN_42"], 1);
+    }
+}

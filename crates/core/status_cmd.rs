@@ -1,0 +1,436 @@
+//! `timewait status` and `timewait snapshot`: observe (host crate) →
+//! snapshot → analyse (census crate) → render. `--from` skips the first step,
+//! so an offline analysis runs exactly the code a live one does.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use timewait_census::Snapshot;
+use timewait_census::status::{GroupBy, StatusReport, analyse};
+use timewait_host::{HostError, Target, collect};
+use timewait_kernel::counters;
+
+use crate::Failure;
+use crate::cli::{GroupByArg, SnapshotArgs, StatusArgs, TargetArgs};
+use crate::render::{self, Align, Style, Table, int, real};
+
+fn target(t: &TargetArgs) -> Target {
+    match (&t.netns, t.pid) {
+        (Some(n), _) => Target::Netns(n.clone()),
+        (None, Some(p)) => Target::Pid(p),
+        (None, None) => Target::Current,
+    }
+}
+
+impl From<HostError> for Failure {
+    fn from(e: HostError) -> Failure {
+        match e {
+            HostError::NoSuchNetns(_) | HostError::NoSuchPid(_) | HostError::BadNetnsName(_) => {
+                Failure::Usage(e.to_string())
+            }
+            other => Failure::Runtime(other.into()),
+        }
+    }
+}
+
+/// Reads a snapshot file; a bad file is bad input (exit 2) naming the file.
+pub fn read_snapshot(path: &Path) -> Result<Snapshot, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("--from {}: {e}", path.display())))?;
+    Snapshot::from_json(&text)
+        .map_err(|e| Failure::Usage(format!("--from {}: {e}", path.display())))
+}
+
+fn group_by(b: GroupByArg) -> GroupBy {
+    match b {
+        GroupByArg::Destination => GroupBy::Destination,
+        GroupByArg::RemoteIp => GroupBy::RemoteIp,
+        GroupByArg::LocalIp => GroupBy::LocalIp,
+        GroupByArg::State => GroupBy::State,
+    }
+}
+
+/// `timewait snapshot`.
+pub fn run_snapshot(args: &SnapshotArgs) -> Result<String, Failure> {
+    let snap = collect(&target(&args.target))?;
+    let json = snap.to_json();
+    match &args.output {
+        None => Ok(json),
+        Some(path) => {
+            // Write beside the target, then rename: a reader never sees half a file.
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &json)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| Failure::Runtime(anyhow::anyhow!("{}: {e}", path.display())))?;
+            Ok(String::new())
+        }
+    }
+}
+
+/// `timewait status`.
+pub fn run_status(args: &StatusArgs, style: &Style) -> Result<String, Failure> {
+    if args.top == 0 {
+        return Err(Failure::Usage("--top: must be at least 1".into()));
+    }
+    let by = group_by(args.by);
+    if let Some(path) = &args.from {
+        let report = analyse(&read_snapshot(path)?, by, args.top);
+        return render_once(&report, args, style, None);
+    }
+    let t = target(&args.target);
+    let Some(secs) = args.watch else {
+        let snap = collect(&t)?;
+        return render_once(&analyse(&snap, by, args.top), args, style, None);
+    };
+    if !(secs.is_finite() && (0.1..=3600.0).contains(&secs)) {
+        return Err(Failure::Usage(format!(
+            "--watch: must be between 0.1 and 3600 seconds, got {secs}"
+        )));
+    }
+    watch(&t, by, secs, args, style)
+}
+
+fn render_once(
+    report: &StatusReport,
+    args: &StatusArgs,
+    style: &Style,
+    rates: Option<&Rates>,
+) -> Result<String, Failure> {
+    if args.json {
+        #[derive(serde::Serialize)]
+        struct WithRates<'a> {
+            #[serde(flatten)]
+            report: &'a StatusReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rates: Option<&'a Rates>,
+        }
+        let v = WithRates { report, rates };
+        return Ok(if args.watch.is_some() {
+            let mut s = serde_json::to_string(&v).map_err(anyhow::Error::from)?;
+            s.push('\n');
+            s
+        } else {
+            render::json(&v)?
+        });
+    }
+    Ok(render_status(report, args.by, style, rates))
+}
+
+/// Changes between two refreshes, per second.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Rates {
+    interval_seconds: f64,
+    time_wait_per_second: f64,
+    /// TcpExt TW: sockets entering TIME_WAIT per second.
+    entering_time_wait_per_second: Option<f64>,
+    /// Tcp ActiveOpens: connect()s per second.
+    active_opens_per_second: Option<f64>,
+    #[serde(skip)]
+    by_destination: HashMap<(IpAddr, IpAddr, u16), f64>,
+}
+
+fn counter(snap: &Snapshot, file: &'static str, table: &str, name: &str) -> Option<i64> {
+    counters::parse(file, snap.files.get(file)?)
+        .ok()?
+        .get(table, name)
+}
+
+fn rates(prev: &(Snapshot, StatusReport), now: &(Snapshot, StatusReport)) -> Rates {
+    let dt = (now
+        .0
+        .taken_at_unix_ms
+        .saturating_sub(prev.0.taken_at_unix_ms) as f64
+        / 1000.0)
+        .max(1e-3);
+    let per_s = |a: i64, b: i64| (b - a) as f64 / dt;
+    let delta = |file, table, name| {
+        Some(per_s(
+            counter(&prev.0, file, table, name)?,
+            counter(&now.0, file, table, name)?,
+        ))
+    };
+    let before: HashMap<_, _> = prev
+        .0
+        .census
+        .destinations
+        .iter()
+        .map(|d| ((d.local_ip, d.remote_ip, d.remote_port), d.time_wait as i64))
+        .collect();
+    let by_destination = now
+        .0
+        .census
+        .destinations
+        .iter()
+        .map(|d| {
+            let key = (d.local_ip, d.remote_ip, d.remote_port);
+            (
+                key,
+                per_s(before.get(&key).copied().unwrap_or(0), d.time_wait as i64),
+            )
+        })
+        .collect();
+    Rates {
+        interval_seconds: dt,
+        time_wait_per_second: per_s(prev.1.time_wait.total as i64, now.1.time_wait.total as i64),
+        entering_time_wait_per_second: delta("netstat", "TcpExt", "TW"),
+        active_opens_per_second: delta("snmp", "Tcp", "ActiveOpens"),
+        by_destination,
+    }
+}
+
+fn watch(
+    t: &Target,
+    by: GroupBy,
+    secs: f64,
+    args: &StatusArgs,
+    style: &Style,
+) -> Result<String, Failure> {
+    let interval = Duration::from_secs_f64(secs);
+    let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.json;
+    let mut prev: Option<(Snapshot, StatusReport)> = None;
+    let mut n = 0u64;
+    loop {
+        let started = Instant::now();
+        let snap = collect(t)?;
+        let report = analyse(&snap, by, args.top);
+        let now = (snap, report);
+        let r = prev.as_ref().map(|p| rates(p, &now));
+        let mut frame = render_once(&now.1, args, style, r.as_ref())?;
+        if clear {
+            frame.insert_str(0, "\x1b[2J\x1b[H");
+        }
+        render::emit(&frame).map_err(|e| Failure::Runtime(e.into()))?;
+        if render::stdout_closed() {
+            return Ok(String::new());
+        }
+        prev = Some(now);
+        n += 1;
+        if args.count.is_some_and(|c| n >= c) {
+            return Ok(String::new());
+        }
+        std::thread::sleep(interval.saturating_sub(started.elapsed()));
+    }
+}
+
+fn pct(r: f64) -> String {
+    format!("{}%", real(r * 100.0))
+}
+
+fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Rates>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{}",
+        st.bold(&format!(
+            "TCP sockets in namespace {} on {}, Linux {} (read via {})",
+            r.namespace,
+            r.hostname,
+            r.kernel_release,
+            match r.census_source {
+                timewait_census::snapshot::CensusSource::Netlink => "netlink sock_diag",
+                timewait_census::snapshot::CensusSource::Proc =>
+                    "/proc/net/tcp: netlink was unavailable",
+            }
+        ))
+    );
+    let states: Vec<String> = r
+        .states
+        .iter()
+        .map(|(k, v)| format!("{k} {}", int(*v)))
+        .collect();
+    let _ = writeln!(
+        o,
+        "  states: {}",
+        if states.is_empty() {
+            "no sockets".to_string()
+        } else {
+            states.join(", ")
+        }
+    );
+    let s = &r.settings;
+    let _ = writeln!(
+        o,
+        "  ports: ip_local_port_range {} → {} usable per destination; {} held by bind()/listeners; tcp_tw_reuse={}, tcp_timestamps={}, TIME_WAIT {} s",
+        s.port_range,
+        int(s.usable_ports.into()),
+        int(s.bind_held_in_range),
+        s.tw_reuse.value(),
+        s.timestamps,
+        real(s.time_wait_seconds),
+    );
+    if let (Some(tw), Some(max)) = (s.sockstat_time_wait, s.max_tw_buckets) {
+        let _ = writeln!(
+            o,
+            "  TIME_WAIT table: {} of tcp_max_tw_buckets {} ({})",
+            int(tw),
+            int(max),
+            pct(if max == 0 {
+                1.0
+            } else {
+                tw as f64 / max as f64
+            })
+        );
+    }
+    if let Some(rt) = rates {
+        let _ = writeln!(
+            o,
+            "  change over {} s: TIME_WAIT {}/s{}{}",
+            real(rt.interval_seconds),
+            signed(rt.time_wait_per_second),
+            rt.entering_time_wait_per_second
+                .map_or(String::new(), |v| format!(
+                    ", entering TIME_WAIT {}/s",
+                    real(v)
+                )),
+            rt.active_opens_per_second
+                .map_or(String::new(), |v| format!(", connect() {}/s", real(v))),
+        );
+    }
+    let tw = &r.time_wait;
+    match by {
+        GroupByArg::State => {}
+        GroupByArg::RemoteIp | GroupByArg::LocalIp => {
+            let rows = tw.by_remote_ip.as_ref().or(tw.by_local_ip.as_ref());
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "{}",
+                st.bold(if by == GroupByArg::RemoteIp {
+                    "By remote address"
+                } else {
+                    "By local address"
+                })
+            );
+            let mut t = Table::new(&[
+                ("address", Align::Left),
+                ("destinations", Align::Right),
+                ("TIME_WAIT", Align::Right),
+                ("ESTAB", Align::Right),
+                ("lowest headroom", Align::Right),
+            ]);
+            for a in rows.into_iter().flatten() {
+                t.row(vec![
+                    a.ip.to_string(),
+                    int(a.destinations),
+                    int(a.time_wait),
+                    int(a.established),
+                    pct(a.min_headroom_ratio),
+                ]);
+            }
+            o.push_str(&t.render(st, "  "));
+        }
+        GroupByArg::Destination => {
+            let _ = writeln!(o);
+            let _ = writeln!(
+                o,
+                "{}",
+                st.bold(&format!(
+                    "Outgoing connections by destination ({} of {}, most ports in use first)",
+                    int(tw.by_destination.len() as u64),
+                    int(tw.destinations_total as u64)
+                ))
+            );
+            if tw.by_destination.is_empty() {
+                let _ = writeln!(o, "  none");
+            } else {
+                let mut cols = vec![
+                    ("local", Align::Left),
+                    ("remote", Align::Left),
+                    ("TIME_WAIT", Align::Right),
+                    ("ESTAB", Align::Right),
+                    ("ports in use", Align::Right),
+                    ("headroom", Align::Right),
+                    ("expire ≤10s", Align::Right),
+                    ("≤30s", Align::Right),
+                    ("≤60s", Align::Right),
+                    ("max new/s (model)", Align::Right),
+                ];
+                if rates.is_some() {
+                    cols.push(("TIME_WAIT Δ/s", Align::Right));
+                }
+                let mut t = Table::new(&cols);
+                for d in &tw.by_destination {
+                    let headroom = pct(d.headroom_ratio);
+                    let mut row = vec![
+                        d.local_ip.to_string(),
+                        remote(d.remote_ip, d.remote_port),
+                        int(d.time_wait),
+                        int(d.established),
+                        format!("{} / {}", int(d.ports_in_use), int(d.usable_ports.into())),
+                        if d.headroom_ratio < 0.1 {
+                            st.red(&headroom)
+                        } else {
+                            headroom
+                        },
+                        int(d.expiring.within_10s),
+                        int(d.expiring.within_30s),
+                        int(d.expiring.within_60s),
+                        format!(
+                            "{}{}",
+                            real(d.max_new_connections_per_second),
+                            if d.reuse_applies { " (reuse)" } else { "" }
+                        ),
+                    ];
+                    if let Some(rt) = rates {
+                        let key = (d.local_ip, d.remote_ip, d.remote_port);
+                        row.push(signed(rt.by_destination.get(&key).copied().unwrap_or(0.0)));
+                    }
+                    t.row(row);
+                }
+                o.push_str(&t.render(st, "  "));
+            }
+        }
+    }
+    if tw.server_side.iter().any(|s| s.time_wait > 0) {
+        let _ = writeln!(o);
+        let _ = writeln!(
+            o,
+            "{}",
+            st.bold("Server-side TIME_WAIT (this host closed first on a listening port)")
+        );
+        let mut t = Table::new(&[
+            ("listening port", Align::Right),
+            ("TIME_WAIT", Align::Right),
+            ("ESTAB", Align::Right),
+        ]);
+        for s in tw.server_side.iter().filter(|s| s.time_wait > 0) {
+            t.row(vec![
+                s.local_port.to_string(),
+                int(s.time_wait),
+                int(s.established),
+            ]);
+        }
+        o.push_str(&t.render(st, "  "));
+        let _ = writeln!(
+            o,
+            "  {}",
+            st.dim("Clients (or the proxy in front) that keep connections alive remove these.")
+        );
+    }
+    if !r.problems.is_empty() {
+        let _ = writeln!(o);
+        let _ = writeln!(o, "{}", st.bold("Could not read"));
+        for p in &r.problems {
+            let _ = writeln!(o, "  {}: {}", p.what, p.error);
+        }
+    }
+    o
+}
+
+fn remote(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(v) => format!("{v}:{port}"),
+        IpAddr::V6(v) => format!("[{v}]:{port}"),
+    }
+}
+
+fn signed(x: f64) -> String {
+    if x > 0.0 {
+        format!("+{}", real(x))
+    } else {
+        real(x)
+    }
+}
