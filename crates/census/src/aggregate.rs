@@ -176,6 +176,51 @@ impl Aggregator {
         g.in_range += u64::from(self.range.contains(s.local_port));
     }
 
+    /// Folds in another aggregator's sockets (one per dump thread); the
+    /// result is the same as if one aggregator had seen them all.
+    pub fn merge(&mut self, other: Aggregator) {
+        self.sockets += other.sockets;
+        for (a, b) in self.states.iter_mut().zip(other.states) {
+            *a += b;
+        }
+        for (k, v) in other.unknown_states {
+            *self.unknown_states.entry(k).or_default() += v;
+        }
+        for (key, t) in other.groups {
+            match self.groups.get_mut(&key) {
+                None => {
+                    self.groups.insert(key, t);
+                }
+                Some(g) => {
+                    g.time_wait += t.time_wait;
+                    g.established += t.established;
+                    g.other += t.other;
+                    g.in_range += t.in_range;
+                    g.expiring_10s += t.expiring_10s;
+                    g.expiring_30s += t.expiring_30s;
+                    g.expiring_60s += t.expiring_60s;
+                }
+            }
+        }
+        for (port, s) in other.server {
+            let e = self.server.entry(port).or_insert(ServerSide {
+                local_port: port,
+                time_wait: 0,
+                established: 0,
+            });
+            e.time_wait += s.time_wait;
+            e.established += s.established;
+        }
+        for (a, b) in self.bound.iter_mut().zip(other.bound) {
+            *a |= b;
+        }
+    }
+
+    /// A fresh aggregator with the same range and listening ports.
+    pub fn empty_like(&self) -> Aggregator {
+        Aggregator::new(self.range, self.listening.iter().copied())
+    }
+
     /// The result.
     pub fn finish(self) -> Census {
         let mut states: BTreeMap<String, u64> = BTreeMap::new();
@@ -270,6 +315,29 @@ mod tests {
             .find(|d| d.remote_ip.to_string() == "192.0.2.2")
             .unwrap();
         assert_eq!(d2.in_range, 0);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn merging_split_dumps_equals_one_dump(
+            socks in proptest::collection::vec((1u8..14, 32760u16..33000, 0u8..3, 0u16..3, 0u64..70_000), 0..200),
+            split in proptest::collection::vec(proptest::bool::ANY, 200),
+        ) {
+            let range = PortRange::new(32768, 60999).unwrap();
+            let mut whole = Aggregator::new(range, [32770]);
+            let mut a = Aggregator::new(range, [32770]);
+            let mut b = a.empty_like();
+            for (i, &(state, lp, r, rp, exp)) in socks.iter().enumerate() {
+                let s = sock(state, lp, &format!("192.0.2.{r}"), rp, exp);
+                whole.add(&s);
+                if split[i] { a.add(&s) } else { b.add(&s) }
+            }
+            a.merge(b);
+            let (mut x, mut y) = (whole.finish(), a.finish());
+            x.destinations.sort_by_key(|d| (d.local_ip, d.remote_ip, d.remote_port));
+            y.destinations.sort_by_key(|d| (d.local_ip, d.remote_ip, d.remote_port));
+            proptest::prop_assert_eq!(x, y);
+        }
     }
 
     #[test]

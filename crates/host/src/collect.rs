@@ -124,23 +124,45 @@ fn census_netlink(range: PortRange, problems: &mut Vec<Problem>) -> Result<Censu
         });
         skip_missing_ipv6(family, r)?;
     }
-    let mut agg = Aggregator::new(range, listening);
-    for family in [AF_INET, AF_INET6] {
-        let r = sockdiag::dump(family, ALL_STATES, |payload| {
-            match inet_diag::decode(payload) {
-                Ok((m, _)) => agg.add(&SocketView {
-                    state: m.state_raw,
-                    timewait_timer: m.is_timewait_sock(),
-                    expires_ms: u64::from(m.expires_ms),
-                    local: m.src,
-                    local_port: m.src_port,
-                    remote: m.dst,
-                    remote_port: m.dst_port,
-                }),
-                Err(_) => bad += 1,
-            }
-        });
-        skip_missing_ipv6(family, r)?;
+    // Each family's dump walks the whole socket table, so the two run in
+    // parallel, each folding into its own aggregator (threads spawned here
+    // inherit this thread's network namespace).
+    let template = Aggregator::new(range, listening);
+    let results: Vec<Result<(Aggregator, u64), HostError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = [AF_INET, AF_INET6]
+            .into_iter()
+            .map(|family| {
+                let mut agg = template.empty_like();
+                s.spawn(move || {
+                    let mut bad = 0u64;
+                    let r = sockdiag::dump(family, ALL_STATES, |payload| {
+                        match inet_diag::decode(payload) {
+                            Ok((m, _)) => agg.add(&SocketView {
+                                state: m.state_raw,
+                                timewait_timer: m.is_timewait_sock(),
+                                expires_ms: u64::from(m.expires_ms),
+                                local: m.src,
+                                local_port: m.src_port,
+                                remote: m.dst,
+                                remote_port: m.dst_port,
+                            }),
+                            Err(_) => bad += 1,
+                        }
+                    });
+                    skip_missing_ipv6(family, r).map(|()| (agg, bad))
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut agg = template;
+    for r in results {
+        let (part, b) = r?;
+        agg.merge(part);
+        bad += b;
     }
     if bad > 0 {
         problems.push(problem(
