@@ -4,6 +4,7 @@
 //! at least pay.
 //!
 //! Usage: raw_dump [STATES_MASK]   (default: every state)
+//! Environment: RAW_DUMP_FAMILY=4|6, RAW_DUMP_SPLIT=N (see below).
 
 use timewait_kernel::inet_diag::{AF_INET, AF_INET6};
 
@@ -18,9 +19,40 @@ fn main() {
         Ok("6") => &[AF_INET6],
         _ => &[AF_INET, AF_INET6],
     };
-    let mut messages = 0u64;
-    for &family in families {
-        timewait_host::sockdiag::dump(family, states, |_| messages += 1).expect("dump");
+    // RAW_DUMP_SPLIT=N: N threads per family, each dumping 1/N of the local
+    // port space through a kernel-side bytecode filter. Without it, one
+    // thread dumps the families one after the other (the kernel's baseline).
+    let split: u32 = std::env::var("RAW_DUMP_SPLIT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if split == 0 {
+        let mut messages = 0u64;
+        for &family in families {
+            timewait_host::sockdiag::dump(family, states, |_| messages += 1).expect("dump");
+        }
+        println!("{messages}");
+        return;
     }
-    println!("{messages}");
+    let total: u64 = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for &family in families {
+            for part in 0..split {
+                handles.push(s.spawn(move || {
+                    let lo = (65536 * part / split) as u16;
+                    let hi = (65536 * (part + 1) / split - 1) as u16;
+                    let bc = timewait_kernel::inet_diag::bytecode_local_ports(lo, hi);
+                    let mut messages = 0u64;
+                    let filter = (split > 1).then_some(bc.as_slice());
+                    timewait_host::sockdiag::dump_filtered(family, states, filter, |_| {
+                        messages += 1
+                    })
+                    .expect("dump");
+                    messages
+                }));
+            }
+        }
+        handles.into_iter().map(|h| h.join().expect("thread")).sum()
+    });
+    println!("{total}");
 }

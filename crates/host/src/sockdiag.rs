@@ -9,7 +9,7 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
     setsockopt, socket, sockopt,
 };
-use timewait_kernel::inet_diag::encode_request;
+use timewait_kernel::inet_diag::{encode_request, encode_request_with_bytecode};
 use timewait_kernel::netlink::{self, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY};
 
 use crate::HostError;
@@ -21,7 +21,18 @@ const RECV_BUFFER: usize = 64 * 1024;
 
 /// Dumps TCP sockets of `family` in `states` (a bit per state number),
 /// calling `on_message` with each `inet_diag_msg` payload.
-pub fn dump(family: u8, states: u32, mut on_message: impl FnMut(&[u8])) -> Result<(), HostError> {
+pub fn dump(family: u8, states: u32, on_message: impl FnMut(&[u8])) -> Result<(), HostError> {
+    dump_filtered(family, states, None, on_message)
+}
+
+/// [`dump`] with the kernel running a filter program (see
+/// `timewait_kernel::inet_diag::bytecode_local_ports`) on every socket.
+pub fn dump_filtered(
+    family: u8,
+    states: u32,
+    bytecode: Option<&[u8]>,
+    mut on_message: impl FnMut(&[u8]),
+) -> Result<(), HostError> {
     let err = |what: &str, e: Errno| HostError::Netlink(format!("{what}: {}", e.desc()));
     let fd = socket(
         AddressFamily::Netlink,
@@ -36,7 +47,10 @@ pub fn dump(family: u8, states: u32, mut on_message: impl FnMut(&[u8])) -> Resul
         SOCK_DIAG_BY_FAMILY,
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
-        &encode_request(family, states),
+        &match bytecode {
+            Some(b) => encode_request_with_bytecode(family, states, b),
+            None => encode_request(family, states).to_vec(),
+        },
     );
     sendto(
         fd.as_raw_fd(),

@@ -259,3 +259,57 @@ mod request_tests {
         );
     }
 }
+
+/// `INET_DIAG_REQ_BYTECODE`: the request attribute carrying a filter program.
+pub const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const BC_S_GE: u8 = 2;
+const BC_S_LE: u8 = 3;
+
+/// A filter program accepting sockets whose local port is in `lo..=hi`
+/// (the kernel runs it per socket, so each dump only carries its share).
+/// Layout as `ss` builds it: an op `{code, yes, no}` followed by an op
+/// holding the port; `yes` jumps to the next test, `no` jumps past the end
+/// (`len + 4`), which rejects.
+pub fn bytecode_local_ports(lo: u16, hi: u16) -> Vec<u8> {
+    let op = |code: u8, yes: u8, no: u16| {
+        let mut v = vec![code, yes];
+        v.extend_from_slice(&no.to_ne_bytes());
+        v
+    };
+    let mut b = Vec::with_capacity(16);
+    b.extend(op(BC_S_GE, 8, 20));
+    b.extend(op(0, 0, lo));
+    b.extend(op(BC_S_LE, 8, 12));
+    b.extend(op(0, 0, hi));
+    b
+}
+
+/// A request with a filter program attached as an rtattr.
+pub fn encode_request_with_bytecode(family: u8, states: u32, bytecode: &[u8]) -> Vec<u8> {
+    let mut out = encode_request(family, states).to_vec();
+    let len = 4 + bytecode.len();
+    out.extend_from_slice(&(len as u16).to_ne_bytes());
+    out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    out.extend_from_slice(bytecode);
+    out.resize(out.len().next_multiple_of(4), 0);
+    out
+}
+
+#[cfg(test)]
+mod bytecode_tests {
+    use super::*;
+
+    #[test]
+    fn port_range_program_has_the_ss_layout() {
+        let b = bytecode_local_ports(1024, 32767);
+        assert_eq!(b.len(), 16);
+        assert_eq!(&b[0..2], &[BC_S_GE, 8]);
+        assert_eq!(u16::from_ne_bytes([b[2], b[3]]), 20);
+        assert_eq!(u16::from_ne_bytes([b[6], b[7]]), 1024);
+        assert_eq!(&b[8..10], &[BC_S_LE, 8]);
+        assert_eq!(u16::from_ne_bytes([b[14], b[15]]), 32767);
+        let r = encode_request_with_bytecode(AF_INET, 1 << 6, &b);
+        assert_eq!(r.len(), REQ_V2_LEN + 4 + 16);
+        assert_eq!(u16::from_ne_bytes([r[56], r[57]]), 20);
+    }
+}
