@@ -5,6 +5,8 @@
 //! `ip_local_port_range` and `tcp_max_tw_buckets` above COUNT.
 //!
 //! Usage: make_time_wait COUNT [PORTS] [THREADS]
+// A benchmark helper: stopping with a message on any failure is what it should do.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::io::Read;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
