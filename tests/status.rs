@@ -19,12 +19,13 @@ struct Made {
 }
 
 /// In the namespace: 30 TIME_WAIT toward 127.0.0.1:5000, 20 toward
-/// 127.0.0.1:5001 plus 5 established, 10 toward 198.18.0.1:5000, and 7
-/// server-side TIME_WAIT on the listening port 5002.
+/// 127.0.0.1:5001 plus 5 established, 10 toward 198.18.0.1:5000, 4 toward
+/// [::1]:5003, and 7 server-side TIME_WAIT on the listening port 5002.
 fn make_sockets() -> Made {
     let l5000 = TcpListener::bind(("0.0.0.0", 5000)).unwrap();
     let l5001 = TcpListener::bind(("0.0.0.0", 5001)).unwrap();
     let l5002 = TcpListener::bind(("0.0.0.0", 5002)).unwrap();
+    let l5003 = TcpListener::bind(("::1", 5003)).unwrap();
     let client_closes_first = |l: &TcpListener, to: SocketAddr, n: usize| {
         for _ in 0..n {
             let c = TcpStream::connect(to).unwrap();
@@ -39,6 +40,7 @@ fn make_sockets() -> Made {
     client_closes_first(&l5000, (Ipv4Addr::LOCALHOST, 5000).into(), 30);
     client_closes_first(&l5001, (Ipv4Addr::LOCALHOST, 5001).into(), 20);
     client_closes_first(&l5000, (OTHER, 5000).into(), 10);
+    client_closes_first(&l5003, "[::1]:5003".parse().unwrap(), 4);
     for _ in 0..7 {
         let c = TcpStream::connect((Ipv4Addr::LOCALHOST, 5002)).unwrap();
         let (s, _) = l5002.accept().unwrap();
@@ -56,7 +58,7 @@ fn make_sockets() -> Made {
     std::thread::sleep(std::time::Duration::from_millis(100));
     Made {
         _held: held,
-        _listeners: vec![l5000, l5001, l5002],
+        _listeners: vec![l5000, l5001, l5002, l5003],
     }
 }
 
@@ -132,11 +134,11 @@ fn status_counts_what_was_made_in_every_way_of_looking() {
 
     let v = status_json(&["status", "--netns", ns.name(), "--json"]);
     assert_eq!(v["census_source"], "netlink");
-    assert_eq!(v["states"]["TIME_WAIT"], 67);
+    assert_eq!(v["states"]["TIME_WAIT"], 71);
     assert_eq!(v["states"]["ESTABLISHED"], 10, "5 connections, both ends");
-    assert_eq!(v["states"]["LISTEN"], 3);
+    assert_eq!(v["states"]["LISTEN"], 4);
     assert_eq!(v["settings"]["port_range"], "40000-40999");
-    assert_eq!(v["settings"]["sockstat_time_wait"], 67);
+    assert_eq!(v["settings"]["sockstat_time_wait"], 71);
 
     let d = destination(&v, "127.0.0.1", "127.0.0.1", 5000);
     assert_eq!(
@@ -158,10 +160,12 @@ fn status_counts_what_was_made_in_every_way_of_looking() {
     assert!((d["headroom_ratio"].as_f64().unwrap() - 0.975).abs() < 1e-9);
     let d = destination(&v, "198.18.0.1", "198.18.0.1", 5000);
     assert_eq!(d["time_wait"], 10);
+    let d = destination(&v, "::1", "::1", 5003);
+    assert_eq!(d["time_wait"], 4);
     let server = &v["time_wait"]["server_side"];
     assert_eq!(server[0]["local_port"], 5002);
     assert_eq!(server[0]["time_wait"], 7);
-    assert_eq!(v["time_wait"]["destinations_total"], 3);
+    assert_eq!(v["time_wait"]["destinations_total"], 4);
 
     // What ss says, destination by destination (server-side ones have the
     // client's ephemeral port as peer, so they are summed).
@@ -169,7 +173,36 @@ fn status_counts_what_was_made_in_every_way_of_looking() {
     assert_eq!(ss.get("127.0.0.1:5000"), Some(&30));
     assert_eq!(ss.get("127.0.0.1:5001"), Some(&20));
     assert_eq!(ss.get("198.18.0.1:5000"), Some(&10));
-    assert_eq!(ss.values().sum::<u64>(), 67);
+    assert_eq!(ss.get("[::1]:5003"), Some(&4));
+    assert_eq!(ss.values().sum::<u64>(), 71);
+
+    // The /proc/net/tcp fallback sees the same sockets (its timers are in
+    // 1/100 s, so compare counts, not the timer buckets' exact edges).
+    let proc = status_json(&["status", "--netns", ns.name(), "--via", "proc", "--json"]);
+    assert_eq!(proc["census_source"], "proc");
+    assert_eq!(proc["states"], v["states"]);
+    assert_eq!(
+        proc["time_wait"]["server_side"],
+        v["time_wait"]["server_side"]
+    );
+    let counts = |x: &Value| -> Vec<(String, u64, u64, u64)> {
+        let mut r: Vec<_> = x["time_wait"]["by_destination"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    format!("{}>{}:{}", d["local_ip"], d["remote_ip"], d["remote_port"]),
+                    d["time_wait"].as_u64().unwrap(),
+                    d["established"].as_u64().unwrap(),
+                    d["ports_in_use"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(counts(&proc), counts(&v));
 
     // The same namespace reached through a process in it.
     let mut sleeper = Command::new("ip")

@@ -213,6 +213,9 @@ pub struct SimulateArgs {
 /// Where to look: this host, a named network namespace, or a process's namespace.
 #[derive(Debug, Args)]
 pub struct TargetArgs {
+    /// How to read sockets: netlink sock_diag (falling back to /proc/net/tcp), or one of them only.
+    #[arg(long, value_enum, default_value_t = ViaArg::Auto)]
+    pub via: ViaArg,
     /// A named network namespace (/var/run/netns/NAME).
     #[arg(long, value_name = "NAME", conflicts_with = "pid")]
     pub netns: Option<String>,
@@ -243,6 +246,17 @@ pub struct StatusArgs {
     /// Print JSON (with --watch, one JSON document per line).
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ViaArg {
+    /// Netlink sock_diag; /proc/net/tcp{,6} if netlink fails (the output says so).
+    Auto,
+    /// Netlink sock_diag only: fail rather than fall back.
+    Netlink,
+    /// /proc/net/tcp{,6} only (slower; timers in 1/100 s).
+    Proc,
 }
 
 /// `status --by`.

@@ -10,12 +10,20 @@ use std::time::{Duration, Instant};
 
 use timewait_census::Snapshot;
 use timewait_census::status::{GroupBy, StatusReport, analyse};
-use timewait_host::{HostError, Target, collect};
+use timewait_host::{HostError, Target, Via, collect};
 use timewait_kernel::counters;
 
 use crate::Failure;
-use crate::cli::{GroupByArg, SnapshotArgs, StatusArgs, TargetArgs};
+use crate::cli::{GroupByArg, SnapshotArgs, StatusArgs, TargetArgs, ViaArg};
 use crate::render::{self, Align, Style, Table, int, real};
+
+fn via(t: &TargetArgs) -> Via {
+    match t.via {
+        ViaArg::Auto => Via::Auto,
+        ViaArg::Netlink => Via::Netlink,
+        ViaArg::Proc => Via::Proc,
+    }
+}
 
 fn target(t: &TargetArgs) -> Target {
     match (&t.netns, t.pid) {
@@ -55,7 +63,7 @@ fn group_by(b: GroupByArg) -> GroupBy {
 
 /// `timewait snapshot`.
 pub fn run_snapshot(args: &SnapshotArgs) -> Result<String, Failure> {
-    let snap = collect(&target(&args.target))?;
+    let snap = collect(&target(&args.target), via(&args.target))?;
     let json = snap.to_json();
     match &args.output {
         None => Ok(json),
@@ -81,8 +89,9 @@ pub fn run_status(args: &StatusArgs, style: &Style) -> Result<String, Failure> {
         return render_once(&report, args, style, None);
     }
     let t = target(&args.target);
+    let v = via(&args.target);
     let Some(secs) = args.watch else {
-        let snap = collect(&t)?;
+        let snap = collect(&t, v)?;
         return render_once(&analyse(&snap, by, args.top), args, style, None);
     };
     if !(secs.is_finite() && (0.1..=3600.0).contains(&secs)) {
@@ -90,7 +99,7 @@ pub fn run_status(args: &StatusArgs, style: &Style) -> Result<String, Failure> {
             "--watch: must be between 0.1 and 3600 seconds, got {secs}"
         )));
     }
-    watch(&t, by, secs, args, style)
+    watch(&t, v, by, secs, args, style)
 }
 
 fn render_once(
@@ -183,6 +192,7 @@ fn rates(prev: &(Snapshot, StatusReport), now: &(Snapshot, StatusReport)) -> Rat
 
 fn watch(
     t: &Target,
+    v: Via,
     by: GroupBy,
     secs: f64,
     args: &StatusArgs,
@@ -194,7 +204,7 @@ fn watch(
     let mut n = 0u64;
     loop {
         let started = Instant::now();
-        let snap = collect(t)?;
+        let snap = collect(t, v)?;
         let report = analyse(&snap, by, args.top);
         let now = (snap, report);
         let r = prev.as_ref().map(|p| rates(p, &now));

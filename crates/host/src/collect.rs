@@ -19,11 +19,23 @@ const ALL_STATES: u32 = ((1 << 14) - 1) & !1 & !(1 << 12);
 /// USER_HZ: /proc/net/tcp prints timers in 1/100 s.
 const USER_HZ_MS: u64 = 10;
 
+/// How to read the sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Via {
+    /// Netlink sock_diag, falling back to `/proc/net/tcp{,6}` if it fails.
+    #[default]
+    Auto,
+    /// Netlink sock_diag only.
+    Netlink,
+    /// `/proc/net/tcp{,6}` only.
+    Proc,
+}
+
 /// Reads everything the analysis needs from `target`. Fails only when the
-/// namespace cannot be entered; anything else unreadable becomes a
-/// [`Problem`] in the snapshot.
-pub fn collect(target: &Target) -> Result<Snapshot, HostError> {
-    let (mut snap, mut problems) = in_namespace(target, collect_here)?;
+/// namespace cannot be entered (or, with [`Via::Netlink`], when netlink
+/// fails); anything else unreadable becomes a [`Problem`] in the snapshot.
+pub fn collect(target: &Target, via: Via) -> Result<Snapshot, HostError> {
+    let (mut snap, mut problems) = in_namespace(target, || collect_here(via))??;
     match kmsg::matching_lines(snapshot::KERNEL_LOG_PATTERNS) {
         Ok(lines) => snap.kernel_log = lines,
         Err(e) => problems.push(problem("kernel log (/dev/kmsg)", &e.to_string())),
@@ -53,7 +65,7 @@ fn read_text(path: &std::path::Path) -> std::io::Result<String> {
 }
 
 /// Runs inside the namespace.
-fn collect_here() -> (Snapshot, Vec<Problem>) {
+fn collect_here(via: Via) -> Result<(Snapshot, Vec<Problem>), HostError> {
     let mut problems = Vec::new();
     let mut sysctls = BTreeMap::new();
     for &(name, required) in snapshot::SYSCTLS {
@@ -81,9 +93,15 @@ fn collect_here() -> (Snapshot, Vec<Problem>) {
         .get("net.ipv4.ip_local_port_range")
         .and_then(|r| r.parse::<PortRange>().ok())
         .unwrap_or(DEFAULT_PORT_RANGE);
-    let (census_source, census) = match census_netlink(range, &mut problems) {
-        Ok(c) => (CensusSource::Netlink, c),
-        Err(e) => {
+    let netlink = match via {
+        Via::Proc => None,
+        Via::Auto | Via::Netlink => Some(census_netlink(range, &mut problems)),
+    };
+    let (census_source, census) = match netlink {
+        Some(Ok(c)) => (CensusSource::Netlink, c),
+        Some(Err(e)) if via == Via::Netlink => return Err(e),
+        None => (CensusSource::Proc, census_proc(range, &mut problems)),
+        Some(Err(e)) => {
             problems.push(problem(
                 "netlink sock_diag",
                 &format!("{e}; the census was read from /proc/net/tcp{{,6}} instead"),
@@ -108,7 +126,7 @@ fn collect_here() -> (Snapshot, Vec<Problem>) {
         kernel_log: Vec::new(),
         problems: Vec::new(),
     };
-    (snap, problems)
+    Ok((snap, problems))
 }
 
 /// Listeners first (so accepted connections are recognised), then everything.

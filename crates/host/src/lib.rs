@@ -13,7 +13,7 @@ mod kmsg;
 mod netns;
 pub mod sockdiag;
 
-pub use collect::collect;
+pub use collect::{Via, collect};
 pub use netns::{Target, in_namespace};
 
 /// Why the host could not be read at all. (Partial failures are recorded as
