@@ -145,8 +145,6 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
 #[test]
 fn subcommands_not_built_yet_say_so_and_exit_1() {
     for args in [
-        vec!["doctor"],
-        vec!["tune"],
         vec!["proxy"],
         vec!["load", "http://127.0.0.1:1/"],
         vec!["lab"],

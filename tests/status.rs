@@ -3,12 +3,13 @@
 //! whether the namespace is named (`--netns`), reached through a process
 //! (`--pid`), entered by `ip netns exec`, or analysed offline (`--from`).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::process::Command;
 
 use serde_json::Value;
 
 use crate::harness::netns::Netns;
+use crate::harness::traffic::{client_closes_first, server_closes_first};
 
 const OTHER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
@@ -26,29 +27,11 @@ fn make_sockets() -> Made {
     let l5001 = TcpListener::bind(("0.0.0.0", 5001)).unwrap();
     let l5002 = TcpListener::bind(("0.0.0.0", 5002)).unwrap();
     let l5003 = TcpListener::bind(("::1", 5003)).unwrap();
-    let client_closes_first = |l: &TcpListener, to: SocketAddr, n: usize| {
-        for _ in 0..n {
-            let c = TcpStream::connect(to).unwrap();
-            let (s, _) = l.accept().unwrap();
-            drop(c);
-            // Wait for the client's FIN before closing the server side.
-            let mut b = [0u8; 1];
-            let _ = std::io::Read::read(&mut &s, &mut b);
-            drop(s);
-        }
-    };
     client_closes_first(&l5000, (Ipv4Addr::LOCALHOST, 5000).into(), 30);
     client_closes_first(&l5001, (Ipv4Addr::LOCALHOST, 5001).into(), 20);
     client_closes_first(&l5000, (OTHER, 5000).into(), 10);
     client_closes_first(&l5003, "[::1]:5003".parse().unwrap(), 4);
-    for _ in 0..7 {
-        let c = TcpStream::connect((Ipv4Addr::LOCALHOST, 5002)).unwrap();
-        let (s, _) = l5002.accept().unwrap();
-        drop(s); // the server closes first
-        let mut b = [0u8; 1];
-        let _ = std::io::Read::read(&mut &c, &mut b);
-        drop(c);
-    }
+    server_closes_first(&l5002, (Ipv4Addr::LOCALHOST, 5002).into(), 7);
     let mut held = Vec::new();
     for _ in 0..5 {
         held.push(TcpStream::connect((Ipv4Addr::LOCALHOST, 5001)).unwrap());

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod cli;
+mod doctor;
 mod harness;
 mod model_vs_kernel;
 mod status;

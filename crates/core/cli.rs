@@ -276,8 +276,8 @@ pub enum GroupByArg {
 pub struct DoctorArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Analyse a snapshot file instead of the live host.
-    #[arg(long, value_name = "FILE")]
+    /// Analyse a snapshot file (from `timewait snapshot`) instead of the live host.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid", "interval"])]
     pub from: Option<PathBuf>,
     /// nginx configuration to check (default: /etc/nginx/nginx.conf if present).
     #[arg(long, value_name = "PATH")]
@@ -380,9 +380,13 @@ pub struct ExporterArgs {
 pub struct TuneArgs {
     #[command(flatten)]
     pub target: TargetArgs,
-    /// Set the values now and write /etc/sysctl.d/90-timewait.conf.
+    /// Set the values now (in the target namespace) and, for this host's own
+    /// namespace, write /etc/sysctl.d/90-timewait.conf (the old one kept as .bak).
     #[arg(long)]
     pub apply: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[cfg(test)]

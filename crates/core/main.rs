@@ -6,6 +6,7 @@
 //! doctor adds 1 = worst finding is a warning, 3 = critical.
 
 mod cli;
+mod doctor_cmd;
 mod model_cmd;
 mod render;
 mod status_cmd;
@@ -26,6 +27,19 @@ pub enum Failure {
     NotBuilt(&'static str, &'static str),
     /// Anything else at run time: exit 1.
     Runtime(anyhow::Error),
+}
+
+/// What a successful command prints, and its exit status (doctor's says
+/// the worst finding).
+pub struct Done {
+    text: String,
+    code: u8,
+}
+
+impl From<String> for Done {
+    fn from(text: String) -> Done {
+        Done { text, code: 0 }
+    }
 }
 
 impl From<timewait_model::ModelError> for Failure {
@@ -72,8 +86,8 @@ fn main() -> ExitCode {
     let style = Style::detect(cli.color);
     let result = dispatch(&cli.command, &style);
     match result {
-        Ok(text) => match render::emit(&text) {
-            Ok(()) => ExitCode::SUCCESS,
+        Ok(done) => match render::emit(&done.text) {
+            Ok(()) => ExitCode::from(done.code),
             Err(e) => {
                 eprintln!("timewait: cannot write output: {e}");
                 ExitCode::from(1)
@@ -94,15 +108,17 @@ fn main() -> ExitCode {
     }
 }
 
-fn dispatch(command: &Command, style: &Style) -> Result<String, Failure> {
+fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
     match command {
-        Command::Model(ModelCommand::Rate(a)) => model_cmd::run_rate(a, style),
-        Command::Model(ModelCommand::Wrap(a)) => model_cmd::run_wrap(a, style),
-        Command::Model(ModelCommand::Simulate(a)) => model_cmd::run_simulate(a, style),
-        Command::Status(a) => status_cmd::run_status(a, style),
-        Command::Snapshot(a) => status_cmd::run_snapshot(a),
-        Command::Doctor(_) => Err(Failure::NotBuilt("doctor", "#4")),
-        Command::Tune(_) => Err(Failure::NotBuilt("tune", "#4")),
+        Command::Model(ModelCommand::Rate(a)) => model_cmd::run_rate(a, style).map(Done::from),
+        Command::Model(ModelCommand::Wrap(a)) => model_cmd::run_wrap(a, style).map(Done::from),
+        Command::Model(ModelCommand::Simulate(a)) => {
+            model_cmd::run_simulate(a, style).map(Done::from)
+        }
+        Command::Status(a) => status_cmd::run_status(a, style).map(Done::from),
+        Command::Snapshot(a) => status_cmd::run_snapshot(a).map(Done::from),
+        Command::Doctor(a) => doctor_cmd::run_doctor(a, style),
+        Command::Tune(a) => doctor_cmd::run_tune(a, style).map(Done::from),
         Command::Proxy(_) => Err(Failure::NotBuilt("proxy", "#5")),
         Command::Load(_) => Err(Failure::NotBuilt("load", "(not filed yet)")),
         Command::Lab(_) => Err(Failure::NotBuilt("lab", "(not filed yet)")),

@@ -17,7 +17,7 @@ use crate::Failure;
 use crate::cli::{GroupByArg, SnapshotArgs, StatusArgs, TargetArgs, ViaArg};
 use crate::render::{self, Align, Style, Table, int, real};
 
-fn via(t: &TargetArgs) -> Via {
+pub fn via(t: &TargetArgs) -> Via {
     match t.via {
         ViaArg::Auto => Via::Auto,
         ViaArg::Netlink => Via::Netlink,
@@ -25,7 +25,7 @@ fn via(t: &TargetArgs) -> Via {
     }
 }
 
-fn target(t: &TargetArgs) -> Target {
+pub fn target(t: &TargetArgs) -> Target {
     match (&t.netns, t.pid) {
         (Some(n), _) => Target::Netns(n.clone()),
         (None, Some(p)) => Target::Pid(p),

@@ -1,3 +1,4 @@
 //! Shared test helpers.
 
 pub mod netns;
+pub mod traffic;

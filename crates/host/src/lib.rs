@@ -12,6 +12,7 @@ mod collect;
 mod kmsg;
 mod netns;
 pub mod sockdiag;
+pub mod sysctl;
 
 pub use collect::{Via, collect};
 pub use netns::{Target, in_namespace};

@@ -1,0 +1,713 @@
+//! The rules. Each is a pure function of the context and returns zero or
+//! more findings; `diagnose` runs them all and sorts by severity.
+
+use timewait_census::Snapshot;
+use timewait_census::status::{DestinationRow, GroupBy, StatusReport, analyse};
+use timewait_kernel::counters;
+use timewait_model::ports::{ConnectPorts, PortRange, ReservedPorts, TwReuse, is_loopback};
+use timewait_model::wrap::{Bandwidth, wrap_seconds};
+
+use crate::finding::{Finding, SYSCTL_DOCS, Severity, SysctlChange};
+use crate::kernel_version::KernelVersion;
+
+/// What the doctor looks at.
+#[derive(Debug, Clone, Copy)]
+pub struct DoctorInput<'a> {
+    /// The snapshot to judge.
+    pub now: &'a Snapshot,
+    /// An earlier snapshot of the same namespace (`--interval`), for rates.
+    pub earlier: Option<&'a Snapshot>,
+}
+
+/// Port use at or above this share of usable ports is a warning…
+pub const EXHAUSTION_WARNING: f64 = 0.70;
+/// …and at or above this, critical.
+pub const EXHAUSTION_CRITICAL: f64 = 0.90;
+/// TIME_WAIT toward one destination above this share of usable ports is "pressure".
+pub const TW_PRESSURE: f64 = 0.10;
+/// TIME_WAIT table use at or above this share of `tcp_max_tw_buckets` is a warning.
+pub const TW_TABLE_WARNING: f64 = 0.80;
+/// Server-side TIME_WAIT at or above this is a warning.
+pub const SERVER_SIDE_WARNING: u64 = 1_000;
+/// The default range's usable ports (32768-60999).
+const DEFAULT_USABLE: u32 = 28_232;
+const WIDE_RANGE: (u16, u16) = (1024, 65535);
+const NGINX_KEEPALIVE_DOCS: &str =
+    "https://nginx.org/en/docs/http/ngx_http_upstream_module.html#keepalive";
+
+struct Ctx<'a> {
+    snap: &'a Snapshot,
+    report: StatusReport,
+    earlier: Option<(StatusReport, &'a Snapshot)>,
+    version: Option<KernelVersion>,
+}
+
+impl Ctx<'_> {
+    fn interval_seconds(&self) -> Option<f64> {
+        let (_, e) = self.earlier.as_ref()?;
+        let dt = self.snap.taken_at_unix_ms.checked_sub(e.taken_at_unix_ms)? as f64 / 1000.0;
+        (dt > 0.0).then_some(dt)
+    }
+
+    fn counter(snap: &Snapshot, table: &str, name: &str) -> Option<i64> {
+        ["netstat", "snmp"].iter().find_map(|f| {
+            let file: &'static str = if *f == "netstat" { "netstat" } else { "snmp" };
+            counters::parse(file, snap.files.get(*f)?)
+                .ok()?
+                .get(table, name)
+        })
+    }
+
+    fn change(&self, name: &str, recommended: impl Into<String>) -> SysctlChange {
+        SysctlChange {
+            name: name.to_string(),
+            current: self
+                .snap
+                .sysctl(name)
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" ")),
+            recommended: recommended.into(),
+        }
+    }
+
+    fn reuse_delay_sentence(&self) -> String {
+        match self.version {
+            Some(v) if v.at_least(6, 14) => format!(
+                "On this kernel ({v}) a TIME_WAIT port is reused {} ms after it entered TIME_WAIT (net.ipv4.tcp_tw_reuse_delay).",
+                self.report.settings.reuse_delay_ms
+            ),
+            Some(v) => format!(
+                "On this kernel ({v}) a TIME_WAIT port is reused once a second has ticked since its last timestamped segment (Linux 6.14 made this tcp_tw_reuse_delay, in ms)."
+            ),
+            None => "Reuse happens about 1 s after TIME_WAIT began (tcp_tw_reuse_delay on 6.14+)."
+                .into(),
+        }
+    }
+
+    fn wide_range_changes(&self) -> Vec<SysctlChange> {
+        let s = &self.report.settings;
+        if (s.port_range.low, s.port_range.high) == WIDE_RANGE {
+            return vec![];
+        }
+        let mut v = vec![self.change(
+            "net.ipv4.ip_local_port_range",
+            format!("{} {}", WIDE_RANGE.0, WIDE_RANGE.1),
+        )];
+        // Services listening inside the new range keep their ports across restarts.
+        let current: ReservedPorts = s.reserved_ports.parse().unwrap_or_default();
+        let mut listening: Vec<u16> = self
+            .snap
+            .census
+            .listening_ports
+            .iter()
+            .copied()
+            .filter(|&p| p >= WIDE_RANGE.0 && !current.contains(p))
+            .collect();
+        listening.dedup();
+        if !listening.is_empty() {
+            let mut list = s.reserved_ports.clone();
+            for p in listening {
+                if !list.is_empty() {
+                    list.push(',');
+                }
+                list.push_str(&p.to_string());
+            }
+            let normalized = list
+                .parse::<ReservedPorts>()
+                .map(|r| r.to_string())
+                .unwrap_or(list);
+            v.push(self.change("net.ipv4.ip_local_reserved_ports", normalized));
+        }
+        v
+    }
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.1}%", x * 100.0)
+}
+
+fn int(n: u64) -> String {
+    let d = n.to_string();
+    let mut o = String::new();
+    for (i, c) in d.chars().enumerate() {
+        if i > 0 && (d.len() - i).is_multiple_of(3) {
+            o.push(',');
+        }
+        o.push(c);
+    }
+    o
+}
+
+fn dest(d: &DestinationRow) -> String {
+    let remote = match d.remote_ip {
+        std::net::IpAddr::V6(v) => format!("[{v}]:{}", d.remote_port),
+        v4 => format!("{v4}:{}", d.remote_port),
+    };
+    format!("{} → {remote}", d.local_ip)
+}
+
+/// Runs every rule. Findings come sorted: most severe first.
+pub fn diagnose(input: &DoctorInput) -> Vec<Finding> {
+    let ctx = Ctx {
+        snap: input.now,
+        report: analyse(input.now, GroupBy::Destination, usize::MAX),
+        earlier: input
+            .earlier
+            .map(|e| (analyse(e, GroupBy::Destination, usize::MAX), e)),
+        version: KernelVersion::parse(&input.now.kernel_release),
+    };
+    let rules: [fn(&Ctx) -> Vec<Finding>; 12] = [
+        port_exhaustion_risk,
+        tw_reuse_off,
+        tw_reuse_loopback_only,
+        timestamps_off,
+        port_range_narrow,
+        tw_bucket_overflow,
+        tw_buckets_near_limit,
+        tw_recycle_enabled,
+        fin_timeout_misread,
+        server_side_time_wait,
+        tw_timeout_available,
+        collection_problems,
+    ];
+    let mut out: Vec<Finding> = rules.iter().flat_map(|r| r(&ctx)).collect();
+    for f in &mut out {
+        if !f.sysctl_changes.is_empty() {
+            let lines: Vec<String> = f
+                .sysctl_changes
+                .iter()
+                .map(|c| format!("`{}`", c.conf_line()))
+                .collect();
+            f.fix.push_str(&format!(
+                "\nTo keep it across reboots, put {} in /etc/sysctl.d/90-timewait.conf (or run `timewait tune --apply`).",
+                lines.join(" and ")
+            ));
+        }
+    }
+    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    out
+}
+
+fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
+    let s = &ctx.report.settings;
+    let mut out = Vec::new();
+    for d in &ctx.report.time_wait.by_destination {
+        let usable = u64::from(d.usable_ports);
+        if usable == 0 {
+            continue;
+        }
+        let used = d.ports_in_use as f64 / usable as f64;
+        let severity = if used >= EXHAUSTION_CRITICAL {
+            Severity::Critical
+        } else if used >= EXHAUSTION_WARNING {
+            Severity::Warning
+        } else {
+            continue;
+        };
+        let free = usable.saturating_sub(d.ports_in_use);
+        let mut evidence = format!(
+            "{}: {} of {} usable ports in use ({}): {} TIME_WAIT, {} ESTABLISHED, {} other, {} held by listeners/bind() in {}.\n\
+             TIME_WAIT timers free {} ports within 10 s and {} within 60 s.\n\
+             Sustainable rate of new connections toward it (model): {:.1}/s{}.",
+            dest(d),
+            int(d.ports_in_use),
+            int(usable),
+            pct(used),
+            int(d.time_wait),
+            int(d.established),
+            int(d.other),
+            int(s.bind_held_in_range),
+            s.port_range,
+            int(d.expiring.within_10s),
+            int(d.expiring.within_60s),
+            d.max_new_connections_per_second,
+            if d.reuse_applies {
+                " with tcp_tw_reuse"
+            } else {
+                " (no reuse)"
+            },
+        );
+        if free == 0 {
+            evidence.push_str("\nExhausted now: connect() toward it fails with EADDRNOTAVAIL (\"Cannot assign requested address\").");
+        }
+        if let (Some(dt), Some((before, _))) = (ctx.interval_seconds(), ctx.earlier.as_ref()) {
+            let prev = before
+                .time_wait
+                .by_destination
+                .iter()
+                .find(|p| {
+                    (p.local_ip, p.remote_ip, p.remote_port)
+                        == (d.local_ip, d.remote_ip, d.remote_port)
+                })
+                .map_or(0, |p| p.ports_in_use);
+            let growth = (d.ports_in_use as f64 - prev as f64) / dt;
+            if growth > 0.0 && free > 0 {
+                evidence.push_str(&format!(
+                    "\nPorts in use grew {growth:.1}/s over the last {dt:.1} s: at that rate the {} free ports last about {:.0} s.",
+                    int(free),
+                    free as f64 / growth
+                ));
+            } else {
+                evidence.push_str(&format!(
+                    "\nPorts in use changed {growth:+.1}/s over the last {dt:.1} s."
+                ));
+            }
+        }
+        let mut changes = Vec::new();
+        let mut fix = format!(
+            "Open fewer connections toward {}: reuse them (HTTP keep-alive, a client connection pool; for nginx: \
+             `keepalive N;` in the upstream, `proxy_http_version 1.1;` and `proxy_set_header Connection \"\";`).",
+            d.remote_ip
+        );
+        if !d.reuse_applies && s.timestamps != 0 {
+            fix.push_str("\nMeanwhile let connect() reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1.");
+            changes.push(ctx.change("net.ipv4.tcp_tw_reuse", "1"));
+        }
+        let wide = ctx.wide_range_changes();
+        if !wide.is_empty() {
+            fix.push_str(&format!(
+                "\nWiden the port range:\n{}",
+                wide.iter()
+                    .map(SysctlChange::command)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            ));
+            changes.extend(wide);
+        }
+        fix.push_str(
+            "\nOr spread over more 4-tuples: more source addresses (bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT, Linux 4.2+), or more destination addresses/ports.",
+        );
+        out.push(Finding {
+            code: "port-exhaustion-risk",
+            severity,
+            title: format!(
+                "{} has {} of its ephemeral ports in use",
+                dest(d),
+                pct(used)
+            ),
+            evidence,
+            fix,
+            docs: SYSCTL_DOCS,
+            sysctl_changes: changes,
+        });
+    }
+    out
+}
+
+/// The busiest client-side destination by TIME_WAIT share of usable ports.
+fn busiest<'a>(
+    ctx: &'a Ctx,
+    filter: impl Fn(&DestinationRow) -> bool,
+) -> Option<(&'a DestinationRow, f64)> {
+    ctx.report
+        .time_wait
+        .by_destination
+        .iter()
+        .filter(|d| filter(d) && d.usable_ports > 0)
+        .map(|d| (d, d.time_wait as f64 / f64::from(d.usable_ports)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+}
+
+fn tw_reuse_off(ctx: &Ctx) -> Vec<Finding> {
+    let s = &ctx.report.settings;
+    if s.tw_reuse != TwReuse::Off {
+        return vec![];
+    }
+    let top = busiest(ctx, |_| true);
+    let pressure = top.is_some_and(|(_, r)| r >= TW_PRESSURE);
+    let mut evidence = format!(
+        "net.ipv4.tcp_tw_reuse = 0: connect() never takes over a TIME_WAIT 4-tuple, so each port toward a destination waits the full {} s.",
+        s.time_wait_seconds
+    );
+    if let Some((d, r)) = top {
+        evidence.push_str(&format!(
+            "\nBusiest destination: {} with {} TIME_WAIT ({} of {} usable ports).",
+            dest(d),
+            int(d.time_wait),
+            pct(r),
+            int(d.usable_ports.into())
+        ));
+    }
+    let mut fix = "sysctl -w net.ipv4.tcp_tw_reuse=1 — reuse applies only to outgoing connections and only when both ends use TCP timestamps, which keep old segments out of the new connection.".to_string();
+    fix.push(' ');
+    fix.push_str(&ctx.reuse_delay_sentence());
+    vec![Finding {
+        code: "tw-reuse-off",
+        severity: if pressure {
+            Severity::Warning
+        } else {
+            Severity::Info
+        },
+        title: "tcp_tw_reuse is off: outgoing connections cannot reuse TIME_WAIT ports".into(),
+        evidence,
+        fix,
+        docs: SYSCTL_DOCS,
+        sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_reuse", "1")],
+    }]
+}
+
+fn tw_reuse_loopback_only(ctx: &Ctx) -> Vec<Finding> {
+    let s = &ctx.report.settings;
+    if s.tw_reuse != TwReuse::LoopbackOnly {
+        return vec![];
+    }
+    let Some((d, r)) = busiest(ctx, |d| !is_loopback(d.remote_ip)) else {
+        return vec![];
+    };
+    if r < TW_PRESSURE {
+        return vec![];
+    }
+    vec![Finding {
+        code: "tw-reuse-loopback-only",
+        severity: Severity::Warning,
+        title: "tcp_tw_reuse=2 reuses TIME_WAIT only toward loopback, and remote destinations pile it up".into(),
+        evidence: format!(
+            "net.ipv4.tcp_tw_reuse = 2 (the default since 4.18): reuse only toward 127.0.0.0/8 and ::1.\n\
+             {} holds {} TIME_WAIT ({} of {} usable ports) and cannot reuse them.",
+            dest(d),
+            int(d.time_wait),
+            pct(r),
+            int(d.usable_ports.into())
+        ),
+        fix: format!(
+            "sysctl -w net.ipv4.tcp_tw_reuse=1 (outgoing connections only; needs timestamps at both ends). {}",
+            ctx.reuse_delay_sentence()
+        ),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_reuse", "1")],
+    }]
+}
+
+fn timestamps_off(ctx: &Ctx) -> Vec<Finding> {
+    if ctx.report.settings.timestamps != 0 {
+        return vec![];
+    }
+    let gig = wrap_seconds(Bandwidth {
+        bits_per_second: 1e9,
+    });
+    vec![Finding {
+        code: "timestamps-off",
+        severity: Severity::Warning,
+        title: "tcp_timestamps is off: TIME_WAIT reuse and PAWS cannot work".into(),
+        evidence: format!(
+            "net.ipv4.tcp_timestamps = 0.\n\
+             tcp_tw_reuse needs the old connection's timestamps, so no TIME_WAIT port is ever reused, whatever tcp_tw_reuse says.\n\
+             PAWS needs them too: at 1 Gbit/s the sequence space wraps in {gig:.1} s (2^31 bytes / 125 MB/s), faster than the {} s TIME_WAIT, so only timestamps tell an old segment from a new one.",
+            ctx.report.settings.time_wait_seconds
+        ),
+        fix: "sysctl -w net.ipv4.tcp_timestamps=1".into(),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: vec![ctx.change("net.ipv4.tcp_timestamps", "1")],
+    }]
+}
+
+fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
+    let s = &ctx.report.settings;
+    let range: PortRange = s.port_range;
+    let reserved: ReservedPorts = s.reserved_ports.parse().unwrap_or_default();
+    let in_range = reserved.count_in(range);
+    let narrow = s.usable_ports < DEFAULT_USABLE;
+    let reserved_heavy = f64::from(in_range) > 0.10 * f64::from(range.len());
+    if !narrow && !reserved_heavy {
+        return vec![];
+    }
+    let wide = ConnectPorts::new(
+        PortRange {
+            low: WIDE_RANGE.0,
+            high: WIDE_RANGE.1,
+        },
+        reserved.clone(),
+    )
+    .usable();
+    let mut evidence = format!(
+        "net.ipv4.ip_local_port_range = {range}: {} ports, of which {} are reserved (ip_local_reserved_ports), leaving {} usable per destination",
+        int(range.len().into()),
+        int(in_range.into()),
+        int(s.usable_ports.into())
+    );
+    evidence.push_str(&format!(
+        " — {} new connections/s per destination at most without reuse ({} / {} s); the kernel default gives {} usable, {} {} {} would give {}.",
+        format_rate(f64::from(s.usable_ports) / s.time_wait_seconds),
+        int(s.usable_ports.into()),
+        s.time_wait_seconds,
+        int(DEFAULT_USABLE.into()),
+        WIDE_RANGE.0,
+        "to",
+        WIDE_RANGE.1,
+        int(wide.into())
+    ));
+    let changes = ctx.wide_range_changes();
+    vec![Finding {
+        code: "port-range-narrow",
+        severity: Severity::Warning,
+        title: format!(
+            "Only {} usable ephemeral ports per destination",
+            int(s.usable_ports.into())
+        ),
+        evidence,
+        fix: if changes.is_empty() {
+            "Reserve fewer ports inside the range (net.ipv4.ip_local_reserved_ports).".into()
+        } else {
+            format!(
+                "{}\nListening ports inside the new range are reserved so services keep them across restarts.",
+                changes
+                    .iter()
+                    .map(SysctlChange::command)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        },
+        docs: SYSCTL_DOCS,
+        sysctl_changes: changes,
+    }]
+}
+
+fn format_rate(x: f64) -> String {
+    format!("{x:.1}")
+}
+
+fn raised_buckets(ctx: &Ctx) -> Option<SysctlChange> {
+    let s = &ctx.report.settings;
+    let max = s.max_tw_buckets?;
+    let tw = s.sockstat_time_wait.unwrap_or(ctx.report.time_wait.total);
+    let target = (max.max(tw) * 2).max(1024).next_multiple_of(1024);
+    Some(ctx.change("net.ipv4.tcp_max_tw_buckets", target.to_string()))
+}
+
+fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
+    let now = Ctx::counter(ctx.snap, "TcpExt", "TCPTimeWaitOverflow").unwrap_or(0);
+    let logged: Vec<&String> = ctx
+        .snap
+        .kernel_log
+        .iter()
+        .filter(|l| l.contains("time wait bucket table overflow"))
+        .collect();
+    if now <= 0 && logged.is_empty() {
+        return vec![];
+    }
+    let s = &ctx.report.settings;
+    let tw = s.sockstat_time_wait.unwrap_or(ctx.report.time_wait.total);
+    let fill = s
+        .max_tw_buckets
+        .filter(|&m| m > 0)
+        .map(|m| tw as f64 / m as f64);
+    let growing = ctx.interval_seconds().and_then(|dt| {
+        let before = Ctx::counter(ctx.earlier.as_ref()?.1, "TcpExt", "TCPTimeWaitOverflow")?;
+        Some(((now - before) as f64 / dt, dt))
+    });
+    let severity = match (growing, fill) {
+        (Some((rate, _)), _) if rate > 0.0 => Severity::Critical,
+        (_, Some(f)) if f >= 0.5 => Severity::Warning,
+        _ => Severity::Info,
+    };
+    let mut evidence = format!(
+        "TcpExt TCPTimeWaitOverflow = {}: that many closing sockets found the TIME_WAIT table full and skipped TIME_WAIT, \
+         so a late FIN or a retransmission can hit a new connection on the same 4-tuple, or be answered with RST.",
+        int(now.max(0) as u64)
+    );
+    if let Some(f) = fill {
+        evidence.push_str(&format!(
+            "\nThe table now holds {} of tcp_max_tw_buckets {} ({}).",
+            int(tw),
+            int(s.max_tw_buckets.unwrap_or(0)),
+            pct(f)
+        ));
+    }
+    match growing {
+        Some((rate, dt)) if rate > 0.0 => {
+            evidence.push_str(&format!("\nOverflowing now: {rate:.1}/s over the last {dt:.1} s."))
+        }
+        Some((_, dt)) => evidence.push_str(&format!("\nNo overflow during the last {dt:.1} s.")),
+        None if severity == Severity::Info => evidence.push_str(
+            "\nThe counter counts since the namespace was created; the table is far from full now (use --interval to see whether it still grows).",
+        ),
+        None => {}
+    }
+    for l in logged.iter().take(3) {
+        evidence.push_str(&format!("\nKernel log: {l}"));
+    }
+    let changes: Vec<SysctlChange> = if severity >= Severity::Warning {
+        raised_buckets(ctx).into_iter().collect()
+    } else {
+        vec![]
+    };
+    vec![Finding {
+        code: "tw-bucket-overflow",
+        severity,
+        title: "TIME_WAIT sockets were dropped because the table was full".into(),
+        evidence,
+        fix: format!(
+            "{}Raise, never lower, net.ipv4.tcp_max_tw_buckets (each TIME_WAIT socket costs a few hundred bytes), and cut the churn with keep-alive.",
+            changes
+                .first()
+                .map(|c| format!("{}. ", c.command()))
+                .unwrap_or_default()
+        ),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: changes,
+    }]
+}
+
+fn tw_buckets_near_limit(ctx: &Ctx) -> Vec<Finding> {
+    let s = &ctx.report.settings;
+    let (Some(max), Some(tw)) = (s.max_tw_buckets, s.sockstat_time_wait) else {
+        return vec![];
+    };
+    let fill = if max == 0 {
+        1.0
+    } else {
+        tw as f64 / max as f64
+    };
+    if fill < TW_TABLE_WARNING {
+        return vec![];
+    }
+    let change = raised_buckets(ctx);
+    vec![Finding {
+        code: "tw-buckets-near-limit",
+        severity: if fill >= 1.0 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        title: format!("The TIME_WAIT table is {} full", pct(fill)),
+        evidence: format!(
+            "/proc/net/sockstat tw = {} of net.ipv4.tcp_max_tw_buckets = {} ({}); past the limit, closing sockets skip TIME_WAIT (TCPTimeWaitOverflow).",
+            int(tw),
+            int(max),
+            pct(fill)
+        ),
+        fix: format!(
+            "{}Raise, never lower, the limit; and reduce the churn that fills it (keep-alive).",
+            change
+                .as_ref()
+                .map(|c| format!("{}. ", c.command()))
+                .unwrap_or_default()
+        ),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: change.into_iter().collect(),
+    }]
+}
+
+fn tw_recycle_enabled(ctx: &Ctx) -> Vec<Finding> {
+    let Some(v) = ctx.snap.sysctl("net.ipv4.tcp_tw_recycle") else {
+        return vec![];
+    };
+    if v.trim() == "0" {
+        return vec![];
+    }
+    vec![Finding {
+        code: "tw-recycle-enabled",
+        severity: Severity::Critical,
+        title: "tcp_tw_recycle is on: clients behind NAT lose connections".into(),
+        evidence: format!(
+            "net.ipv4.tcp_tw_recycle = {} (kernel {}). It drops SYNs whose timestamp is older than the last one seen from the same address; \
+             clients behind one NAT have unrelated clocks, so their connections fail at random. Random per-connection timestamp offsets \
+             (4.10) broke it for everyone, and Linux 4.12 removed it.",
+            v.trim(),
+            ctx.snap.kernel_release
+        ),
+        fix: "sysctl -w net.ipv4.tcp_tw_recycle=0 — use tcp_tw_reuse=1 (outgoing only) and keep-alive instead.".into(),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_recycle", "0")],
+    }]
+}
+
+fn fin_timeout_misread(ctx: &Ctx) -> Vec<Finding> {
+    let Some(v) = ctx
+        .snap
+        .sysctl("net.ipv4.tcp_fin_timeout")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return vec![];
+    };
+    if v >= 60 {
+        return vec![];
+    }
+    vec![Finding {
+        code: "fin-timeout-misread",
+        severity: Severity::Info,
+        title: "tcp_fin_timeout was lowered, but it does not shorten TIME_WAIT".into(),
+        evidence: format!(
+            "net.ipv4.tcp_fin_timeout = {v} s. It limits how long an orphaned connection waits in FIN_WAIT2 for the peer's FIN; \
+             TIME_WAIT stays {} s (TCP_TIMEWAIT_LEN, fixed at build time in upstream Linux).",
+            ctx.report.settings.time_wait_seconds
+        ),
+        fix: "Nothing to change for TIME_WAIT here; to relieve it, reuse connections (keep-alive) or enable tcp_tw_reuse=1 for outgoing ones.".into(),
+        docs: SYSCTL_DOCS,
+        sysctl_changes: vec![],
+    }]
+}
+
+fn server_side_time_wait(ctx: &Ctx) -> Vec<Finding> {
+    let server = &ctx.report.time_wait.server_side;
+    let total: u64 = server.iter().map(|s| s.time_wait).sum();
+    if total == 0 {
+        return vec![];
+    }
+    let ports: Vec<String> = server
+        .iter()
+        .filter(|s| s.time_wait > 0)
+        .take(5)
+        .map(|s| format!("port {}: {}", s.local_port, int(s.time_wait)))
+        .collect();
+    let max = ctx.report.settings.max_tw_buckets.unwrap_or(u64::MAX);
+    let heavy = total >= SERVER_SIDE_WARNING || total as f64 >= 0.1 * max as f64;
+    vec![Finding {
+        code: "server-side-time-wait",
+        severity: if heavy { Severity::Warning } else { Severity::Info },
+        title: format!("{} TIME_WAIT sockets on listening ports: this host closes first as a server", int(total)),
+        evidence: format!(
+            "{}.\nThey use no ephemeral ports (they share the listening port) but fill the TIME_WAIT table, and show that the clients \
+             (often a proxy speaking HTTP/1.0 or sending `Connection: close`) make a new connection per request.",
+            ports.join(", ")
+        ),
+        fix: "Make the clients keep connections alive. Behind nginx: `keepalive N;` in the upstream block, `proxy_http_version 1.1;` \
+              and `proxy_set_header Connection \"\";` where it proxies (a location that sets any proxy_set_header must repeat the inherited ones)."
+            .into(),
+        docs: NGINX_KEEPALIVE_DOCS,
+        sysctl_changes: vec![],
+    }]
+}
+
+fn tw_timeout_available(ctx: &Ctx) -> Vec<Finding> {
+    let Some(v) = ctx.snap.sysctl("net.ipv4.tcp_tw_timeout") else {
+        return vec![];
+    };
+    vec![Finding {
+        code: "tw-timeout-available",
+        severity: Severity::Info,
+        title: "This kernel can change the TIME_WAIT length (tcp_tw_timeout)".into(),
+        evidence: format!(
+            "net.ipv4.tcp_tw_timeout = {} s exists here (Alibaba Cloud Linux 2/3; not upstream). TIME_WAIT lasts that long, and the rates in this report use it.",
+            v.trim()
+        ),
+        fix: "Shortening TIME_WAIT trades away the protection against late segments; prefer keep-alive and tcp_tw_reuse=1. If you lower it, keep it well above the longest RTT.".into(),
+        docs: "https://www.alibabacloud.com/help/en/ecs/user-guide/change-the-tcp-time-wait-timeout-period",
+        sysctl_changes: vec![],
+    }]
+}
+
+fn collection_problems(ctx: &Ctx) -> Vec<Finding> {
+    ctx.report
+        .problems
+        .iter()
+        .map(|p| {
+            let minor = p.what.starts_with("kernel log");
+            Finding {
+                code: "collection-problem",
+                severity: if minor { Severity::Info } else { Severity::Warning },
+                title: format!("Could not read {}", p.what),
+                evidence: format!("{}: {}", p.what, p.error),
+                fix: if minor {
+                    "Run as root (reading /dev/kmsg needs CAP_SYSLOG) to see kernel log lines such as \"time wait bucket table overflow\".".into()
+                } else {
+                    "Run as root, or check that /proc is mounted for this namespace; findings that need this value may be missing.".into()
+                },
+                docs: SYSCTL_DOCS,
+                sysctl_changes: vec![],
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;
