@@ -272,3 +272,29 @@ fn human_reports_over_recorded_hosts() {
         insta::assert_snapshot!(name, String::from_utf8(o.stdout).unwrap(), host);
     }
 }
+
+#[test]
+fn tune_apply_refuses_without_root() {
+    let Some(_ns) = Netns::new("noroot") else {
+        return;
+    };
+    // setpriv (util-linux) drops to nobody for this one command.
+    let o = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_timewait"),
+            "tune",
+            "--apply",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("tune --apply needs root") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -274,6 +274,11 @@ struct TuneChange {
 
 /// `timewait tune`.
 pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
+    if args.apply && !nix::unistd::geteuid().is_root() {
+        return Err(Failure::Runtime(anyhow::anyhow!(
+            "tune --apply needs root (it writes /proc/sys and /etc/sysctl.d); nothing was changed. `timewait tune` without --apply shows the changes"
+        )));
+    }
     let t = target(&args.target);
     let snap = collect(&t, via(&args.target))?;
     let findings = diagnose(&DoctorInput {
@@ -293,11 +298,6 @@ pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
         .collect();
     let mut persisted_to = None;
     if args.apply && !changes.is_empty() {
-        if !nix::unistd::geteuid().is_root() {
-            return Err(Failure::Runtime(anyhow::anyhow!(
-                "tune --apply needs root (it writes /proc/sys and /etc/sysctl.d); nothing was changed"
-            )));
-        }
         let pairs: Vec<(String, String)> = changes
             .iter()
             .map(|c| (c.name.clone(), c.recommended.clone()))

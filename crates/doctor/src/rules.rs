@@ -273,9 +273,7 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
             ));
             changes.extend(wide);
         }
-        fix.push_str(
-            "\nOr spread over more 4-tuples: more source addresses (bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT, Linux 4.2+), or more destination addresses/ports.",
-        );
+        fix.push_str(&spread_advice(ctx.version));
         out.push(Finding {
             code: "port-exhaustion-risk",
             severity,
@@ -291,6 +289,22 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
         });
     }
     out
+}
+
+/// How to get more 4-tuples, for the kernel at hand.
+fn spread_advice(version: Option<KernelVersion>) -> String {
+    let mut s = String::from("\nOr spread over more 4-tuples: more destination addresses or ports");
+    match version {
+        Some(v) if !v.at_least(4, 2) => s.push_str(
+            ", or more source addresses (this kernel predates IP_BIND_ADDRESS_NO_PORT, so bind(addr, 0) reserves a port for every destination)",
+        ),
+        _ => s.push_str(", or more source addresses (bind(addr, 0) with IP_BIND_ADDRESS_NO_PORT so the port is chosen per 4-tuple at connect())"),
+    }
+    s.push('.');
+    if version.is_some_and(|v| v.at_least(6, 3)) {
+        s.push_str(" Processes sharing the range can each get their own slice with the IP_LOCAL_PORT_RANGE socket option (Linux 6.3+).");
+    }
+    s
 }
 
 /// The busiest client-side destination by TIME_WAIT share of usable ports.

@@ -221,6 +221,30 @@ fn port_exhaustion_counts_listeners_inside_the_range_and_reports_growth() {
 }
 
 #[test]
+fn exhaustion_advice_follows_the_kernel_version() {
+    let mut h = Host::new()
+        .set("net.ipv4.ip_local_port_range", "40000 40099")
+        .sockets(95, 6, "10.1.1.1", 80, 40000);
+    let fix = find(&h.findings(), "port-exhaustion-risk").fix.clone();
+    assert!(
+        fix.contains("IP_BIND_ADDRESS_NO_PORT") && fix.contains("IP_LOCAL_PORT_RANGE socket option (Linux 6.3+)"),
+        "{fix}"
+    );
+    h.kernel = "5.10.0".into();
+    let fix = find(&h.findings(), "port-exhaustion-risk").fix.clone();
+    assert!(
+        fix.contains("IP_BIND_ADDRESS_NO_PORT") && !fix.contains("IP_LOCAL_PORT_RANGE"),
+        "{fix}"
+    );
+    h.kernel = "3.10.0-1160.el7".into();
+    assert!(
+        find(&h.findings(), "port-exhaustion-risk")
+            .fix
+            .contains("predates IP_BIND_ADDRESS_NO_PORT")
+    );
+}
+
+#[test]
 fn tw_reuse_off_is_a_warning_under_pressure_and_info_otherwise() {
     let off = || Host::new().set("net.ipv4.tcp_tw_reuse", "0");
     let f = off().findings();
