@@ -227,7 +227,8 @@ fn exhaustion_advice_follows_the_kernel_version() {
         .sockets(95, 6, "10.1.1.1", 80, 40000);
     let fix = find(&h.findings(), "port-exhaustion-risk").fix.clone();
     assert!(
-        fix.contains("IP_BIND_ADDRESS_NO_PORT") && fix.contains("IP_LOCAL_PORT_RANGE socket option (Linux 6.3+)"),
+        fix.contains("IP_BIND_ADDRESS_NO_PORT")
+            && fix.contains("IP_LOCAL_PORT_RANGE socket option (Linux 6.3+)"),
         "{fix}"
     );
     h.kernel = "5.10.0".into();
