@@ -132,6 +132,36 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
             "--hold-ms",
         ),
         (vec!["model", "wrap", "--bandwidth", "fast"], "--bandwidth"),
+        (vec!["proxy", "--upstream", "127.0.0.1:1"], "--listen"),
+        (vec!["proxy", "--listen", "127.0.0.1:0"], "--upstream"),
+        (
+            vec!["proxy", "--listen", "nowhere", "--upstream", "127.0.0.1:1"],
+            "--listen",
+        ),
+        (
+            vec![
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--workers",
+                "0",
+            ],
+            "--workers",
+        ),
+        (
+            vec![
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--idle-timeout",
+                "-1",
+            ],
+            "--idle-timeout",
+        ),
     ] {
         let o = timewait(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
@@ -145,7 +175,7 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
 #[test]
 fn subcommands_not_built_yet_say_so_and_exit_1() {
     for args in [
-        vec!["proxy"],
+        vec!["proxy", "-c", "proxy.toml"],
         vec!["load", "http://127.0.0.1:1/"],
         vec!["lab"],
         vec!["nginx", "check"],

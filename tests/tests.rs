@@ -5,4 +5,5 @@ mod cli;
 mod doctor;
 mod harness;
 mod model_vs_kernel;
+mod proxy;
 mod status;

@@ -86,7 +86,10 @@ pub enum Command {
     ///
     /// nginx speaks HTTP/1.0 with `Connection: close` to its backends unless
     /// told otherwise, so every request leaves a TIME_WAIT socket behind. This
-    /// proxy pools and reuses upstream connections by default.
+    /// proxy pools and reuses upstream connections by default: one backend
+    /// connection serves request after request, and the client's
+    /// `Connection: close` is never forwarded.
+    #[command(allow_negative_numbers = true)]
     Proxy(ProxyArgs),
     /// Prometheus metrics of the census and counters, for fleet-wide alerts.
     Exporter(ExporterArgs),
@@ -355,18 +358,39 @@ pub struct NginxCheckArgs {
 
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
-    /// Address to listen on.
+    /// Address to listen on, e.g. 0.0.0.0:8080.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,
-    /// Upstream address (repeatable).
+    /// Backend address HOST:PORT (repeatable; balanced round-robin).
     #[arg(long, value_name = "ADDR")]
     pub upstream: Vec<String>,
-    /// Worker threads.
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// Configuration file (several listeners and routes).
+    /// Worker threads, each with its own listener and connection pool.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub workers: usize,
+    /// Configuration file with several listeners and routes.
     #[arg(short = 'c', long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
+    /// Serve /metrics and /healthz on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// Idle connections kept per backend and worker (nginx's `keepalive N`).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub keepalive: usize,
+    /// Close idle backend connections after S seconds; keep it below the backends' own keep-alive timeout.
+    #[arg(long, value_name = "S", default_value_t = 4.0)]
+    pub idle_timeout: f64,
+    /// Close a backend connection after N requests (default: never; each close is a TIME_WAIT).
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u64>,
+    /// Seconds to connect to a backend before answering 502.
+    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    pub connect_timeout: f64,
+    /// Seconds for a backend to start answering before 504.
+    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    pub response_timeout: f64,
+    /// Add `Via: 1.1 NAME` to requests and responses.
+    #[arg(long, value_name = "NAME")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Args)]

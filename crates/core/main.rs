@@ -8,6 +8,7 @@
 mod cli;
 mod doctor_cmd;
 mod model_cmd;
+mod proxy_cmd;
 mod render;
 mod status_cmd;
 
@@ -119,7 +120,7 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Snapshot(a) => status_cmd::run_snapshot(a).map(Done::from),
         Command::Doctor(a) => doctor_cmd::run_doctor(a, style),
         Command::Tune(a) => doctor_cmd::run_tune(a, style).map(Done::from),
-        Command::Proxy(_) => Err(Failure::NotBuilt("proxy", "#5")),
+        Command::Proxy(a) => proxy_cmd::run_proxy(a).map(Done::from),
         Command::Load(_) => Err(Failure::NotBuilt("load", "(not filed yet)")),
         Command::Lab(_) => Err(Failure::NotBuilt("lab", "(not filed yet)")),
         Command::Nginx(NginxCommand::Check(_)) => {

@@ -1,4 +1,5 @@
 //! Shared test helpers.
 
+pub mod backend;
 pub mod netns;
 pub mod traffic;

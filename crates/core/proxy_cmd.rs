@@ -1,0 +1,92 @@
+//! `timewait proxy`: flags → validated [`ProxyConfig`] → run.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use timewait_proxy::ProxyConfig;
+use timewait_proxy::config::PoolConfig;
+
+use crate::Failure;
+use crate::cli::ProxyArgs;
+
+fn addr(flag: &str, s: &str) -> Result<SocketAddr, Failure> {
+    s.to_socket_addrs()
+        .map_err(|e| Failure::Usage(format!("{flag} {s}: {e} (expected HOST:PORT)")))?
+        .next()
+        .ok_or_else(|| Failure::Usage(format!("{flag} {s}: resolves to no address")))
+}
+
+fn seconds(flag: &str, v: f64, max: f64) -> Result<Duration, Failure> {
+    if v.is_finite() && v > 0.0 && v <= max {
+        Ok(Duration::from_secs_f64(v))
+    } else {
+        Err(Failure::Usage(format!(
+            "{flag}: must be seconds above 0 and at most {max}, got {v}"
+        )))
+    }
+}
+
+/// Validates the flags into a configuration; does no I/O but name lookups.
+pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
+    if a.config.is_some() {
+        return Err(Failure::NotBuilt("proxy -c (configuration files)", "#5"));
+    }
+    let listen = a
+        .listen
+        .as_deref()
+        .ok_or_else(|| Failure::Usage("--listen: required (e.g. --listen 127.0.0.1:8080)".into()))
+        .and_then(|s| addr("--listen", s))?;
+    if a.upstream.is_empty() {
+        return Err(Failure::Usage(
+            "--upstream: at least one backend is required (e.g. --upstream 127.0.0.1:9000)".into(),
+        ));
+    }
+    let upstreams = a
+        .upstream
+        .iter()
+        .map(|u| addr("--upstream", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if a.workers == 0 || a.workers > 1024 {
+        return Err(Failure::Usage(format!(
+            "--workers: must be between 1 and 1024, got {}",
+            a.workers
+        )));
+    }
+    if a.max_requests == Some(0) {
+        return Err(Failure::Usage("--max-requests: must be at least 1".into()));
+    }
+    let mut cfg = ProxyConfig::new(listen, upstreams);
+    cfg.workers = a.workers;
+    cfg.admin = a.admin.as_deref().map(|s| addr("--admin", s)).transpose()?;
+    cfg.pool = PoolConfig {
+        max_idle_per_upstream: a.keepalive,
+        idle_timeout: seconds("--idle-timeout", a.idle_timeout, 3600.0)?,
+        max_requests_per_connection: a.max_requests,
+        max_lifetime: None,
+    };
+    cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
+    cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;
+    cfg.forwarding.via = a.via.clone();
+    Ok(cfg)
+}
+
+/// Runs until killed. Prints the bound addresses first (scripts wait for that line).
+pub fn run_proxy(a: &ProxyArgs) -> Result<String, Failure> {
+    let cfg = config(a)?;
+    let upstreams: Vec<String> = cfg.upstreams.iter().map(ToString::to_string).collect();
+    let workers = cfg.workers;
+    timewait_proxy::run(cfg, |b| {
+        let admin = b
+            .admin
+            .map_or(String::new(), |a| format!(", admin http://{a}/metrics"));
+        let _ = crate::render::emit(&format!(
+            "timewait proxy: listening on {} ({} worker(s)), upstreams {}{}\n",
+            b.listen,
+            workers,
+            upstreams.join(", "),
+            admin
+        ));
+    })
+    .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
+    Ok(String::new())
+}

@@ -1,0 +1,77 @@
+//! What a proxy run is told. Validated by the caller (the binary) before
+//! [`crate::run`] is called.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::headers::ForwardingRules;
+
+/// The upstream connection pool's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Idle connections kept per upstream address, per worker (like nginx's `keepalive N`).
+    pub max_idle_per_upstream: usize,
+    /// An idle connection is closed after this long. Keep it below the
+    /// backends' keep-alive timeout, so the proxy never sends on a
+    /// connection the backend is closing (Node and Apache: 5 s).
+    pub idle_timeout: Duration,
+    /// Close a connection after this many requests (`None`: never — every
+    /// close is a TIME_WAIT somewhere).
+    pub max_requests_per_connection: Option<u64>,
+    /// Close a connection after this long (`None`: never).
+    pub max_lifetime: Option<Duration>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig {
+            max_idle_per_upstream: 128,
+            idle_timeout: Duration::from_secs(4),
+            max_requests_per_connection: None,
+            max_lifetime: None,
+        }
+    }
+}
+
+/// A proxy run.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where clients connect.
+    pub listen: SocketAddr,
+    /// Backends, balanced round-robin.
+    pub upstreams: Vec<SocketAddr>,
+    /// Worker threads, each with its own listener (`SO_REUSEPORT`) and pool.
+    pub workers: usize,
+    /// Where `/metrics` is served, if anywhere.
+    pub admin: Option<SocketAddr>,
+    /// Pool limits.
+    pub pool: PoolConfig,
+    /// Time to connect to a backend before answering 502.
+    pub connect_timeout: Duration,
+    /// Time for a backend to start answering before 504.
+    pub response_header_timeout: Duration,
+    /// Time a client has to send a request's headers (slowloris protection).
+    pub client_header_timeout: Duration,
+    /// Most request headers accepted.
+    pub max_headers: usize,
+    /// Header rewriting.
+    pub forwarding: ForwardingRules,
+}
+
+impl ProxyConfig {
+    /// A configuration with the defaults for everything but addresses.
+    pub fn new(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> ProxyConfig {
+        ProxyConfig {
+            listen,
+            upstreams,
+            workers: 1,
+            admin: None,
+            pool: PoolConfig::default(),
+            connect_timeout: Duration::from_secs(2),
+            response_header_timeout: Duration::from_secs(60),
+            client_header_timeout: Duration::from_secs(10),
+            max_headers: 100,
+            forwarding: ForwardingRules::default(),
+        }
+    }
+}

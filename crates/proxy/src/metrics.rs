@@ -1,0 +1,129 @@
+//! Counters shared by all workers (relaxed atomics: they are counts, not
+//! synchronisation), rendered in the Prometheus text format.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Everything the proxy counts.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Requests received from clients.
+    pub requests: AtomicU64,
+    /// Responses by status class: 1xx..5xx.
+    pub responses: [AtomicU64; 5],
+    /// Upstream connections opened.
+    pub upstream_connections_opened: AtomicU64,
+    /// Requests sent upstream on a connection that had served one before.
+    pub upstream_reused: AtomicU64,
+    /// Requests sent upstream.
+    pub upstream_requests: AtomicU64,
+    /// Requests sent again after a pooled connection turned out closed.
+    pub retries: AtomicU64,
+    /// Idle pooled connections (all workers).
+    pub pool_idle: AtomicI64,
+    /// Requests refused as malformed or ambiguous (400).
+    pub refused: AtomicU64,
+    /// Failures to connect to a backend (502).
+    pub connect_errors: AtomicU64,
+    /// Backends that broke a connection or sent broken framing (502).
+    pub upstream_errors: AtomicU64,
+    /// Backends too slow to answer (504).
+    pub upstream_timeouts: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a response's status.
+    pub fn response(&self, status: u16) {
+        if let Some(c) = self
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
+            Metrics::inc(c);
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut o = String::new();
+        let mut counter = |name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP timewait_proxy_{name} {help}");
+            let _ = writeln!(o, "# TYPE timewait_proxy_{name} counter");
+            let _ = writeln!(o, "timewait_proxy_{name} {v}");
+        };
+        counter(
+            "requests_total",
+            "Requests received from clients.",
+            g(&self.requests),
+        );
+        counter(
+            "upstream_connections_opened_total",
+            "Connections opened to backends.",
+            g(&self.upstream_connections_opened),
+        );
+        counter(
+            "upstream_requests_total",
+            "Requests sent to backends.",
+            g(&self.upstream_requests),
+        );
+        counter(
+            "upstream_reused_requests_total",
+            "Requests sent on a reused backend connection.",
+            g(&self.upstream_reused),
+        );
+        counter(
+            "retries_total",
+            "Requests retried after a pooled connection turned out closed.",
+            g(&self.retries),
+        );
+        counter(
+            "refused_requests_total",
+            "Requests refused with 400.",
+            g(&self.refused),
+        );
+        counter(
+            "upstream_connect_errors_total",
+            "Failed connects to backends.",
+            g(&self.connect_errors),
+        );
+        counter(
+            "upstream_errors_total",
+            "Broken backend connections or framing.",
+            g(&self.upstream_errors),
+        );
+        counter(
+            "upstream_timeouts_total",
+            "Backends that did not answer in time.",
+            g(&self.upstream_timeouts),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP timewait_proxy_responses_total Responses sent to clients, by status class."
+        );
+        let _ = writeln!(o, "# TYPE timewait_proxy_responses_total counter");
+        for (i, c) in self.responses.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "timewait_proxy_responses_total{{class=\"{}xx\"}} {}",
+                i + 1,
+                g(c)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP timewait_proxy_pool_idle_connections Idle backend connections in the pools."
+        );
+        let _ = writeln!(o, "# TYPE timewait_proxy_pool_idle_connections gauge");
+        let _ = writeln!(
+            o,
+            "timewait_proxy_pool_idle_connections {}",
+            self.pool_idle.load(Ordering::Relaxed).max(0)
+        );
+        o
+    }
+}

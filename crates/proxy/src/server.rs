@@ -1,0 +1,531 @@
+//! Workers and the request path.
+//!
+//! Each worker is a thread with a single-threaded tokio runtime, its own
+//! listening socket on the shared address (`SO_REUSEPORT`, so the kernel
+//! spreads connections) and its own upstream pool: the request path takes no
+//! lock and moves nothing between threads, like nginx's worker model.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
+use http_body_util::Full;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1 as client;
+use hyper::server::conn::http1 as server;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::ProxyConfig;
+use crate::headers::{
+    Refusal, check_request, downstream_response_headers, is_idempotent, upstream_request_headers,
+};
+use crate::metrics::Metrics;
+use crate::pool::{Conn, Pool};
+
+/// A request body on its way upstream.
+pub enum ReqBody {
+    /// The client's body, streamed.
+    Client(Incoming),
+    /// No body.
+    Empty,
+}
+
+impl Body for ReqBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ReqBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Client(b) => b.is_end_stream(),
+            ReqBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Client(b) => b.size_hint(),
+            ReqBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+type UpstreamPool = Pool<ReqBody>;
+
+/// A backend's response body on its way to the client. Its connection goes
+/// back to the pool only when the body has been read to the end; a body
+/// dropped early (client gone) or broken takes its connection with it.
+pub struct PooledBody {
+    inner: Incoming,
+    home: Option<(Rc<UpstreamPool>, SocketAddr, Conn<ReqBody>)>,
+}
+
+impl PooledBody {
+    fn give_back(&mut self) {
+        if let Some((pool, addr, conn)) = self.home.take() {
+            pool.put(addr, conn, Instant::now());
+        }
+    }
+}
+
+/// What the proxy answers with.
+pub enum RespBody {
+    /// A backend's body.
+    Upstream(PooledBody),
+    /// A body made here (errors, metrics).
+    Local(Full<Bytes>),
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            RespBody::Upstream(p) => {
+                let r = Pin::new(&mut p.inner).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => p.give_back(),
+                    Poll::Ready(Some(Ok(_))) if p.inner.is_end_stream() => p.give_back(),
+                    Poll::Ready(Some(Err(_))) => p.home = None,
+                    _ => {}
+                }
+                r
+            }
+            RespBody::Local(f) => Pin::new(f).poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Upstream(p) => p.inner.is_end_stream(),
+            RespBody::Local(f) => f.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Upstream(p) => p.inner.size_hint(),
+            RespBody::Local(f) => f.size_hint(),
+        }
+    }
+}
+
+/// Why a request got an answer made here.
+#[derive(Debug)]
+enum ProxyError {
+    Refused(Refusal),
+    Connect(String),
+    Upstream(hyper::Error),
+    Timeout,
+}
+
+impl ProxyError {
+    fn response(&self) -> Response<RespBody> {
+        let (status, msg, close) = match self {
+            ProxyError::Refused(r) => {
+                (StatusCode::BAD_REQUEST, format!("bad request: {r}\n"), true)
+            }
+            ProxyError::Connect(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("bad gateway: cannot connect to the backend: {e}\n"),
+                false,
+            ),
+            ProxyError::Upstream(e) => (
+                StatusCode::BAD_GATEWAY,
+                format!("bad gateway: {e}\n"),
+                false,
+            ),
+            ProxyError::Timeout => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "gateway timeout: the backend did not answer in time\n".into(),
+                false,
+            ),
+        };
+        local_response(status, msg, close)
+    }
+}
+
+fn local_response(status: StatusCode, body: String, close: bool) -> Response<RespBody> {
+    let mut r = Response::new(RespBody::Local(Full::new(Bytes::from(body))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if close {
+        // The framing of this connection can no longer be trusted.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+struct Worker {
+    cfg: Arc<ProxyConfig>,
+    metrics: Arc<Metrics>,
+    pool: Rc<UpstreamPool>,
+    next: Cell<usize>,
+}
+
+impl Worker {
+    fn pick(&self) -> SocketAddr {
+        let i = self.next.get();
+        self.next.set(i.wrapping_add(1));
+        self.cfg.upstreams[i % self.cfg.upstreams.len()]
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn<ReqBody>, ProxyError> {
+        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                Metrics::inc(&self.metrics.connect_errors);
+                return Err(ProxyError::Connect(e.to_string()));
+            }
+            Err(_) => {
+                Metrics::inc(&self.metrics.connect_errors);
+                return Err(ProxyError::Connect(format!(
+                    "timed out after {:?}",
+                    self.cfg.connect_timeout
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (sender, conn) = client::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| {
+                Metrics::inc(&self.metrics.upstream_errors);
+                ProxyError::Upstream(e)
+            })?;
+        // Drives the connection, and keeps reading it while idle, so a
+        // backend's close is noticed before the connection is reused.
+        tokio::task::spawn_local(async move {
+            let _ = conn.await;
+        });
+        Metrics::inc(&self.metrics.upstream_connections_opened);
+        Ok(Conn {
+            sender,
+            requests: 0,
+            born: Instant::now(),
+        })
+    }
+
+    fn respond(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        mut conn: Conn<ReqBody>,
+        resp: Response<Incoming>,
+    ) -> Response<RespBody> {
+        conn.requests += 1;
+        let (mut parts, body) = resp.into_parts();
+        downstream_response_headers(&mut parts.headers, &self.cfg.forwarding);
+        let mut pb = PooledBody {
+            inner: body,
+            home: Some((self.pool.clone(), addr, conn)),
+        };
+        if pb.inner.is_end_stream() {
+            pb.give_back();
+        }
+        Response::from_parts(parts, RespBody::Upstream(pb))
+    }
+
+    async fn proxy(
+        self: &Rc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, ProxyError> {
+        let (parts, body) = req.into_parts();
+        check_request(parts.version, &parts.headers).map_err(|r| {
+            Metrics::inc(&self.metrics.refused);
+            ProxyError::Refused(r)
+        })?;
+        let uri: Uri = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .parse()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        let addr = self.pick();
+        let mut headers = upstream_request_headers(parts.headers, peer.ip(), &self.cfg.forwarding);
+        if !headers.contains_key(header::HOST) {
+            // An HTTP/1.0 client may send none; HTTP/1.1 upstream needs one.
+            let host = parts
+                .uri
+                .authority()
+                .map_or_else(|| addr.to_string(), |a| a.to_string());
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, v);
+            }
+        }
+        let has_body = !body.is_end_stream();
+        // A request without a body that is safe to repeat can be sent again
+        // if a reused connection dies under it; keep what is needed.
+        let mut retry = (!has_body && is_idempotent(&parts.method))
+            .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        let build = |method, uri, headers, body| {
+            let mut r = Request::new(body);
+            *r.method_mut() = method;
+            *r.uri_mut() = uri;
+            *r.version_mut() = Version::HTTP_11;
+            *r.headers_mut() = headers;
+            r
+        };
+        let mut req = build(
+            parts.method,
+            uri,
+            headers,
+            if has_body {
+                ReqBody::Client(body)
+            } else {
+                ReqBody::Empty
+            },
+        );
+        let wait = self.cfg.response_header_timeout;
+        while let Some(mut conn) = self.pool.take(addr, Instant::now()) {
+            if conn.sender.ready().await.is_err() {
+                continue; // closed since it was pooled
+            }
+            Metrics::inc(&self.metrics.upstream_requests);
+            Metrics::inc(&self.metrics.upstream_reused);
+            match timeout(wait, conn.sender.try_send_request(req)).await {
+                Err(_) => {
+                    Metrics::inc(&self.metrics.upstream_timeouts);
+                    return Err(ProxyError::Timeout);
+                }
+                Ok(Ok(resp)) => return Ok(self.respond(addr, conn, resp)),
+                Ok(Err(mut e)) => {
+                    if let Some(back) = e.take_message() {
+                        // Never written: any method may go on another connection.
+                        req = back;
+                        continue;
+                    }
+                    // Written, then the connection died: the backend closed it
+                    // as we reused it. Repeat only what is safe to repeat, and
+                    // never a malformed answer (that backend is broken).
+                    let died = connection_died(e.error());
+                    let Some((m, u, h)) = retry.take().filter(|_| died) else {
+                        Metrics::inc(&self.metrics.upstream_errors);
+                        return Err(ProxyError::Upstream(e.into_error()));
+                    };
+                    Metrics::inc(&self.metrics.retries);
+                    req = build(m, u, h, ReqBody::Empty);
+                    break;
+                }
+            }
+        }
+        let mut conn = self.connect(addr).await?;
+        Metrics::inc(&self.metrics.upstream_requests);
+        match timeout(wait, conn.sender.send_request(req)).await {
+            Err(_) => {
+                Metrics::inc(&self.metrics.upstream_timeouts);
+                Err(ProxyError::Timeout)
+            }
+            Ok(Err(e)) => {
+                Metrics::inc(&self.metrics.upstream_errors);
+                Err(ProxyError::Upstream(e))
+            }
+            Ok(Ok(resp)) => Ok(self.respond(addr, conn, resp)),
+        }
+    }
+
+    async fn handle(
+        self: Rc<Self>,
+        peer: SocketAddr,
+        req: Request<Incoming>,
+    ) -> Result<Response<RespBody>, Infallible> {
+        Metrics::inc(&self.metrics.requests);
+        let resp = self.proxy(peer, req).await.unwrap_or_else(|e| e.response());
+        self.metrics.response(resp.status().as_u16());
+        Ok(resp)
+    }
+}
+
+/// Whether an upstream error means the connection went away (the stale
+/// pooled connection case), as opposed to a backend answering badly.
+fn connection_died(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn worker(
+    cfg: Arc<ProxyConfig>,
+    metrics: Arc<Metrics>,
+    std_listener: std::net::TcpListener,
+    admin: Option<std::net::TcpListener>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let w = Rc::new(Worker {
+            pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            next: Cell::new(0),
+        });
+        if let Some(admin) = admin {
+            let metrics = metrics.clone();
+            let admin = tokio::net::TcpListener::from_std(admin)?;
+            tokio::task::spawn_local(serve_admin(admin, metrics));
+        }
+        {
+            let pool = w.pool.clone();
+            let every = (cfg.pool.idle_timeout / 2).max(std::time::Duration::from_millis(100));
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    pool.sweep(Instant::now());
+                }
+            });
+        }
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(x) => x,
+                // Out of file descriptors and the like: wait, do not spin.
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let w = w.clone();
+            tokio::task::spawn_local(async move {
+                let cfg = w.cfg.clone();
+                let svc = service_fn(move |req| w.clone().handle(peer, req));
+                let _ = server::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(cfg.client_header_timeout)
+                    .max_headers(cfg.max_headers)
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::task::spawn_local(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let (status, body) = match req.uri().path() {
+                        "/metrics" => (StatusCode::OK, metrics.render()),
+                        "/healthz" => (StatusCode::OK, "ok\n".to_string()),
+                        _ => (
+                            StatusCode::NOT_FOUND,
+                            "not found: try /metrics\n".to_string(),
+                        ),
+                    };
+                    Ok::<_, Infallible>(local_response(status, body, false))
+                }
+            });
+            let _ = server::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+/// The addresses a started proxy really listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The client listener.
+    pub listen: SocketAddr,
+    /// The admin listener.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Binds every listener (so address errors surface here), calls `ready`
+/// with the bound addresses, then runs the workers until they fail.
+pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
+    let first = listener(cfg.listen)?;
+    let listen = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..cfg.workers.max(1) {
+        listeners.push(listener(listen)?);
+    }
+    let admin = cfg.admin.map(std::net::TcpListener::bind).transpose()?;
+    if let Some(a) = &admin {
+        a.set_nonblocking(true)?;
+    }
+    ready(Bound {
+        listen,
+        admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
+    });
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::default());
+    let mut admin = admin;
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (cfg, metrics, admin) = (cfg.clone(), metrics.clone(), admin.take());
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{i}"))
+                .spawn(move || worker(cfg, metrics, l, admin))
+        })
+        .collect::<io::Result<_>>()?;
+    for h in handles {
+        h.join()
+            .map_err(|_| io::Error::other("a worker panicked"))??;
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! A small HTTP/1.1 backend for proxy tests that records what a proxy does
+//! to it: every accepted connection (with the peer's port) and every request
+//! head, raw. Keep-alive, with an optional idle timeout after which it
+//! closes a connection first (like Node's 5 s, or nginx's keepalive_timeout).
+//!
+//! Paths: `/` answers "ok"; `/big?n=N` streams N bytes chunked; `/count`
+//! reads the request body and answers its length; `/broken` answers with a
+//! malformed status line; `/headers` echoes the request head; anything else
+//! answers "ok". Responses carry `Keep-Alive` and a `Connection` header
+//! naming `X-Internal`, to check that the proxy strips them.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A running backend; stops accepting when dropped.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub accepts: Arc<AtomicUsize>,
+    pub peer_ports: Arc<Mutex<Vec<u16>>>,
+    pub heads: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backend {
+    /// Starts on an ephemeral loopback port.
+    pub fn start(idle_timeout: Option<Duration>) -> Backend {
+        Backend::start_on(TcpListener::bind("127.0.0.1:0").unwrap(), idle_timeout)
+    }
+
+    /// Starts on a given listener.
+    pub fn start_on(listener: TcpListener, idle_timeout: Option<Duration>) -> Backend {
+        let addr = listener.local_addr().unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let b = Backend {
+            addr,
+            accepts: Arc::default(),
+            peer_ports: Arc::default(),
+            heads: Arc::default(),
+            stop: Arc::default(),
+        };
+        let (accepts, ports, heads, stop) = (
+            b.accepts.clone(),
+            b.peer_ports.clone(),
+            b.heads.clone(),
+            b.stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((s, peer)) => {
+                        accepts.fetch_add(1, Ordering::SeqCst);
+                        ports.lock().unwrap().push(peer.port());
+                        let heads = heads.clone();
+                        std::thread::spawn(move || serve(s, idle_timeout, heads));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        b
+    }
+
+    /// Request heads seen so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<String>>>) {
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(idle.unwrap_or(Duration::from_secs(30))))
+        .unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line) {
+                Ok(0) | Err(_) => return, // closed, or idle too long: close first
+                Ok(_) => {}
+            }
+            head.push_str(&line);
+            if line == "\r\n" {
+                break;
+            }
+        }
+        heads.lock().unwrap().push(head.clone());
+        let lower = head.to_ascii_lowercase();
+        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut body_len = 0u64;
+        if let Some(cl) = lower
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+        {
+            let n: u64 = cl.trim().parse().unwrap_or(0);
+            body_len = std::io::copy(&mut (&mut r).take(n), &mut std::io::sink()).unwrap_or(0);
+        } else if lower.contains("transfer-encoding: chunked") {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).unwrap_or(0) == 0 {
+                    return;
+                }
+                let n = u64::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                    .unwrap_or(0);
+                if n == 0 {
+                    let mut end = String::new();
+                    let _ = r.read_line(&mut end);
+                    break;
+                }
+                body_len += std::io::copy(&mut (&mut r).take(n), &mut std::io::sink()).unwrap_or(0);
+                let mut crlf = String::new();
+                let _ = r.read_line(&mut crlf);
+            }
+        }
+        let extra =
+            "Keep-Alive: timeout=5\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\n";
+        let ok = if path == "/broken" {
+            let _ = w.write_all(b"HTTP/1.1 2x0 Nope\r\nContent-Length: 2\r\n\r\nno");
+            return;
+        } else if let Some(n) = path.strip_prefix("/big?n=") {
+            let n: usize = n.parse().unwrap_or(0);
+            let mut ok = w
+                .write_all(
+                    format!("HTTP/1.1 200 OK\r\n{extra}Transfer-Encoding: chunked\r\n\r\n")
+                        .as_bytes(),
+                )
+                .is_ok();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut left = n;
+            while ok && left > 0 {
+                let k = left.min(chunk.len());
+                ok = w.write_all(format!("{k:x}\r\n").as_bytes()).is_ok()
+                    && w.write_all(&chunk[..k]).is_ok()
+                    && w.write_all(b"\r\n").is_ok();
+                left -= k;
+            }
+            ok && w.write_all(b"0\r\n\r\n").is_ok()
+        } else {
+            let body = match path.as_str() {
+                "/count" => body_len.to_string(),
+                "/headers" => head.clone(),
+                _ => "ok".to_string(),
+            };
+            w.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\n{extra}Content-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .is_ok()
+        };
+        if !ok {
+            return;
+        }
+    }
+}

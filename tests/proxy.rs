@@ -1,0 +1,410 @@
+//! `timewait proxy` observed from outside, on loopback: the backend's accept
+//! count and the source ports it sees prove reuse; raw requests prove the
+//! gateway rules and the refusals.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::harness::backend::Backend;
+
+/// A running `timewait proxy`, killed when dropped.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Proxy {
+    fn start(upstreams: &[SocketAddr], extra: &[&str]) -> Proxy {
+        let mut args = vec!["proxy".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+        for u in upstreams {
+            args.push("--upstream".into());
+            args.push(u.to_string());
+        }
+        args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_timewait"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        if line.is_empty() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("proxy did not start: {err}");
+        }
+        // "timewait proxy: listening on ADDR (N worker(s)), upstreams …, admin http://ADDR/metrics"
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let admin = line
+            .split("admin http://")
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Proxy { child, addr, admin }
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (status, _, body) = exchange(
+            self.admin,
+            b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        );
+        assert_eq!(status, 200);
+        let text = String::from_utf8(body).unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
+    fn get(&self, path: &str) -> (u16, String, Vec<u8>) {
+        exchange(
+            self.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends raw bytes on a new connection and reads the response until the
+/// server closes: (status, head, body with chunking removed).
+fn exchange(addr: SocketAddr, raw: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(raw).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = all[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, head, body)
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+#[test]
+fn clients_that_close_do_not_make_the_proxy_open_new_backend_connections() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    for _ in 0..50 {
+        // A new client connection each time, asking to close: the article's
+        // browser -> nginx -> backend chain with the fix applied.
+        let (status, _, body) = proxy.get("/");
+        assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    }
+    assert_eq!(
+        backend.accepts.load(Ordering::SeqCst),
+        1,
+        "one backend connection for 50 requests"
+    );
+    let ports = backend.peer_ports.lock().unwrap().clone();
+    assert_eq!(
+        ports.len(),
+        1,
+        "same source port across requests: {ports:?}"
+    );
+    for head in backend.heads() {
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head}");
+        assert!(
+            !lower.contains("connection: close"),
+            "the client's close was forwarded: {head}"
+        );
+        assert!(lower.contains("x-forwarded-for: 127.0.0.1"), "{head}");
+    }
+    assert_eq!(
+        proxy.metric("timewait_proxy_upstream_connections_opened_total"),
+        1
+    );
+    assert_eq!(
+        proxy.metric("timewait_proxy_upstream_reused_requests_total"),
+        49
+    );
+    assert_eq!(proxy.metric("timewait_proxy_requests_total"), 50);
+}
+
+#[test]
+fn hop_by_hop_headers_are_stripped_both_ways() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--via", "timewait-test"]);
+    let (status, head, body) = exchange(
+        proxy.addr,
+        b"GET /headers HTTP/1.1\r\nHost: test\r\nConnection: close, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=9\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 203.0.113.7\r\nX-Kept: yes\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let seen = String::from_utf8(body).unwrap().to_ascii_lowercase();
+    for gone in [
+        "x-secret",
+        "keep-alive",
+        "te:",
+        "proxy-connection",
+        "connection: close",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the backend:\n{seen}");
+    }
+    assert!(seen.contains("x-kept: yes"));
+    assert!(
+        seen.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1"),
+        "{seen}"
+    );
+    assert!(seen.contains("x-forwarded-proto: http"));
+    assert!(seen.contains("via: 1.1 timewait-test"));
+    // The backend's Keep-Alive and the header its Connection names never reach the client.
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("keep-alive: timeout=5"), "{head}");
+    assert!(!head.contains("x-internal"), "{head}");
+    assert!(head.contains("via: 1.1 timewait-test"));
+}
+
+#[test]
+fn http10_clients_get_http11_keepalive_upstream() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    for _ in 0..3 {
+        let (status, _, body) = exchange(proxy.addr, b"GET / HTTP/1.0\r\n\r\n");
+        assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    }
+    assert_eq!(backend.accepts.load(Ordering::SeqCst), 1);
+    let head = &backend.heads()[0];
+    assert!(head.starts_with("GET / HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("host: "),
+        "a Host is added for HTTP/1.1: {head}"
+    );
+}
+
+#[test]
+fn smuggling_vectors_are_refused_with_400_and_never_reach_the_backend() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let vectors: [(&str, &[u8]); 6] = [
+        (
+            "differing Content-Length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "whitespace before the colon",
+            b"GET / HTTP/1.1\r\nHost : a\r\n\r\n",
+        ),
+        (
+            "obs-fold",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n",
+        ),
+        (
+            "bare CR",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Bad: a\rb\r\n\r\n",
+        ),
+        (
+            "duplicate Host",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+        ),
+    ];
+    for (name, raw) in vectors {
+        let (status, head, _) = exchange(proxy.addr, raw);
+        assert_eq!(status, 400, "{name}: {head}");
+    }
+    assert!(backend.heads().is_empty(), "{:?}", backend.heads());
+}
+
+/// Content-Length together with Transfer-Encoding: hyper (which parses
+/// requests here) follows RFC 9112 §6.3 for intermediaries: it drops
+/// Content-Length, reads the body as chunked, and closes the client
+/// connection after answering. The backend sees one unambiguous framing, so
+/// nothing can be smuggled; what this pins is that it stays so. (The issue
+/// asks for a 400 here; hyper does not expose the dropped header, see the
+/// issue note.)
+#[test]
+fn content_length_with_transfer_encoding_cannot_desync_the_backend() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // If the 5-byte Content-Length were believed, "0\r\n\r\nGET /smuggled…" would split differently.
+    s.write_all(
+        b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap(); // ends: the proxy closed the connection
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n3"),
+        "the chunked body (3 bytes) was what counted: {text}"
+    );
+    let heads = backend.heads();
+    assert_eq!(heads.len(), 1, "nothing smuggled: {heads:?}");
+    let lower = heads[0].to_ascii_lowercase();
+    assert!(
+        lower.contains("transfer-encoding: chunked") && !lower.contains("content-length"),
+        "{lower}"
+    );
+}
+
+#[test]
+fn a_backend_closing_idle_connections_causes_no_errors() {
+    // The backend closes connections idle for 1 s; the proxy would keep them
+    // 30 s. Requests timed around the backend's close must all succeed.
+    let backend = Backend::start(Some(Duration::from_secs(1)));
+    let proxy = Proxy::start(&[backend.addr], &["--idle-timeout", "30"]);
+    assert_eq!(proxy.get("/").0, 200);
+    for pause_ms in [1200, 980, 1000, 1020, 1050] {
+        std::thread::sleep(Duration::from_millis(pause_ms));
+        let (status, _, body) = proxy.get("/");
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, b"ok".as_slice()),
+            "after {pause_ms} ms"
+        );
+    }
+    let bad = proxy.metric("timewait_proxy_upstream_errors_total");
+    assert_eq!(bad, 0);
+}
+
+#[test]
+fn a_dead_backend_gets_502_and_recovery_is_seen() {
+    let reserved = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved); // nothing listens there now
+    let proxy = Proxy::start(&[addr], &["--connect-timeout", "1"]);
+    let (status, _, body) = proxy.get("/");
+    assert_eq!(status, 502);
+    assert!(
+        String::from_utf8_lossy(&body).contains("cannot connect"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(
+        proxy.metric("timewait_proxy_upstream_connect_errors_total"),
+        1
+    );
+    let backend = Backend::start_on(TcpListener::bind(addr).unwrap(), None);
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(backend.accepts.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn broken_backend_framing_is_502_and_that_connection_is_dropped() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(proxy.get("/broken").0, 502);
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(
+        backend.accepts.load(Ordering::SeqCst),
+        2,
+        "a fresh connection after the broken one"
+    );
+}
+
+/// Peak resident memory of a process, from /proc (VmHWM).
+fn peak_rss_kb(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn large_bodies_stream_both_ways_in_flat_memory() {
+    const MB: usize = 1024 * 1024;
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    // 256 MiB down, chunked by the backend.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(
+        format!(
+            "GET /big?n={} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+            256 * MB
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let received = std::io::copy(&mut s, &mut std::io::sink()).unwrap();
+    assert!(received > (256 * MB) as u64, "{received}");
+    // 128 MiB up, with Content-Length; the backend answers what it counted.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(
+        format!(
+            "POST /count HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            128 * MB
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let chunk = vec![b'y'; MB];
+    for _ in 0..128 {
+        s.write_all(&chunk).unwrap();
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.ends_with(&(128 * MB).to_string()), "{resp}");
+    let peak = peak_rss_kb(proxy.child.id());
+    assert!(
+        peak < 48 * 1024,
+        "proxy peak RSS {peak} kB for 384 MiB streamed"
+    );
+}
