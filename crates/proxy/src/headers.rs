@@ -133,19 +133,20 @@ pub fn upstream_request_headers(
     strip_hop_by_hop(&mut headers);
     headers.remove(header::EXPECT); // answered here: the backend gets the body or nothing
     let xff = HeaderName::from_static("x-forwarded-for");
-    let prior: Vec<String> = headers
-        .get_all(&xff)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    headers.remove(&xff);
-    let mut list = prior.join(", ");
-    if !list.is_empty() {
-        list.push_str(", ");
-    }
-    list.push_str(&client_ip.to_string());
-    if let Ok(v) = HeaderValue::from_str(&list) {
+    let client = client_ip.to_string();
+    let value = match headers.get_all(&xff).iter().count() {
+        0 => HeaderValue::from_str(&client).ok(),
+        _ => {
+            let mut list: Vec<&str> = headers
+                .get_all(&xff)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            list.push(&client);
+            HeaderValue::from_str(&list.join(", ")).ok()
+        }
+    };
+    if let Some(v) = value {
         headers.insert(xff, v);
     }
     if let Some(proto) = &rules.forwarded_proto

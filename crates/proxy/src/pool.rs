@@ -59,14 +59,15 @@ impl<B> Pool<B> {
                 .is_none_or(|l| now.duration_since(c.born) < l)
     }
 
-    /// The most recently used live connection to `addr`, if any.
-    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<Conn<B>> {
+    /// The most recently used live connection to `addr`, if any, and how
+    /// long it was idle.
+    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<(Conn<B>, std::time::Duration)> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(i) = list.pop() {
             self.metrics.pool_idle.fetch_sub(1, Ordering::Relaxed);
             if self.usable(&i.conn, i.since, now) {
-                return Some(i.conn);
+                return Some((i.conn, now.duration_since(i.since)));
             }
             // Dropping the sender closes the connection.
         }

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -76,9 +77,16 @@ type UpstreamPool = Pool<ReqBody>;
 /// back to the pool only when the body has been read to the end; a body
 /// dropped early (client gone) or broken takes its connection with it.
 pub struct PooledBody {
-    inner: Incoming,
+    /// Always `Some` until dropped (then taken for draining).
+    inner: Option<Incoming>,
     home: Option<(Rc<UpstreamPool>, SocketAddr, Conn<ReqBody>)>,
 }
+
+/// A client that leaves mid-response would cost the backend connection (and
+/// a TIME_WAIT); the rest of a response this small is read and dropped
+/// instead, and the connection goes back to the pool.
+const DRAIN_LIMIT_BYTES: u64 = 256 * 1024;
+const DRAIN_LIMIT_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PooledBody {
     fn give_back(&mut self) {
@@ -87,6 +95,95 @@ impl PooledBody {
         }
     }
 }
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        let Some(home) = self.home.take() else { return };
+        let Some(mut body) = self.inner.take() else {
+            return;
+        };
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= DRAIN_LIMIT_BYTES);
+        if !small {
+            return; // unknown or large: closing is cheaper than reading it
+        }
+        tokio::task::spawn_local(async move {
+            use http_body_util::BodyExt;
+            let drained = tokio::time::timeout(DRAIN_LIMIT_TIME, async {
+                while let Some(frame) = body.frame().await {
+                    if frame.is_err() {
+                        return false;
+                    }
+                }
+                true
+            })
+            .await;
+            if drained == Ok(true) {
+                let (pool, addr, conn) = home;
+                pool.put(addr, conn, Instant::now());
+            }
+        });
+    }
+}
+
+type Sending = Pin<
+    Box<
+        dyn Future<
+            Output = Result<
+                Response<Incoming>,
+                hyper::client::conn::TrySendError<Request<ReqBody>>,
+            >,
+        >,
+    >,
+>;
+
+/// An exchange on a backend connection. If the client goes away while it
+/// waits (hyper then drops the request's future), the exchange is finished
+/// in the background and the connection kept, instead of closing the
+/// connection from this side (a TIME_WAIT toward the backend).
+struct InFlight {
+    sending: Option<Sending>,
+    home: Option<(Rc<UpstreamPool>, SocketAddr, Conn<ReqBody>)>,
+}
+
+impl InFlight {
+    /// Stops guarding: the caller takes the connection back.
+    fn land(&mut self) -> Conn<ReqBody> {
+        self.sending = None;
+        match self.home.take() {
+            Some((_, _, conn)) => conn,
+            None => unreachable!("an exchange lands once"),
+        }
+    }
+
+    /// The exchange timed out: the connection is not worth keeping.
+    fn abandon(&mut self) {
+        self.sending = None;
+        self.home = None;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let (Some(sending), Some(home)) = (self.sending.take(), self.home.take()) else {
+            return;
+        };
+        tokio::task::spawn_local(async move {
+            if let Ok(Ok(resp)) = tokio::time::timeout(DRAIN_LIMIT_TIME, sending).await {
+                // Dropping it drains a small body and returns the connection.
+                drop(PooledBody {
+                    inner: Some(resp.into_body()),
+                    home: Some(home),
+                });
+            }
+        });
+    }
+}
+
+/// Idle time after which a reused connection may be racing its backend's close.
+const RACY_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the proxy answers with.
 pub enum RespBody {
@@ -106,10 +203,14 @@ impl Body for RespBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RespBody::Upstream(p) => {
-                let r = Pin::new(&mut p.inner).poll_frame(cx);
+                let Some(inner) = p.inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                let r = Pin::new(&mut *inner).poll_frame(cx);
+                let ended = inner.is_end_stream();
                 match &r {
                     Poll::Ready(None) => p.give_back(),
-                    Poll::Ready(Some(Ok(_))) if p.inner.is_end_stream() => p.give_back(),
+                    Poll::Ready(Some(Ok(_))) if ended => p.give_back(),
                     Poll::Ready(Some(Err(_))) => p.home = None,
                     _ => {}
                 }
@@ -121,14 +222,17 @@ impl Body for RespBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            RespBody::Upstream(p) => p.inner.is_end_stream(),
+            RespBody::Upstream(p) => p.inner.as_ref().is_none_or(Incoming::is_end_stream),
             RespBody::Local(f) => f.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            RespBody::Upstream(p) => p.inner.size_hint(),
+            RespBody::Upstream(p) => p
+                .inner
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint),
             RespBody::Local(f) => f.size_hint(),
         }
     }
@@ -244,10 +348,10 @@ impl Worker {
         let (mut parts, body) = resp.into_parts();
         downstream_response_headers(&mut parts.headers, &self.cfg.forwarding);
         let mut pb = PooledBody {
-            inner: body,
+            inner: Some(body),
             home: Some((self.pool.clone(), addr, conn)),
         };
-        if pb.inner.is_end_stream() {
+        if pb.inner.as_ref().is_some_and(Incoming::is_end_stream) {
             pb.give_back();
         }
         Response::from_parts(parts, RespBody::Upstream(pb))
@@ -282,10 +386,8 @@ impl Worker {
             }
         }
         let has_body = !body.is_end_stream();
-        // A request without a body that is safe to repeat can be sent again
-        // if a reused connection dies under it; keep what is needed.
-        let mut retry = (!has_body && is_idempotent(&parts.method))
-            .then(|| (parts.method.clone(), uri.clone(), headers.clone()));
+        let repeatable = !has_body && is_idempotent(&parts.method);
+        let mut retry = None;
         let build = |method, uri, headers, body| {
             let mut r = Request::new(body);
             *r.method_mut() = method;
@@ -305,19 +407,39 @@ impl Worker {
             },
         );
         let wait = self.cfg.response_header_timeout;
-        while let Some(mut conn) = self.pool.take(addr, Instant::now()) {
+        while let Some((mut conn, idle)) = self.pool.take(addr, Instant::now()) {
             if conn.sender.ready().await.is_err() {
                 continue; // closed since it was pooled
             }
+            // A backend may close a connection idle for its keep-alive timeout
+            // just as we reuse it. No common server uses less than a second,
+            // so only a connection idle that long needs a copy kept to resend.
+            if repeatable && idle >= RACY_IDLE && retry.is_none() {
+                retry = Some((
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                ));
+            }
             Metrics::inc(&self.metrics.upstream_requests);
             Metrics::inc(&self.metrics.upstream_reused);
-            match timeout(wait, conn.sender.try_send_request(req)).await {
-                Err(_) => {
-                    Metrics::inc(&self.metrics.upstream_timeouts);
-                    return Err(ProxyError::Timeout);
-                }
-                Ok(Ok(resp)) => return Ok(self.respond(addr, conn, resp)),
-                Ok(Err(mut e)) => {
+            let mut flight = InFlight {
+                sending: Some(Box::pin(conn.sender.try_send_request(req))),
+                home: Some((self.pool.clone(), addr, conn)),
+            };
+            let outcome = match flight.sending.as_mut() {
+                Some(sending) => timeout(wait, sending).await,
+                None => unreachable!("just set"),
+            };
+            let Ok(outcome) = outcome else {
+                flight.abandon();
+                Metrics::inc(&self.metrics.upstream_timeouts);
+                return Err(ProxyError::Timeout);
+            };
+            let conn = flight.land();
+            match outcome {
+                Ok(resp) => return Ok(self.respond(addr, conn, resp)),
+                Err(mut e) => {
                     if let Some(back) = e.take_message() {
                         // Never written: any method may go on another connection.
                         req = back;
@@ -339,16 +461,26 @@ impl Worker {
         }
         let mut conn = self.connect(addr).await?;
         Metrics::inc(&self.metrics.upstream_requests);
-        match timeout(wait, conn.sender.send_request(req)).await {
-            Err(_) => {
-                Metrics::inc(&self.metrics.upstream_timeouts);
-                Err(ProxyError::Timeout)
-            }
-            Ok(Err(e)) => {
+        let mut flight = InFlight {
+            sending: Some(Box::pin(conn.sender.try_send_request(req))),
+            home: Some((self.pool.clone(), addr, conn)),
+        };
+        let outcome = match flight.sending.as_mut() {
+            Some(sending) => timeout(wait, sending).await,
+            None => unreachable!("just set"),
+        };
+        let Ok(outcome) = outcome else {
+            flight.abandon();
+            Metrics::inc(&self.metrics.upstream_timeouts);
+            return Err(ProxyError::Timeout);
+        };
+        let conn = flight.land();
+        match outcome {
+            Err(e) => {
                 Metrics::inc(&self.metrics.upstream_errors);
-                Err(ProxyError::Upstream(e))
+                Err(ProxyError::Upstream(e.into_error()))
             }
-            Ok(Ok(resp)) => Ok(self.respond(addr, conn, resp)),
+            Ok(resp) => Ok(self.respond(addr, conn, resp)),
         }
     }
 

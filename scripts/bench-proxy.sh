@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Benchmark: timewait proxy against nginx (upstream keepalive as the article
+# configures it) and HAProxy (http-reuse always), one worker each, in front
+# of the same nginx backend, under the same wrk load, in alternated runs.
+# Reports requests/s, p99 latency, and the TIME_WAIT sockets left toward the
+# backend (each proxy gets its own backend port, so they can be told apart).
+#
+# Usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (default 5 10 64)
+# Everything listens on 127.0.0.1; everything it starts is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS="${1:-5}"; SECS="${2:-10}"; CONNS="${3:-64}"
+need=()
+for p in nginx haproxy wrk; do command -v "$p" >/dev/null || need+=("$p"); done
+command -v ss >/dev/null || need+=(iproute2)
+if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+cargo build --release --quiet --bin timewait
+DIR=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
+trap cleanup EXIT
+
+# Backend: one nginx worker answering "ok" on three ports, one per proxy;
+# it never closes a kept-alive connection during a run.
+cat > "$DIR/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/backend.pid; error_log $DIR/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  server { listen 127.0.0.1:18080; listen 127.0.0.1:18090; listen 127.0.0.1:18100;
+    location / { return 200 "ok"; } } }
+CONF
+# nginx with the article's fix: keepalive, HTTP/1.1, Connection "".
+cat > "$DIR/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:18080; keepalive 128; }
+  server { listen 127.0.0.1:18081;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+cat > "$DIR/haproxy.cfg" <<CONF
+global
+  nbthread 1
+  maxconn 4096
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  http-reuse always
+frontend f
+  bind 127.0.0.1:18091
+  default_backend b
+backend b
+  server s1 127.0.0.1:18090
+CONF
+nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
+nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
+haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!)
+target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 > "$DIR/tw.out" & pids+=($!)
+sleep 1
+for port in 18081 18091 18101; do
+    curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
+done
+
+declare -A rps p99 tw
+names=(nginx haproxy timewait)
+declare -A front=([nginx]=18081 [haproxy]=18091 [timewait]=18101)
+declare -A back=([nginx]=18080 [haproxy]=18090 [timewait]=18100)
+to_ms() { # wrk latency like 850.00us / 1.20ms / 2.00s -> ms
+    python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)",v); f={"us":0.001,"ms":1,"s":1000}[m.group(2)]; print(float(m.group(1))*f)' "$1"
+}
+for r in $(seq 1 "$ROUNDS"); do
+    for n in "${names[@]}"; do
+        # TIME_WAIT lasts 60 s, longer than a run: count only the 4-tuples
+        # that entered TIME_WAIT during this run (after minus before).
+        filter="( dport = :${back[$n]} or sport = :${back[$n]} )"
+        ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.before"
+        out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${front[$n]}/")
+        ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.after"
+        rps[$n]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
+        p99[$n]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
+        tw[$n]+="$(comm -13 "$DIR/tw.before" "$DIR/tw.after" | wc -l) "
+    done
+done
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+echo "| proxy | requests/s (median) | p99 latency ms (median) | new TIME_WAIT toward the backend per run (max) | all runs, requests/s |"
+echo "|---|---:|---:|---:|---|"
+for n in "${names[@]}"; do
+    # shellcheck disable=SC2086
+    printf "| %s | %.0f | %.2f | %s | %s |\n" "$n" "$(median ${rps[$n]})" "$(median ${p99[$n]})" \
+        "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" "${rps[$n]}"
+done
+# shellcheck disable=SC2086
+python3 - "$(median ${rps[timewait]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" <<'PY'
+import sys
+t, n, h = map(float, sys.argv[1:])
+print(f"\ntimewait / nginx = {t/n:.2f}x, timewait / haproxy = {t/h:.2f}x (requests/s)")
+PY
