@@ -367,6 +367,15 @@ pub struct ProxyArgs {
     /// Worker threads, each with its own listener and connection pool.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub workers: usize,
+    /// How to choose a backend.
+    #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
+    pub balance: BalanceArg,
+    /// Failures in a row after which a backend is left alone for --fail-timeout.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_fails: u32,
+    /// Seconds a failing backend is left alone before it is tried again.
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    pub fail_timeout: f64,
     /// Configuration file with several listeners and routes.
     #[arg(short = 'c', long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -391,6 +400,15 @@ pub struct ProxyArgs {
     /// Add `Via: 1.1 NAME` to requests and responses.
     #[arg(long, value_name = "NAME")]
     pub via: Option<String>,
+}
+
+/// `proxy --balance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BalanceArg {
+    /// In turn.
+    RoundRobin,
+    /// The backend with the fewest requests in flight.
+    LeastConn,
 }
 
 #[derive(Debug, Args)]

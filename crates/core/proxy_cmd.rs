@@ -4,10 +4,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use timewait_proxy::ProxyConfig;
-use timewait_proxy::config::PoolConfig;
+use timewait_proxy::config::{Balance, PoolConfig};
 
 use crate::Failure;
-use crate::cli::ProxyArgs;
+use crate::cli::{BalanceArg, ProxyArgs};
 
 fn addr(flag: &str, s: &str) -> Result<SocketAddr, Failure> {
     s.to_socket_addrs()
@@ -55,8 +55,17 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     if a.max_requests == Some(0) {
         return Err(Failure::Usage("--max-requests: must be at least 1".into()));
     }
+    if a.max_fails == 0 {
+        return Err(Failure::Usage("--max-fails: must be at least 1".into()));
+    }
     let mut cfg = ProxyConfig::new(listen, upstreams);
     cfg.workers = a.workers;
+    cfg.balance = match a.balance {
+        BalanceArg::RoundRobin => Balance::RoundRobin,
+        BalanceArg::LeastConn => Balance::LeastConn,
+    };
+    cfg.max_fails = a.max_fails;
+    cfg.fail_timeout = seconds("--fail-timeout", a.fail_timeout, 3600.0)?;
     cfg.admin = a.admin.as_deref().map(|s| addr("--admin", s)).transpose()?;
     cfg.pool = PoolConfig {
         max_idle_per_upstream: a.keepalive,

@@ -3,7 +3,7 @@
 //! head, raw. Keep-alive, with an optional idle timeout after which it
 //! closes a connection first (like Node's 5 s, or nginx's keepalive_timeout).
 //!
-//! Paths: `/` answers "ok"; `/big?n=N` streams N bytes chunked; `/count`
+//! Paths: `/` answers "ok"; `/sleep?ms=N` answers "ok" after N ms; `/big?n=N` streams N bytes chunked; `/count`
 //! reads the request body and answers its length; `/broken` answers with a
 //! malformed status line; `/headers` echoes the request head; anything else
 //! answers "ok". Responses carry `Keep-Alive` and a `Connection` header
@@ -22,6 +22,8 @@ pub struct Backend {
     pub peer_ports: Arc<Mutex<Vec<u16>>>,
     pub heads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Backend {
@@ -34,33 +36,49 @@ impl Backend {
     pub fn start_on(listener: TcpListener, idle_timeout: Option<Duration>) -> Backend {
         let addr = listener.local_addr().unwrap();
         listener.set_nonblocking(true).unwrap();
-        let b = Backend {
+        let mut b = Backend {
             addr,
             accepts: Arc::default(),
             peer_ports: Arc::default(),
             heads: Arc::default(),
             stop: Arc::default(),
+            conns: Arc::default(),
+            acceptor: None,
         };
-        let (accepts, ports, heads, stop) = (
+        let (accepts, ports, heads, stop, conns) = (
             b.accepts.clone(),
             b.peer_ports.clone(),
             b.heads.clone(),
             b.stop.clone(),
+            b.conns.clone(),
         );
-        std::thread::spawn(move || {
+        b.acceptor = Some(std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((s, peer)) => {
                         accepts.fetch_add(1, Ordering::SeqCst);
                         ports.lock().unwrap().push(peer.port());
+                        conns.lock().unwrap().push(s.try_clone().unwrap());
                         let heads = heads.clone();
                         std::thread::spawn(move || serve(s, idle_timeout, heads));
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
                 }
             }
-        });
+        }));
         b
+    }
+
+    /// Dies like a crashed process: stops listening (the port is free when
+    /// this returns) and cuts every open connection.
+    pub fn kill(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.acceptor.take() {
+            t.join().unwrap();
+        }
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Request heads seen so far.
@@ -75,7 +93,15 @@ impl Drop for Backend {
     }
 }
 
+/// Serves one connection, then really closes it: a clone kept for
+/// [`Backend::kill`] must not keep it open after this thread is done.
 fn serve(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<String>>>) {
+    let closer = s.try_clone().unwrap();
+    serve_until_done(s, idle, heads);
+    let _ = closer.shutdown(std::net::Shutdown::Both);
+}
+
+fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<String>>>) {
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(idle.unwrap_or(Duration::from_secs(30))))
         .unwrap();
@@ -146,6 +172,9 @@ fn serve(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<String>>>) {
             }
             ok && w.write_all(b"0\r\n\r\n").is_ok()
         } else {
+            if let Some(ms) = path.strip_prefix("/sleep?ms=") {
+                std::thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            }
             let body = match path.as_str() {
                 "/count" => body_len.to_string(),
                 "/headers" => head.clone(),

@@ -33,13 +33,29 @@ impl Default for PoolConfig {
     }
 }
 
+/// How to choose a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// In turn.
+    #[default]
+    RoundRobin,
+    /// The one with the fewest requests in flight (in turn among equals).
+    LeastConn,
+}
+
 /// A proxy run.
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Where clients connect.
     pub listen: SocketAddr,
-    /// Backends, balanced round-robin.
+    /// Backends.
     pub upstreams: Vec<SocketAddr>,
+    /// How to choose among them.
+    pub balance: Balance,
+    /// Failures in a row after which a backend is left alone (like nginx's `max_fails`).
+    pub max_fails: u32,
+    /// How long a failed backend is left alone (like nginx's `fail_timeout`).
+    pub fail_timeout: Duration,
     /// Worker threads, each with its own listener (`SO_REUSEPORT`) and pool.
     pub workers: usize,
     /// Where `/metrics` is served, if anywhere.
@@ -64,6 +80,9 @@ impl ProxyConfig {
         ProxyConfig {
             listen,
             upstreams,
+            balance: Balance::RoundRobin,
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
             workers: 1,
             admin: None,
             pool: PoolConfig::default(),

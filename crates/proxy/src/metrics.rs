@@ -29,6 +29,8 @@ pub struct Metrics {
     pub upstream_errors: AtomicU64,
     /// Backends too slow to answer (504).
     pub upstream_timeouts: AtomicU64,
+    /// Times a backend was left alone after failing `max_fails` times.
+    pub ejections: AtomicU64,
 }
 
 impl Metrics {
@@ -100,6 +102,11 @@ impl Metrics {
             "upstream_timeouts_total",
             "Backends that did not answer in time.",
             g(&self.upstream_timeouts),
+        );
+        counter(
+            "upstream_ejections_total",
+            "Backends left alone after repeated failures.",
+            g(&self.ejections),
         );
         let _ = writeln!(
             o,

@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::ProxyConfig;
+use crate::config::{Balance, ProxyConfig};
 use crate::headers::{
     Refusal, check_request, downstream_response_headers, is_idempotent, upstream_request_headers,
 };
@@ -80,6 +80,8 @@ pub struct PooledBody {
     /// Always `Some` until dropped (then taken for draining).
     inner: Option<Incoming>,
     home: Option<(Rc<UpstreamPool>, SocketAddr, Conn<ReqBody>)>,
+    /// Counts this exchange as active on its backend until the body ends.
+    active: Option<ActiveGuard>,
 }
 
 /// A client that leaves mid-response would cost the backend connection (and
@@ -90,9 +92,102 @@ const DRAIN_LIMIT_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PooledBody {
     fn give_back(&mut self) {
+        self.active = None;
         if let Some((pool, addr, conn)) = self.home.take() {
             pool.put(addr, conn, Instant::now());
         }
+    }
+}
+
+/// Keeps a response's exchange counted as active until its body ends.
+fn attach(resp: Response<RespBody>, active: ActiveGuard) -> Response<RespBody> {
+    let (parts, mut body) = resp.into_parts();
+    if let RespBody::Upstream(p) = &mut body
+        && p.home.is_some()
+    {
+        p.active = Some(active);
+    }
+    Response::from_parts(parts, body)
+}
+
+/// One backend as a worker sees it: requests in flight, recent failures.
+pub struct UpstreamState {
+    addr: SocketAddr,
+    active: Cell<u32>,
+    fails: Cell<u32>,
+    down_until: Cell<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Decrements a backend's active count when dropped.
+pub struct ActiveGuard(Rc<UpstreamState>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.set(self.0.active.get().saturating_sub(1));
+    }
+}
+
+impl UpstreamState {
+    fn begin(self: &Rc<Self>) -> ActiveGuard {
+        self.active.set(self.active.get() + 1);
+        ActiveGuard(self.clone())
+    }
+
+    fn succeeded(&self) {
+        self.fails.set(0);
+        self.down_until.set(None);
+    }
+
+    /// Passive health: after `max_fails` failures in a row the backend is
+    /// left alone for `fail_timeout`, then tried again.
+    fn failed(&self, now: Instant, cfg: &ProxyConfig) {
+        let n = self.fails.get() + 1;
+        if n >= cfg.max_fails {
+            self.fails.set(0);
+            self.down_until.set(Some(now + cfg.fail_timeout));
+            Metrics::inc(&self.metrics.ejections);
+        } else {
+            self.fails.set(n);
+        }
+    }
+
+    fn up(&self, now: Instant) -> bool {
+        self.down_until.get().is_none_or(|t| now >= t)
+    }
+}
+
+/// The backends and how to choose among them.
+struct Upstreams {
+    list: Vec<Rc<UpstreamState>>,
+    next: Cell<usize>,
+    balance: Balance,
+}
+
+impl Upstreams {
+    /// The backend for the next attempt: not yet tried for this request,
+    /// healthy if any is, then by the balancing rule.
+    fn pick(&self, tried: &[usize], now: Instant) -> usize {
+        let n = self.list.len();
+        let start = self.next.get();
+        self.next.set(start.wrapping_add(1));
+        let order = (0..n)
+            .map(|k| (start + k) % n)
+            .filter(|i| !tried.contains(i));
+        let healthy: Vec<usize> = order.clone().filter(|&i| self.list[i].up(now)).collect();
+        let pool: Vec<usize> = if healthy.is_empty() {
+            order.collect()
+        } else {
+            healthy
+        };
+        let chosen = match self.balance {
+            Balance::RoundRobin => pool.first().copied(),
+            Balance::LeastConn => pool
+                .iter()
+                .copied()
+                .min_by_key(|&i| self.list[i].active.get()),
+        };
+        chosen.unwrap_or(start % n)
     }
 }
 
@@ -176,14 +271,12 @@ impl Drop for InFlight {
                 drop(PooledBody {
                     inner: Some(resp.into_body()),
                     home: Some(home),
+                    active: None,
                 });
             }
         });
     }
 }
-
-/// Idle time after which a reused connection may be racing its backend's close.
-const RACY_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What the proxy answers with.
 pub enum RespBody {
@@ -236,6 +329,32 @@ impl Body for RespBody {
             RespBody::Local(f) => f.size_hint(),
         }
     }
+}
+
+type SendOutcome = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>>;
+
+/// What trying the pooled connections came to.
+enum Pooled {
+    Done(Response<RespBody>),
+    Failed(ProxyError),
+    /// A reused connection died under this (repeatable) request.
+    Resend(Request<ReqBody>),
+    /// No pooled connection took it; here it is back.
+    NoConnection(Request<ReqBody>),
+}
+
+fn build_request(
+    method: http::Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: ReqBody,
+) -> Request<ReqBody> {
+    let mut r = Request::new(body);
+    *r.method_mut() = method;
+    *r.uri_mut() = uri;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = headers;
+    r
 }
 
 /// Why a request got an answer made here.
@@ -292,16 +411,10 @@ struct Worker {
     cfg: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
     pool: Rc<UpstreamPool>,
-    next: Cell<usize>,
+    upstreams: Upstreams,
 }
 
 impl Worker {
-    fn pick(&self) -> SocketAddr {
-        let i = self.next.get();
-        self.next.set(i.wrapping_add(1));
-        self.cfg.upstreams[i % self.cfg.upstreams.len()]
-    }
-
     async fn connect(&self, addr: SocketAddr) -> Result<Conn<ReqBody>, ProxyError> {
         let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
@@ -350,6 +463,7 @@ impl Worker {
         let mut pb = PooledBody {
             inner: Some(body),
             home: Some((self.pool.clone(), addr, conn)),
+            active: None,
         };
         if pb.inner.as_ref().is_some_and(Incoming::is_end_stream) {
             pb.give_back();
@@ -373,30 +487,20 @@ impl Worker {
             .map_or("/", |p| p.as_str())
             .parse()
             .unwrap_or_else(|_| Uri::from_static("/"));
-        let addr = self.pick();
         let mut headers = upstream_request_headers(parts.headers, peer.ip(), &self.cfg.forwarding);
         if !headers.contains_key(header::HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 upstream needs one.
             let host = parts
                 .uri
                 .authority()
-                .map_or_else(|| addr.to_string(), |a| a.to_string());
+                .map_or_else(|| self.cfg.upstreams[0].to_string(), |a| a.to_string());
             if let Ok(v) = HeaderValue::from_str(&host) {
                 headers.insert(header::HOST, v);
             }
         }
         let has_body = !body.is_end_stream();
         let repeatable = !has_body && is_idempotent(&parts.method);
-        let mut retry = None;
-        let build = |method, uri, headers, body| {
-            let mut r = Request::new(body);
-            *r.method_mut() = method;
-            *r.uri_mut() = uri;
-            *r.version_mut() = Version::HTTP_11;
-            *r.headers_mut() = headers;
-            r
-        };
-        let mut req = build(
+        let mut req = build_request(
             parts.method,
             uri,
             headers,
@@ -406,82 +510,155 @@ impl Worker {
                 ReqBody::Empty
             },
         );
-        let wait = self.cfg.response_header_timeout;
-        while let Some((mut conn, idle)) = self.pool.take(addr, Instant::now()) {
-            if conn.sender.ready().await.is_err() {
-                continue; // closed since it was pooled
-            }
-            // A backend may close a connection idle for its keep-alive timeout
-            // just as we reuse it. No common server uses less than a second,
-            // so only a connection idle that long needs a copy kept to resend.
-            if repeatable && idle >= RACY_IDLE && retry.is_none() {
-                retry = Some((
-                    req.method().clone(),
-                    req.uri().clone(),
-                    req.headers().clone(),
-                ));
-            }
-            Metrics::inc(&self.metrics.upstream_requests);
-            Metrics::inc(&self.metrics.upstream_reused);
-            let mut flight = InFlight {
-                sending: Some(Box::pin(conn.sender.try_send_request(req))),
-                home: Some((self.pool.clone(), addr, conn)),
-            };
-            let outcome = match flight.sending.as_mut() {
-                Some(sending) => timeout(wait, sending).await,
-                None => unreachable!("just set"),
-            };
-            let Ok(outcome) = outcome else {
-                flight.abandon();
-                Metrics::inc(&self.metrics.upstream_timeouts);
-                return Err(ProxyError::Timeout);
-            };
-            let conn = flight.land();
-            match outcome {
-                Ok(resp) => return Ok(self.respond(addr, conn, resp)),
-                Err(mut e) => {
-                    if let Some(back) = e.take_message() {
-                        // Never written: any method may go on another connection.
-                        req = back;
-                        continue;
+        // Connect failures send nothing, so any request may go to another
+        // backend, and keep trying (backing off) until the connect timeout:
+        // a backend that restarts in less than that costs no request.
+        let deadline = Instant::now() + self.cfg.connect_timeout;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut backoff = std::time::Duration::from_millis(10);
+        let mut retried = false;
+        loop {
+            let i = self.upstreams.pick(&tried, Instant::now());
+            let up = &self.upstreams.list[i];
+            let addr = up.addr;
+            let active = up.begin();
+            if !retried {
+                match self.exchange_pooled(addr, req, repeatable).await {
+                    Pooled::Done(resp) => {
+                        up.succeeded();
+                        return Ok(attach(resp, active));
                     }
-                    // Written, then the connection died: the backend closed it
-                    // as we reused it. Repeat only what is safe to repeat, and
-                    // never a malformed answer (that backend is broken).
-                    let died = connection_died(e.error());
-                    let Some((m, u, h)) = retry.take().filter(|_| died) else {
-                        Metrics::inc(&self.metrics.upstream_errors);
-                        return Err(ProxyError::Upstream(e.into_error()));
-                    };
-                    Metrics::inc(&self.metrics.retries);
-                    req = build(m, u, h, ReqBody::Empty);
-                    break;
+                    Pooled::Failed(e) => {
+                        up.failed(Instant::now(), &self.cfg);
+                        return Err(e);
+                    }
+                    Pooled::Resend(r) => {
+                        // A reused connection died under a request safe to
+                        // repeat: once more, on a fresh connection.
+                        Metrics::inc(&self.metrics.retries);
+                        retried = true;
+                        req = r;
+                    }
+                    Pooled::NoConnection(r) => req = r,
                 }
             }
+            let conn = match self.connect(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    up.failed(Instant::now(), &self.cfg);
+                    tried.push(i);
+                    if tried.len() >= self.upstreams.list.len() {
+                        if Instant::now() + backoff >= deadline {
+                            return Err(e);
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(std::time::Duration::from_millis(200));
+                        tried.clear();
+                    }
+                    continue;
+                }
+            };
+            Metrics::inc(&self.metrics.upstream_requests);
+            let (outcome, conn_back) = self.send(addr, conn, req).await;
+            return match outcome {
+                None => {
+                    Metrics::inc(&self.metrics.upstream_timeouts);
+                    up.failed(Instant::now(), &self.cfg);
+                    Err(ProxyError::Timeout)
+                }
+                Some(Err(e)) => {
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    up.failed(Instant::now(), &self.cfg);
+                    Err(ProxyError::Upstream(e.into_error()))
+                }
+                Some(Ok(resp)) => {
+                    up.succeeded();
+                    match conn_back {
+                        Some(c) => Ok(attach(self.respond(addr, c, resp), active)),
+                        None => Err(ProxyError::Timeout),
+                    }
+                }
+            };
         }
-        let mut conn = self.connect(addr).await?;
-        Metrics::inc(&self.metrics.upstream_requests);
+    }
+
+    /// Sends `req` on `conn`, guarding the exchange against the client
+    /// leaving (see [`InFlight`]). `None` when the backend did not answer in
+    /// time (the connection is then dropped).
+    async fn send(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        mut conn: Conn<ReqBody>,
+        req: Request<ReqBody>,
+    ) -> (Option<SendOutcome>, Option<Conn<ReqBody>>) {
         let mut flight = InFlight {
             sending: Some(Box::pin(conn.sender.try_send_request(req))),
             home: Some((self.pool.clone(), addr, conn)),
         };
         let outcome = match flight.sending.as_mut() {
-            Some(sending) => timeout(wait, sending).await,
-            None => unreachable!("just set"),
+            Some(sending) => timeout(self.cfg.response_header_timeout, sending).await,
+            None => return (None, None),
         };
-        let Ok(outcome) = outcome else {
-            flight.abandon();
-            Metrics::inc(&self.metrics.upstream_timeouts);
-            return Err(ProxyError::Timeout);
-        };
-        let conn = flight.land();
         match outcome {
-            Err(e) => {
-                Metrics::inc(&self.metrics.upstream_errors);
-                Err(ProxyError::Upstream(e.into_error()))
+            Err(_) => {
+                flight.abandon();
+                (None, None)
             }
-            Ok(resp) => Ok(self.respond(addr, conn, resp)),
+            Ok(o) => (Some(o), Some(flight.land())),
         }
+    }
+
+    /// Tries the pool's connections to `addr` in turn.
+    async fn exchange_pooled(
+        self: &Rc<Self>,
+        addr: SocketAddr,
+        mut req: Request<ReqBody>,
+        repeatable: bool,
+    ) -> Pooled {
+        while let Some((mut conn, _idle)) = self.pool.take(addr, Instant::now()) {
+            if conn.sender.ready().await.is_err() {
+                continue; // closed since it was pooled
+            }
+            // If this connection dies under the request (the backend timed
+            // it out, or restarted), a request safe to repeat is sent again:
+            // keep a copy (about 1% of a request's cost).
+            let copy = repeatable.then(|| {
+                (
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                )
+            });
+            Metrics::inc(&self.metrics.upstream_requests);
+            Metrics::inc(&self.metrics.upstream_reused);
+            let (outcome, back) = self.send(addr, conn, req).await;
+            match (outcome, back) {
+                (None, _) => {
+                    Metrics::inc(&self.metrics.upstream_timeouts);
+                    return Pooled::Failed(ProxyError::Timeout);
+                }
+                (Some(Ok(resp)), Some(c)) => return Pooled::Done(self.respond(addr, c, resp)),
+                (Some(Ok(_)), None) => return Pooled::Failed(ProxyError::Timeout),
+                (Some(Err(mut e)), _) => {
+                    if let Some(back) = e.take_message() {
+                        // Never written: any method may go on another connection.
+                        req = back;
+                        continue;
+                    }
+                    // Written, then the connection died. Repeat only what is
+                    // safe to repeat, and never after a malformed answer.
+                    let died = connection_died(e.error());
+                    return match copy.filter(|_| died) {
+                        Some((m, u, h)) => Pooled::Resend(build_request(m, u, h, ReqBody::Empty)),
+                        None => {
+                            Metrics::inc(&self.metrics.upstream_errors);
+                            Pooled::Failed(ProxyError::Upstream(e.into_error()))
+                        }
+                    };
+                }
+            }
+        }
+        Pooled::NoConnection(req)
     }
 
     async fn handle(
@@ -534,6 +711,7 @@ fn worker(
     metrics: Arc<Metrics>,
     std_listener: std::net::TcpListener,
     admin: Option<std::net::TcpListener>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -543,9 +721,25 @@ fn worker(
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
         let w = Rc::new(Worker {
             pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
+            upstreams: Upstreams {
+                list: cfg
+                    .upstreams
+                    .iter()
+                    .map(|&addr| {
+                        Rc::new(UpstreamState {
+                            addr,
+                            active: Cell::new(0),
+                            fails: Cell::new(0),
+                            down_until: Cell::new(None),
+                            metrics: metrics.clone(),
+                        })
+                    })
+                    .collect(),
+                next: Cell::new(0),
+                balance: cfg.balance,
+            },
             cfg: cfg.clone(),
             metrics: metrics.clone(),
-            next: Cell::new(0),
         });
         if let Some(admin) = admin {
             let metrics = metrics.clone();
@@ -563,8 +757,14 @@ fn worker(
                 }
             });
         }
+        let open = Rc::new(Cell::new(0usize));
+        let mut stop = shutdown.clone();
         loop {
-            let (stream, peer) = match listener.accept().await {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let (stream, peer) = match accepted {
                 Ok(x) => x,
                 // Out of file descriptors and the like: wait, do not spin.
                 Err(_) => {
@@ -574,19 +774,49 @@ fn worker(
             };
             let _ = stream.set_nodelay(true);
             let w = w.clone();
+            let open = open.clone();
+            let mut stop = shutdown.clone();
+            open.set(open.get() + 1);
             tokio::task::spawn_local(async move {
                 let cfg = w.cfg.clone();
                 let svc = service_fn(move |req| w.clone().handle(peer, req));
-                let _ = server::Builder::new()
+                let conn = server::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(cfg.client_header_timeout)
                     .max_headers(cfg.max_headers)
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                    .serve_connection(TokioIo::new(stream), svc);
+                tokio::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    _ = stop.wait_for(|s| *s) => {
+                        // Finish the exchange in progress, then close.
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+                open.set(open.get() - 1);
             });
         }
+        // Draining: no new connections; wait for the open ones to finish.
+        drop(listener);
+        let drained = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
+            while open.get() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = open.get(),
+                "shutdown: connections still open after the drain time; closing them"
+            );
+        }
+        Ok(())
     })
 }
+
+/// How long a shutdown waits for open connections to finish.
+const DRAIN_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(30);
 
 async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     loop {
@@ -645,14 +875,34 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::default());
     let mut admin = admin;
+    // SIGTERM or SIGINT: stop accepting, finish what is in flight, exit.
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let signals = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut term = signals.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    })?;
+    std::thread::Builder::new()
+        .name("proxy-signals".into())
+        .spawn(move || {
+            signals.block_on(async move {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                let _ = tx.send(true);
+            });
+        })?;
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            let (cfg, metrics, admin) = (cfg.clone(), metrics.clone(), admin.take());
+            let (cfg, metrics, admin, rx) =
+                (cfg.clone(), metrics.clone(), admin.take(), rx.clone());
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || worker(cfg, metrics, l, admin))
+                .spawn(move || worker(cfg, metrics, l, admin, rx))
         })
         .collect::<io::Result<_>>()?;
     for h in handles {
