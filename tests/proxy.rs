@@ -563,3 +563,36 @@ fn soak_with_backend_restarts_loses_no_request() {
         "RSS grew from {rss_early} kB to {rss_late} kB"
     );
 }
+
+#[test]
+fn upgrade_requests_are_passed_through_both_ways() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(
+        head.contains("upgrade: echo") && head.contains("connection: upgrade"),
+        "{head}"
+    );
+    for msg in [&b"hello"[..], b"through the proxy", &[0u8, 159, 255, 10]] {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    let seen = backend.heads()[0].to_ascii_lowercase();
+    assert!(
+        seen.contains("upgrade: echo") && seen.contains("connection: upgrade"),
+        "{seen}"
+    );
+}

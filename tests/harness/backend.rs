@@ -148,6 +148,27 @@ fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<S
                 let _ = r.read_line(&mut crlf);
             }
         }
+        if path == "/ws" && lower.contains("upgrade: echo") {
+            // Switch to an echo protocol for the rest of the connection.
+            if w.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n",
+            )
+            .is_err()
+            {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if w.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let extra =
             "Keep-Alive: timeout=5\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\n";
         let ok = if path == "/broken" {

@@ -343,6 +343,15 @@ enum Pooled {
     NoConnection(Request<ReqBody>),
 }
 
+/// The request target as sent upstream: path and query only (an
+/// absolute-form target's authority is not forwarded in the request line).
+fn origin_form(uri: &Uri) -> Uri {
+    uri.path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .unwrap_or_else(|_| Uri::from_static("/"))
+}
+
 fn build_request(
     method: http::Method,
     uri: Uri,
@@ -441,7 +450,7 @@ impl Worker {
         // Drives the connection, and keeps reading it while idle, so a
         // backend's close is noticed before the connection is reused.
         tokio::task::spawn_local(async move {
-            let _ = conn.await;
+            let _ = conn.with_upgrades().await;
         });
         Metrics::inc(&self.metrics.upstream_connections_opened);
         Ok(Conn {
@@ -481,12 +490,7 @@ impl Worker {
             Metrics::inc(&self.metrics.refused);
             ProxyError::Refused(r)
         })?;
-        let uri: Uri = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .unwrap_or_else(|_| Uri::from_static("/"));
+        let uri = origin_form(&parts.uri);
         let mut headers = upstream_request_headers(parts.headers, peer.ip(), &self.cfg.forwarding);
         if !headers.contains_key(header::HOST) {
             // An HTTP/1.0 client may send none; HTTP/1.1 upstream needs one.
@@ -661,13 +665,103 @@ impl Worker {
         Pooled::NoConnection(req)
     }
 
+    /// `Upgrade` (WebSocket and the like): the request goes to a backend on
+    /// a connection of its own; if the backend switches protocols, the two
+    /// upgraded connections are joined byte for byte until either side closes.
+    async fn upgrade(
+        self: &Rc<Self>,
+        peer: SocketAddr,
+        mut req: Request<Incoming>,
+        protocol: HeaderValue,
+    ) -> Result<Response<RespBody>, ProxyError> {
+        check_request(req.version(), req.headers()).map_err(|r| {
+            Metrics::inc(&self.metrics.refused);
+            ProxyError::Refused(r)
+        })?;
+        let client_side = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        let uri = origin_form(&parts.uri);
+        let mut headers = upstream_request_headers(parts.headers, peer.ip(), &self.cfg.forwarding);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+        let body = if body.is_end_stream() {
+            ReqBody::Empty
+        } else {
+            ReqBody::Client(body)
+        };
+        let i = self.upstreams.pick(&[], Instant::now());
+        let up = &self.upstreams.list[i];
+        let mut conn = match self.connect(up.addr).await {
+            Ok(c) => c,
+            Err(e) => {
+                up.failed(Instant::now(), &self.cfg);
+                return Err(e);
+            }
+        };
+        Metrics::inc(&self.metrics.upstream_requests);
+        let sent = conn
+            .sender
+            .send_request(build_request(parts.method, uri, headers, body));
+        let mut resp = match timeout(self.cfg.response_header_timeout, sent).await {
+            Err(_) => {
+                Metrics::inc(&self.metrics.upstream_timeouts);
+                return Err(ProxyError::Timeout);
+            }
+            Ok(Err(e)) => {
+                Metrics::inc(&self.metrics.upstream_errors);
+                up.failed(Instant::now(), &self.cfg);
+                return Err(ProxyError::Upstream(e));
+            }
+            Ok(Ok(r)) => r,
+        };
+        up.succeeded();
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // The backend declined: an ordinary answer on a connection worth keeping.
+            return Ok(self.respond(up.addr, conn, resp));
+        }
+        let backend_side = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        downstream_response_headers(&mut parts.headers, &self.cfg.forwarding);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            parts.headers.insert(header::UPGRADE, p);
+        }
+        tokio::task::spawn_local(async move {
+            if let (Ok(c), Ok(b)) = tokio::join!(client_side, backend_side) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b)).await;
+            }
+        });
+        Ok(Response::from_parts(
+            parts,
+            RespBody::Local(Full::new(Bytes::new())),
+        ))
+    }
+
     async fn handle(
         self: Rc<Self>,
         peer: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<RespBody>, Infallible> {
         Metrics::inc(&self.metrics.requests);
-        let resp = self.proxy(peer, req).await.unwrap_or_else(|e| e.response());
+        let upgrade = req.headers().get(header::UPGRADE).cloned().filter(|_| {
+            req.version() == Version::HTTP_11
+                && req
+                    .headers()
+                    .get_all(header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+        let result = match upgrade {
+            Some(protocol) => self.upgrade(peer, req, protocol).await,
+            None => self.proxy(peer, req).await,
+        };
+        let resp = result.unwrap_or_else(|e| e.response());
         self.metrics.response(resp.status().as_u16());
         Ok(resp)
     }
@@ -784,7 +878,8 @@ fn worker(
                     .timer(TokioTimer::new())
                     .header_read_timeout(cfg.client_header_timeout)
                     .max_headers(cfg.max_headers)
-                    .serve_connection(TokioIo::new(stream), svc);
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}
