@@ -6,6 +6,7 @@
 # backend (each proxy gets its own backend port, so they can be told apart).
 #
 # Usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (default 5 10 64)
+# Both timewait engines run (--engine hyper and --engine lean).
 # Everything listens on 127.0.0.1; everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ cat > "$DIR/backend.conf" <<CONF
 worker_processes 1; daemon off; pid $DIR/backend.pid; error_log $DIR/backend.err;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:18080; listen 127.0.0.1:18090; listen 127.0.0.1:18100;
+  server { listen 127.0.0.1:18080; listen 127.0.0.1:18090; listen 127.0.0.1:18100; listen 127.0.0.1:18110;
     location / { return 200 "ok"; } } }
 CONF
 # nginx with the article's fix: keepalive, HTTP/1.1, Connection "".
@@ -57,16 +58,17 @@ CONF
 nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
 nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
 haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!)
-target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 > "$DIR/tw.out" & pids+=($!)
+target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!)
+target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!)
 sleep 1
-for port in 18081 18091 18101; do
+for port in 18081 18091 18101 18111; do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
 done
 
 declare -A rps p99 tw
-names=(nginx haproxy timewait)
-declare -A front=([nginx]=18081 [haproxy]=18091 [timewait]=18101)
-declare -A back=([nginx]=18080 [haproxy]=18090 [timewait]=18100)
+names=(nginx haproxy timewait-hyper timewait-lean)
+declare -A front=([nginx]=18081 [haproxy]=18091 [timewait-hyper]=18101 [timewait-lean]=18111)
+declare -A back=([nginx]=18080 [haproxy]=18090 [timewait-hyper]=18100 [timewait-lean]=18110)
 to_ms() { # wrk latency like 850.00us / 1.20ms / 2.00s -> ms
     python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)",v); f={"us":0.001,"ms":1,"s":1000}[m.group(2)]; print(float(m.group(1))*f)' "$1"
 }
@@ -92,8 +94,8 @@ for n in "${names[@]}"; do
         "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" "${rps[$n]}"
 done
 # shellcheck disable=SC2086
-python3 - "$(median ${rps[timewait]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" <<'PY'
+python3 - "$(median ${rps[timewait-lean]})" "$(median ${rps[timewait-hyper]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" <<'PY'
 import sys
-t, n, h = map(float, sys.argv[1:])
-print(f"\ntimewait / nginx = {t/n:.2f}x, timewait / haproxy = {t/h:.2f}x (requests/s)")
+lean, hyp, n, h = map(float, sys.argv[1:])
+print(f"\nlean engine: {lean/n:.2f}x nginx, {lean/h:.2f}x haproxy; hyper engine: {hyp/n:.2f}x nginx, {hyp/h:.2f}x haproxy (requests/s)")
 PY

@@ -370,6 +370,9 @@ pub struct ProxyArgs {
     /// How to choose a backend.
     #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
     pub balance: BalanceArg,
+    /// HTTP/1.1 implementation: the lean httparse path (default), or hyper.
+    #[arg(long, value_enum, default_value_t = EngineArg::Lean)]
+    pub engine: EngineArg,
     /// Failures in a row after which a backend is left alone for --fail-timeout.
     #[arg(long, value_name = "N", default_value_t = 3)]
     pub max_fails: u32,
@@ -400,6 +403,15 @@ pub struct ProxyArgs {
     /// Add `Via: 1.1 NAME` to requests and responses.
     #[arg(long, value_name = "NAME")]
     pub via: Option<String>,
+}
+
+/// `proxy --engine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineArg {
+    /// hyper on both sides.
+    Hyper,
+    /// httparse; each client connection's task drives its backend connection.
+    Lean,
 }
 
 /// `proxy --balance`.

@@ -4,10 +4,10 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use timewait_proxy::ProxyConfig;
-use timewait_proxy::config::{Balance, PoolConfig};
+use timewait_proxy::config::{Balance, Engine, PoolConfig};
 
 use crate::Failure;
-use crate::cli::{BalanceArg, ProxyArgs};
+use crate::cli::{BalanceArg, EngineArg, ProxyArgs};
 
 fn addr(flag: &str, s: &str) -> Result<SocketAddr, Failure> {
     s.to_socket_addrs()
@@ -65,6 +65,10 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         BalanceArg::LeastConn => Balance::LeastConn,
     };
     cfg.max_fails = a.max_fails;
+    cfg.engine = match a.engine {
+        EngineArg::Hyper => Engine::Hyper,
+        EngineArg::Lean => Engine::Lean,
+    };
     cfg.fail_timeout = seconds("--fail-timeout", a.fail_timeout, 3600.0)?;
     cfg.admin = a.admin.as_deref().map(|s| addr("--admin", s)).transpose()?;
     cfg.pool = PoolConfig {

@@ -33,6 +33,18 @@ impl Default for PoolConfig {
     }
 }
 
+/// Which HTTP/1.1 implementation carries requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// hyper for both sides.
+    Hyper,
+    /// The lean path: httparse, one task per client connection driving its
+    /// backend connection directly. Faster (see BENCHMARKS.md), and it can
+    /// refuse Content-Length with Transfer-Encoding outright.
+    #[default]
+    Lean,
+}
+
 /// How to choose a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
@@ -56,6 +68,8 @@ pub struct ProxyConfig {
     pub max_fails: u32,
     /// How long a failed backend is left alone (like nginx's `fail_timeout`).
     pub fail_timeout: Duration,
+    /// The HTTP/1.1 implementation.
+    pub engine: Engine,
     /// Worker threads, each with its own listener (`SO_REUSEPORT`) and pool.
     pub workers: usize,
     /// Where `/metrics` is served, if anywhere.
@@ -83,6 +97,7 @@ impl ProxyConfig {
             balance: Balance::RoundRobin,
             max_fails: 3,
             fail_timeout: Duration::from_secs(10),
+            engine: Engine::default(),
             workers: 1,
             admin: None,
             pool: PoolConfig::default(),

@@ -9,13 +9,17 @@
 //!   closes them.
 //! - [`server`]: workers (one single-threaded runtime per core, each with its
 //!   own listener via `SO_REUSEPORT` and its own pool: no locks on the request
-//!   path), the request path, retries, errors and the admin endpoint.
+//!   path), backend choice and health, the hyper engine, shutdown and the
+//!   admin endpoint.
+//! - [`lean`]: the default engine — `httparse` heads, one task per client
+//!   connection driving its pooled backend connection directly.
 //!
 //! This crate depends on nothing diagnostic.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod headers;
+pub mod lean;
 pub mod metrics;
 pub mod pool;
 pub mod server;

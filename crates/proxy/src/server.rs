@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
-use crate::config::{Balance, ProxyConfig};
+use crate::config::{Balance, Engine, ProxyConfig};
 use crate::headers::{
     Refusal, check_request, downstream_response_headers, is_idempotent, upstream_request_headers,
 };
@@ -112,7 +112,7 @@ fn attach(resp: Response<RespBody>, active: ActiveGuard) -> Response<RespBody> {
 
 /// One backend as a worker sees it: requests in flight, recent failures.
 pub struct UpstreamState {
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     active: Cell<u32>,
     fails: Cell<u32>,
     down_until: Cell<Option<Instant>>,
@@ -129,19 +129,19 @@ impl Drop for ActiveGuard {
 }
 
 impl UpstreamState {
-    fn begin(self: &Rc<Self>) -> ActiveGuard {
+    pub(crate) fn begin(self: &Rc<Self>) -> ActiveGuard {
         self.active.set(self.active.get() + 1);
         ActiveGuard(self.clone())
     }
 
-    fn succeeded(&self) {
+    pub(crate) fn succeeded(&self) {
         self.fails.set(0);
         self.down_until.set(None);
     }
 
     /// Passive health: after `max_fails` failures in a row the backend is
     /// left alone for `fail_timeout`, then tried again.
-    fn failed(&self, now: Instant, cfg: &ProxyConfig) {
+    pub(crate) fn failed(&self, now: Instant, cfg: &ProxyConfig) {
         let n = self.fails.get() + 1;
         if n >= cfg.max_fails {
             self.fails.set(0);
@@ -158,8 +158,8 @@ impl UpstreamState {
 }
 
 /// The backends and how to choose among them.
-struct Upstreams {
-    list: Vec<Rc<UpstreamState>>,
+pub struct Upstreams {
+    pub(crate) list: Vec<Rc<UpstreamState>>,
     next: Cell<usize>,
     balance: Balance,
 }
@@ -167,7 +167,7 @@ struct Upstreams {
 impl Upstreams {
     /// The backend for the next attempt: not yet tried for this request,
     /// healthy if any is, then by the balancing rule.
-    fn pick(&self, tried: &[usize], now: Instant) -> usize {
+    pub(crate) fn pick(&self, tried: &[usize], now: Instant) -> usize {
         let n = self.list.len();
         let start = self.next.get();
         self.next.set(start.wrapping_add(1));
@@ -420,7 +420,7 @@ struct Worker {
     cfg: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
     pool: Rc<UpstreamPool>,
-    upstreams: Upstreams,
+    upstreams: Rc<Upstreams>,
 }
 
 impl Worker {
@@ -813,25 +813,32 @@ fn worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        let upstreams = Rc::new(Upstreams {
+            list: cfg
+                .upstreams
+                .iter()
+                .map(|&addr| {
+                    Rc::new(UpstreamState {
+                        addr,
+                        active: Cell::new(0),
+                        fails: Cell::new(0),
+                        down_until: Cell::new(None),
+                        metrics: metrics.clone(),
+                    })
+                })
+                .collect(),
+            next: Cell::new(0),
+            balance: cfg.balance,
+        });
+        let lean = Rc::new(crate::lean::Lean {
+            cfg: cfg.clone(),
+            metrics: metrics.clone(),
+            pool: Rc::new(crate::lean::LeanPool::new(cfg.clone(), metrics.clone())),
+            upstreams: upstreams.clone(),
+        });
         let w = Rc::new(Worker {
             pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
-            upstreams: Upstreams {
-                list: cfg
-                    .upstreams
-                    .iter()
-                    .map(|&addr| {
-                        Rc::new(UpstreamState {
-                            addr,
-                            active: Cell::new(0),
-                            fails: Cell::new(0),
-                            down_until: Cell::new(None),
-                            metrics: metrics.clone(),
-                        })
-                    })
-                    .collect(),
-                next: Cell::new(0),
-                balance: cfg.balance,
-            },
+            upstreams,
             cfg: cfg.clone(),
             metrics: metrics.clone(),
         });
@@ -842,12 +849,14 @@ fn worker(
         }
         {
             let pool = w.pool.clone();
+            let lean_pool = lean.pool.clone();
             let every = (cfg.pool.idle_timeout / 2).max(std::time::Duration::from_millis(100));
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     pool.sweep(Instant::now());
+                    lean_pool.sweep(Instant::now());
                 }
             });
         }
@@ -867,6 +876,15 @@ fn worker(
                 }
             };
             let _ = stream.set_nodelay(true);
+            if cfg.engine == Engine::Lean {
+                let (lean, open, stop) = (lean.clone(), open.clone(), shutdown.clone());
+                open.set(open.get() + 1);
+                tokio::task::spawn_local(async move {
+                    lean.serve(stream, peer, stop).await;
+                    open.set(open.get() - 1);
+                });
+                continue;
+            }
             let w = w.clone();
             let open = open.clone();
             let mut stop = shutdown.clone();

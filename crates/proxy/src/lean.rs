@@ -1,0 +1,1042 @@
+//! The lean HTTP/1.1 engine: one task per client connection parses request
+//! heads with `httparse` and drives its pooled backend connection itself —
+//! no channel, no second task per request. It applies the same gateway
+//! rules as the hyper engine (see [`crate::headers`]), and because it sees
+//! the raw header lines it can refuse `Content-Length` together with
+//! `Transfer-Encoding` outright.
+//!
+//! Bodies are streamed through fixed buffers: `Content-Length` bodies are
+//! copied, chunked bodies are re-framed (chunk extensions and trailers are
+//! not forwarded), and a chunked response to an HTTP/1.0 client is
+//! de-chunked and closed.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::config::ProxyConfig;
+use crate::headers::{HOP_BY_HOP, Refusal};
+use crate::metrics::Metrics;
+use crate::server::{UpstreamState, Upstreams};
+
+/// Largest request or response head accepted.
+const HEAD_LIMIT: usize = 64 * 1024;
+/// Most headers one message may carry (`--max-headers` can only lower it).
+const MAX_HEADERS: usize = 128;
+/// Read buffer per connection side.
+const BUF: usize = 16 * 1024;
+/// How long an idle keep-alive client connection is kept.
+const CLIENT_IDLE: Duration = Duration::from_secs(75);
+
+/// Bytes read from a socket and not yet used.
+struct ReadBuf {
+    data: Vec<u8>,
+    pos: usize,
+    len: usize,
+}
+
+impl ReadBuf {
+    fn new() -> ReadBuf {
+        ReadBuf {
+            data: vec![0; BUF],
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    fn filled(&self) -> &[u8] {
+        &self.data[self.pos..self.len]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos += n;
+        if self.pos >= self.len {
+            self.pos = 0;
+            self.len = 0;
+        }
+    }
+
+    /// Reads more; 0 means the peer closed. Grows up to `HEAD_LIMIT` when full.
+    async fn fill(&mut self, s: &mut TcpStream) -> io::Result<usize> {
+        if self.pos > 0 && self.len == self.data.len() {
+            self.data.copy_within(self.pos..self.len, 0);
+            self.len -= self.pos;
+            self.pos = 0;
+        }
+        if self.len == self.data.len() {
+            if self.data.len() >= HEAD_LIMIT {
+                return Err(io::Error::new(io::ErrorKind::InvalidData, "head too large"));
+            }
+            self.data.resize((self.data.len() * 2).min(HEAD_LIMIT), 0);
+        }
+        let n = s.read(&mut self.data[self.len..]).await?;
+        self.len += n;
+        Ok(n)
+    }
+
+    /// One CRLF-terminated line (without the CRLF), reading as needed.
+    async fn line(&mut self, s: &mut TcpStream) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(i) = self.filled().windows(2).position(|w| w == b"\r\n") {
+                let line = self.filled()[..i].to_vec();
+                self.consume(i + 2);
+                return Ok(line);
+            }
+            if self.filled().len() > 4096 {
+                return Err(invalid("chunk line too long"));
+            }
+            if self.fill(s).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// What the request head says, beyond the rewritten bytes.
+struct RequestInfo {
+    framing: Framing,
+    client_keep_alive: bool,
+    client_http10: bool,
+    expect_continue: bool,
+    head_method: bool,
+    repeatable: bool,
+    upgrade: bool,
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(v)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// `Via:` with the received entries and ours appended (`1.1 NAME`).
+fn push_via<'h>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'h str, &'h [u8])>, name: &str) {
+    out.extend_from_slice(b"Via: ");
+    for (_, v) in headers.filter(|(n, _)| eq(n, "via")) {
+        out.extend_from_slice(v);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"1.1 ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Checks a parsed request and writes the upstream head into `out`.
+fn upstream_head(
+    req: &httparse::Request<'_, '_>,
+    peer: &str,
+    cfg: &ProxyConfig,
+    out: &mut Vec<u8>,
+) -> Result<RequestInfo, Refusal> {
+    let method = req.method.unwrap_or("GET");
+    let path = req.path.unwrap_or("/");
+    let http10 = req.version == Some(0);
+    let mut named: Vec<&str> = Vec::new();
+    let (mut cl, mut te, mut hosts) = (None::<u64>, false, 0);
+    let (mut close, mut keep_alive, mut expect, mut upgrade_token) = (false, false, false, false);
+    let mut upgrade_header = false;
+    for h in req.headers.iter() {
+        let n = h.name;
+        if eq(n, "content-length") {
+            for part in tokens(h.value) {
+                if !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Refusal::BadLength);
+                }
+                let v: u64 = part.parse().map_err(|_| Refusal::BadLength)?;
+                if cl.is_some_and(|c| c != v) {
+                    return Err(Refusal::ConflictingLength);
+                }
+                cl = Some(v);
+            }
+            if h.value.is_empty() {
+                return Err(Refusal::BadLength);
+            }
+        } else if eq(n, "transfer-encoding") {
+            if tokens(h.value).last().is_none_or(|t| !eq(t, "chunked")) {
+                return Err(Refusal::BadEncoding);
+            }
+            te = true;
+        } else if eq(n, "host") {
+            hosts += 1;
+        } else if eq(n, "connection") {
+            for t in tokens(h.value) {
+                close |= eq(t, "close");
+                keep_alive |= eq(t, "keep-alive");
+                upgrade_token |= eq(t, "upgrade");
+                named.push(t);
+            }
+        } else if eq(n, "expect") {
+            expect |= std::str::from_utf8(h.value).is_ok_and(|v| eq(v.trim(), "100-continue"));
+        } else if eq(n, "upgrade") {
+            upgrade_header = true;
+        }
+    }
+    if te && cl.is_some() {
+        return Err(Refusal::LengthAndEncoding);
+    }
+    if te && http10 {
+        return Err(Refusal::BadEncoding);
+    }
+    match hosts {
+        0 if !http10 => return Err(Refusal::MissingHost),
+        0 | 1 => {}
+        _ => return Err(Refusal::DuplicateHost),
+    }
+    let upgrade = upgrade_token && upgrade_header && !http10;
+    let framing = if te {
+        Framing::Chunked
+    } else {
+        match cl {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    };
+    out.clear();
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let rules = &cfg.forwarding;
+    for h in req.headers.iter() {
+        let n = h.name;
+        let hop = HOP_BY_HOP.iter().any(|x| eq(n, x));
+        if (hop && !(upgrade && eq(n, "upgrade")))
+            || (named.iter().any(|x| eq(n, x)) && !(upgrade && eq(n, "upgrade")))
+            || eq(n, "content-length")
+            || eq(n, "expect")
+            || rules.remove.iter().any(|x| eq(n, x.as_str()))
+            || rules.set.iter().any(|(x, _)| eq(n, x.as_str()))
+            || (rules.forwarded_proto.is_some() && eq(n, "x-forwarded-proto"))
+            || (rules.via.is_some() && eq(n, "via"))
+        {
+            continue;
+        }
+        if eq(n, "x-forwarded-for") {
+            continue; // rewritten below, with the client appended
+        }
+        push_header(out, n.as_bytes(), h.value);
+    }
+    if hosts == 0 {
+        push_header(out, b"Host", cfg.upstreams[0].to_string().as_bytes());
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    for h in req.headers.iter().filter(|h| eq(h.name, "x-forwarded-for")) {
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(peer.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    if let Some(p) = &rules.forwarded_proto {
+        push_header(out, b"X-Forwarded-Proto", p.as_bytes());
+    }
+    if let Some(v) = &rules.via {
+        push_via(out, req.headers.iter().map(|h| (h.name, h.value)), v);
+    }
+    for (n, v) in &rules.set {
+        push_header(out, n.as_str().as_bytes(), v.as_bytes());
+    }
+    match framing {
+        Framing::Length(n) => push_header(out, b"Content-Length", n.to_string().as_bytes()),
+        Framing::Chunked => push_header(out, b"Transfer-Encoding", b"chunked"),
+        _ => {}
+    }
+    if upgrade {
+        push_header(out, b"Connection", b"upgrade");
+    }
+    out.extend_from_slice(b"\r\n");
+    let client_keep_alive = if http10 { keep_alive } else { !close };
+    Ok(RequestInfo {
+        framing,
+        client_keep_alive,
+        client_http10: http10,
+        expect_continue: expect && framing != Framing::None,
+        head_method: method == "HEAD",
+        repeatable: framing == Framing::None
+            && matches!(
+                method,
+                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+            ),
+        upgrade,
+    })
+}
+
+/// What the response head says.
+struct ResponseInfo {
+    status: u16,
+    framing: Framing,
+    upstream_keep_alive: bool,
+}
+
+/// Writes the client's response head into `out`; returns the body framing
+/// toward the client and whether the client connection stays open.
+fn client_head(
+    resp: &httparse::Response<'_, '_>,
+    req: &RequestInfo,
+    cfg: &ProxyConfig,
+    closing: bool,
+    out: &mut Vec<u8>,
+) -> (ResponseInfo, Framing, bool) {
+    let status = resp.code.unwrap_or(502);
+    let http10_upstream = resp.version == Some(0);
+    let mut named: Vec<&str> = Vec::new();
+    let (mut cl, mut te, mut close, mut keep_alive) = (None::<u64>, false, false, false);
+    for h in resp.headers.iter() {
+        if eq(h.name, "content-length") {
+            cl = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok());
+        } else if eq(h.name, "transfer-encoding") {
+            te = tokens(h.value).last().is_some_and(|t| eq(t, "chunked"));
+        } else if eq(h.name, "connection") {
+            for t in tokens(h.value) {
+                close |= eq(t, "close");
+                keep_alive |= eq(t, "keep-alive");
+                named.push(t);
+            }
+        }
+    }
+    let framing =
+        if req.head_method || status == 204 || status == 304 || (100..200).contains(&status) {
+            Framing::None
+        } else if te {
+            Framing::Chunked
+        } else if let Some(n) = cl {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+    let upstream_keep_alive =
+        framing != Framing::UntilClose && if http10_upstream { keep_alive } else { !close };
+    // Toward the client: chunked only to HTTP/1.1; otherwise close-delimited.
+    let to_client = match framing {
+        Framing::Chunked if req.client_http10 => Framing::UntilClose,
+        f => f,
+    };
+    let switching = status == 101 && req.upgrade;
+    let keep = req.client_keep_alive && to_client != Framing::UntilClose && !closing;
+    out.clear();
+    out.extend_from_slice(if req.client_http10 {
+        b"HTTP/1.0 "
+    } else {
+        b"HTTP/1.1 "
+    });
+    let digits = [
+        b'0' + (status / 100 % 10) as u8,
+        b'0' + (status / 10 % 10) as u8,
+        b'0' + (status % 10) as u8,
+    ];
+    out.extend_from_slice(&digits);
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let rules = &cfg.forwarding;
+    for h in resp.headers.iter() {
+        let n = h.name;
+        if (HOP_BY_HOP.iter().any(|x| eq(n, x)) && !(switching && eq(n, "upgrade")))
+            || (named.iter().any(|x| eq(n, x)) && !(switching && eq(n, "upgrade")))
+            || (rules.via.is_some() && eq(n, "via"))
+        {
+            continue;
+        }
+        if eq(n, "content-length")
+            && to_client != Framing::Length(cl.unwrap_or(0))
+            && !req.head_method
+        {
+            continue;
+        }
+        push_header(out, n.as_bytes(), h.value);
+    }
+    if let Some(v) = &rules.via {
+        push_via(out, resp.headers.iter().map(|h| (h.name, h.value)), v);
+    }
+    if to_client == Framing::Chunked {
+        push_header(out, b"Transfer-Encoding", b"chunked");
+    }
+    if switching {
+        push_header(out, b"Connection", b"upgrade");
+    } else if !keep {
+        push_header(out, b"Connection", b"close");
+    } else if req.client_http10 {
+        push_header(out, b"Connection", b"keep-alive");
+    }
+    out.extend_from_slice(b"\r\n");
+    (
+        ResponseInfo {
+            status,
+            framing,
+            upstream_keep_alive,
+        },
+        to_client,
+        keep,
+    )
+}
+
+/// Copies exactly `n` bytes from `src` (buffered bytes first) to `dst`.
+async fn copy_exact(
+    rb: &mut ReadBuf,
+    src: &mut TcpStream,
+    dst: &mut TcpStream,
+    n: u64,
+) -> io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        if rb.filled().is_empty() && rb.fill(src).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let take = rb
+            .filled()
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        dst.write_all(&rb.filled()[..take]).await?;
+        rb.consume(take);
+        left -= take as u64;
+    }
+    Ok(())
+}
+
+/// Copies a body from `src` (buffered bytes first) to `dst`, turning the
+/// `from` framing into the `to` framing.
+async fn copy_body(
+    rb: &mut ReadBuf,
+    src: &mut TcpStream,
+    dst: &mut TcpStream,
+    from: Framing,
+    to: Framing,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    match from {
+        Framing::None => Ok(()),
+        Framing::Length(n) => copy_exact(rb, src, dst, n).await,
+        Framing::UntilClose => loop {
+            if rb.filled().is_empty() && rb.fill(src).await? == 0 {
+                return Ok(());
+            }
+            dst.write_all(rb.filled()).await?;
+            let n = rb.filled().len();
+            rb.consume(n);
+        },
+        Framing::Chunked => {
+            loop {
+                let line = rb.line(src).await?;
+                let size_text = std::str::from_utf8(&line)
+                    .map_err(|_| invalid("chunk size"))?
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim();
+                // Hex digits only: no sign, no spaces inside (smuggling vectors).
+                if size_text.is_empty()
+                    || size_text.len() > 15
+                    || !size_text.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err(invalid("chunk size"));
+                }
+                let size = u64::from_str_radix(size_text, 16).map_err(|_| invalid("chunk size"))?;
+                if size == 0 {
+                    // Trailers are not forwarded.
+                    while !rb.line(src).await?.is_empty() {}
+                    if to == Framing::Chunked {
+                        dst.write_all(b"0\r\n\r\n").await?;
+                    }
+                    return Ok(());
+                }
+                if to == Framing::Chunked {
+                    out.clear();
+                    out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
+                    dst.write_all(out).await?;
+                }
+                copy_exact(rb, src, dst, size).await?;
+                if !rb.line(src).await?.is_empty() {
+                    return Err(invalid("chunk data longer than its size"));
+                }
+                if to == Framing::Chunked {
+                    dst.write_all(b"\r\n").await?;
+                }
+            }
+        }
+    }
+}
+
+/// A backend connection between requests.
+pub struct UpConn {
+    stream: TcpStream,
+    rb: ReadBuf,
+    requests: u64,
+    born: Instant,
+}
+
+/// Whether an idle backend connection still looks usable: not readable
+/// (nothing, not even a FIN, arrived since it went idle). No system call
+/// unless the runtime saw it become readable.
+fn looks_alive(s: &TcpStream) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match s.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(s.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        }
+    }
+}
+
+/// Idle backend connections per address, for one worker.
+pub struct LeanPool {
+    idle: RefCell<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
+    cfg: Arc<ProxyConfig>,
+    metrics: Arc<Metrics>,
+}
+
+impl LeanPool {
+    /// An empty pool.
+    pub fn new(cfg: Arc<ProxyConfig>, metrics: Arc<Metrics>) -> LeanPool {
+        LeanPool {
+            idle: RefCell::new(HashMap::new()),
+            cfg,
+            metrics,
+        }
+    }
+
+    fn usable(&self, c: &UpConn, since: Instant, now: Instant) -> bool {
+        now.duration_since(since) < self.cfg.pool.idle_timeout
+            && self
+                .cfg
+                .pool
+                .max_lifetime
+                .is_none_or(|l| now.duration_since(c.born) < l)
+            && c.rb.filled().is_empty()
+    }
+
+    fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some((c, since)) = list.pop() {
+            self.metrics
+                .pool_idle
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            if self.usable(&c, since, now) && looks_alive(&c.stream) {
+                return Some(c);
+            }
+        }
+        None
+    }
+
+    fn put(&self, addr: SocketAddr, c: UpConn, now: Instant) {
+        let p = &self.cfg.pool;
+        if p.max_requests_per_connection
+            .is_some_and(|m| c.requests >= m)
+            || p.max_idle_per_upstream == 0
+        {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() >= p.max_idle_per_upstream {
+            list.remove(0);
+            self.metrics
+                .pool_idle
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        list.push((c, now));
+        self.metrics
+            .pool_idle
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes connections idle too long or closed by their backend.
+    pub fn sweep(&self, now: Instant) {
+        let mut idle = self.idle.borrow_mut();
+        for list in idle.values_mut() {
+            let before = list.len();
+            list.retain(|(c, since)| self.usable(c, *since, now) && looks_alive(&c.stream));
+            self.metrics.pool_idle.fetch_sub(
+                (before - list.len()) as i64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// One worker's shared state for the lean engine.
+pub struct Lean {
+    /// Configuration.
+    pub cfg: Arc<ProxyConfig>,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Backend connections.
+    pub pool: Rc<LeanPool>,
+    /// Backends and their health.
+    pub upstreams: Rc<Upstreams>,
+}
+
+async fn write_error(
+    client: &mut TcpStream,
+    status: u16,
+    reason: &str,
+    msg: &str,
+    close: bool,
+) -> io::Result<()> {
+    let body = format!("{msg}\n");
+    let head = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    );
+    client.write_all(format!("{head}{body}").as_bytes()).await
+}
+
+enum Exchange {
+    /// The client connection may carry another request.
+    KeepGoing,
+    /// Close the client connection.
+    Close,
+}
+
+impl Lean {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
+        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
+        let _ = stream.set_nodelay(true);
+        Metrics::inc(&self.metrics.upstream_connections_opened);
+        Ok(UpConn {
+            stream,
+            rb: ReadBuf::new(),
+            requests: 0,
+            born: Instant::now(),
+        })
+    }
+
+    /// Serves one client connection until it closes.
+    pub async fn serve(
+        self: Rc<Self>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let mut crb = ReadBuf::new();
+        let peer_ip = peer.ip().to_string();
+        let mut head_out = Vec::with_capacity(1024);
+        let mut resp_out = Vec::with_capacity(1024);
+        loop {
+            // Wait for a request: the first byte within the idle time, the
+            // whole head within the header timeout (slowloris).
+            if crb.filled().is_empty() {
+                let first = tokio::select! {
+                    r = timeout(CLIENT_IDLE, crb.fill(&mut client)) => r,
+                    _ = stop.wait_for(|s| *s) => return,
+                };
+                match first {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            }
+            let deadline = Instant::now() + self.cfg.client_header_timeout;
+            let parsed = loop {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let limit = self.cfg.max_headers.min(MAX_HEADERS);
+                let mut req = httparse::Request::new(&mut headers[..limit]);
+                match req.parse(crb.filled()) {
+                    Ok(httparse::Status::Complete(n)) => {
+                        Metrics::inc(&self.metrics.requests);
+                        let info = upstream_head(&req, &peer_ip, &self.cfg, &mut head_out);
+                        break Some((n, info));
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(_) => break None,
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                match timeout(left, crb.fill(&mut client)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                        let _ = write_error(
+                            &mut client,
+                            431,
+                            "Request Header Fields Too Large",
+                            "request head too large",
+                            true,
+                        )
+                        .await;
+                        self.metrics.response(431);
+                        return;
+                    }
+                    _ => return, // closed, or too slow
+                }
+            };
+            let Some((n, info)) = parsed else {
+                Metrics::inc(&self.metrics.requests);
+                self.refuse(&mut client, "malformed request head").await;
+                return;
+            };
+            crb.consume(n);
+            let info = match info {
+                Ok(i) => i,
+                Err(r) => {
+                    self.refuse(&mut client, &r.to_string()).await;
+                    return;
+                }
+            };
+            let closing = *stop.borrow();
+            match self
+                .exchange(
+                    &mut client,
+                    &mut crb,
+                    &head_out,
+                    &info,
+                    &mut resp_out,
+                    closing,
+                )
+                .await
+            {
+                Exchange::KeepGoing if !closing => {}
+                _ => {
+                    let _ = client.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Forwards one request and its response.
+    async fn exchange(
+        self: &Rc<Self>,
+        client: &mut TcpStream,
+        crb: &mut ReadBuf,
+        head: &[u8],
+        info: &RequestInfo,
+        out: &mut Vec<u8>,
+        closing: bool,
+    ) -> Exchange {
+        let deadline = Instant::now() + self.cfg.connect_timeout;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut backoff = Duration::from_millis(10);
+        let mut retried = false;
+        let mut continued = false;
+        loop {
+            let i = self.upstreams.pick(&tried, Instant::now());
+            let up = self.upstreams.list[i].clone();
+            let active = up.begin();
+            let addr = up.addr;
+            let pooled = if retried || info.upgrade {
+                None
+            } else {
+                self.pool.take(addr, Instant::now())
+            };
+            let reused = pooled.is_some();
+            let mut conn = match pooled {
+                Some(c) => c,
+                None => match self.connect(addr).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        Metrics::inc(&self.metrics.connect_errors);
+                        up.failed(Instant::now(), &self.cfg);
+                        tried.push(i);
+                        if tried.len() >= self.upstreams.list.len() {
+                            if Instant::now() + backoff >= deadline {
+                                let msg =
+                                    format!("bad gateway: cannot connect to the backend: {e}");
+                                return self
+                                    .answer_error(client, info, 502, "Bad Gateway", &msg)
+                                    .await;
+                            }
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_millis(200));
+                            tried.clear();
+                        }
+                        continue;
+                    }
+                },
+            };
+            if reused {
+                Metrics::inc(&self.metrics.upstream_reused);
+            }
+            Metrics::inc(&self.metrics.upstream_requests);
+            if info.expect_continue && !continued {
+                continued = true;
+                if client
+                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    .await
+                    .is_err()
+                {
+                    return Exchange::Close;
+                }
+            }
+            // Send the head (and the body, if any).
+            let sent = async {
+                conn.stream.write_all(head).await?;
+                copy_body(
+                    crb,
+                    client,
+                    &mut conn.stream,
+                    info.framing,
+                    info.framing,
+                    out,
+                )
+                .await
+            }
+            .await;
+            if let Err(e) = sent {
+                // A client body that failed to arrive ends the exchange.
+                if e.kind() == io::ErrorKind::InvalidData
+                    || e.kind() == io::ErrorKind::UnexpectedEof
+                {
+                    return Exchange::Close;
+                }
+                if info.repeatable && !retried {
+                    Metrics::inc(&self.metrics.retries);
+                    retried = true;
+                    continue;
+                }
+                return self
+                    .fail(
+                        client,
+                        &up,
+                        info,
+                        "bad gateway: the backend connection broke",
+                    )
+                    .await;
+            }
+            // Read the response head, skipping 100 Continue.
+            let got = timeout(
+                self.cfg.response_header_timeout,
+                self.response_head(&mut conn),
+            )
+            .await;
+            let head_len = match got {
+                Err(_) => {
+                    Metrics::inc(&self.metrics.upstream_timeouts);
+                    up.failed(Instant::now(), &self.cfg);
+                    let msg = "gateway timeout: the backend did not answer in time";
+                    return self
+                        .answer_error(client, info, 504, "Gateway Timeout", msg)
+                        .await;
+                }
+                Ok(Err(e)) => {
+                    let died = e.kind() != io::ErrorKind::InvalidData;
+                    if died && info.repeatable && !retried {
+                        // The backend closed the connection under us (a
+                        // reused one timing out, or a restart): safe to repeat.
+                        Metrics::inc(&self.metrics.retries);
+                        retried = true;
+                        continue;
+                    }
+                    Metrics::inc(&self.metrics.upstream_errors);
+                    return self
+                        .fail(
+                            client,
+                            &up,
+                            info,
+                            "bad gateway: the backend sent no valid response",
+                        )
+                        .await;
+                }
+                Ok(Ok(n)) => n,
+            };
+            up.succeeded();
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            if resp.parse(conn.rb.filled()).is_err() {
+                Metrics::inc(&self.metrics.upstream_errors);
+                return self
+                    .fail(client, &up, info, "bad gateway: malformed response")
+                    .await;
+            }
+            let (rinfo, to_client, keep) = client_head(&resp, info, &self.cfg, closing, out);
+            conn.rb.consume(head_len);
+            self.metrics.response(rinfo.status);
+            if info.upgrade && rinfo.status == 101 {
+                return self.splice(client, crb, conn, out).await;
+            }
+            conn.requests += 1;
+            // A small body already read goes out with the head, in one write.
+            let mut framing = rinfo.framing;
+            if let Framing::Length(n) = framing
+                && n as usize <= conn.rb.filled().len()
+                && to_client == framing
+            {
+                out.extend_from_slice(&conn.rb.filled()[..n as usize]);
+                conn.rb.consume(n as usize);
+                framing = Framing::None;
+            }
+            if client.write_all(out).await.is_err() {
+                // The client left: finish reading a small answer so the
+                // backend connection can be kept rather than closed.
+                if self.drain(&mut conn, framing).await && rinfo.upstream_keep_alive {
+                    self.pool.put(addr, conn, Instant::now());
+                }
+                return Exchange::Close;
+            }
+            let body = copy_body(
+                &mut conn.rb,
+                &mut conn.stream,
+                client,
+                framing,
+                to_client,
+                out,
+            )
+            .await;
+            drop(active);
+            match body {
+                Ok(()) => {
+                    if rinfo.upstream_keep_alive && !info.upgrade {
+                        self.pool.put(addr, conn, Instant::now());
+                    }
+                    return if keep {
+                        Exchange::KeepGoing
+                    } else {
+                        Exchange::Close
+                    };
+                }
+                Err(_) => return Exchange::Close,
+            }
+        }
+    }
+
+    /// Reads and drops the rest of a response body of known, small length.
+    async fn drain(&self, conn: &mut UpConn, framing: Framing) -> bool {
+        let Framing::Length(n) = framing else {
+            return framing == Framing::None;
+        };
+        if n > 256 * 1024 {
+            return false;
+        }
+        let mut left = n as usize;
+        let done = timeout(Duration::from_secs(1), async {
+            while left > 0 {
+                let have = conn.rb.filled().len().min(left);
+                conn.rb.consume(have);
+                left -= have;
+                if left > 0 && conn.rb.fill(&mut conn.stream).await.ok()? == 0 {
+                    return None;
+                }
+            }
+            Some(())
+        })
+        .await;
+        matches!(done, Ok(Some(())))
+    }
+
+    /// Reads until a complete response head (100 Continue skipped) is buffered.
+    async fn response_head(&self, conn: &mut UpConn) -> io::Result<usize> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(conn.rb.filled()) {
+                Ok(httparse::Status::Complete(n)) => {
+                    if resp.code == Some(100) {
+                        conn.rb.consume(n);
+                        continue;
+                    }
+                    return Ok(n);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Err(invalid("malformed response head")),
+            }
+            if conn.rb.fill(&mut conn.stream).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// 400 and close: the framing of this connection can no longer be trusted.
+    async fn refuse(&self, client: &mut TcpStream, why: &str) {
+        Metrics::inc(&self.metrics.refused);
+        self.metrics.response(400);
+        let _ = write_error(
+            client,
+            400,
+            "Bad Request",
+            &format!("bad request: {why}"),
+            true,
+        )
+        .await;
+    }
+
+    /// Answers 502 for a backend that failed.
+    async fn fail(
+        &self,
+        client: &mut TcpStream,
+        up: &UpstreamState,
+        info: &RequestInfo,
+        msg: &str,
+    ) -> Exchange {
+        up.failed(Instant::now(), &self.cfg);
+        self.answer_error(client, info, 502, "Bad Gateway", msg)
+            .await
+    }
+
+    /// An answer made here. The client connection stays open only if the
+    /// client wants it and no request body is left half-read on it.
+    async fn answer_error(
+        &self,
+        client: &mut TcpStream,
+        info: &RequestInfo,
+        status: u16,
+        reason: &str,
+        msg: &str,
+    ) -> Exchange {
+        self.metrics.response(status);
+        let close = !info.client_keep_alive || info.framing != Framing::None;
+        let _ = write_error(client, status, reason, msg, close).await;
+        if close {
+            Exchange::Close
+        } else {
+            Exchange::KeepGoing
+        }
+    }
+
+    /// After a 101: joins the two connections byte for byte.
+    async fn splice(
+        &self,
+        client: &mut TcpStream,
+        crb: &mut ReadBuf,
+        mut conn: UpConn,
+        out: &[u8],
+    ) -> Exchange {
+        let joined = async {
+            client.write_all(out).await?;
+            client.write_all(conn.rb.filled()).await?;
+            conn.stream.write_all(crb.filled()).await?;
+            tokio::io::copy_bidirectional(client, &mut conn.stream).await
+        }
+        .await;
+        let _ = joined;
+        Exchange::Close
+    }
+}
