@@ -16,6 +16,7 @@ SIZES=(${SIZES[*]})
 
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
 command -v ss >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null; }
+command -v sysctl >/dev/null || { apt-get update -qq && apt-get install -y -qq procps >/dev/null; }
 cargo build --release --quiet --bin timewait --examples
 BIN=$PWD/target/release
 

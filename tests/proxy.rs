@@ -50,6 +50,7 @@ both_engines!(
     sigterm_finishes_requests_in_flight_then_exits,
     soak_with_backend_restarts_loses_no_request,
     upgrade_requests_are_passed_through_both_ways,
+    interim_answers_are_skipped_and_ambiguous_lengths_refused,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -522,14 +523,8 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
     while backend.heads().is_empty() {
         std::thread::sleep(Duration::from_millis(10));
     }
-    let pid = proxy.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let pid = nix::unistd::Pid::from_raw(proxy.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let (status, _, body) = slow.join().unwrap();
     assert_eq!(
         (status, body.as_slice()),
@@ -637,4 +632,15 @@ fn upgrade_requests_are_passed_through_both_ways() {
         seen.contains("upgrade: echo") && seen.contains("connection: upgrade"),
         "{seen}"
     );
+}
+
+fn interim_answers_are_skipped_and_ambiguous_lengths_refused() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let (status, head, body) = proxy.get("/early");
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()), "{head}");
+    // Two different lengths: the client must not be left guessing where the answer ends.
+    let (status, _, _) = proxy.get("/twolengths");
+    assert_eq!(status, 502);
+    assert_eq!(proxy.get("/").0, 200, "and the proxy carries on");
 }

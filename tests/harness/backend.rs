@@ -4,7 +4,7 @@
 //! closes a connection first (like Node's 5 s, or nginx's keepalive_timeout).
 //!
 //! Paths: `/` answers "ok"; `/sleep?ms=N` answers "ok" after N ms; `/big?n=N` streams N bytes chunked; `/count`
-//! reads the request body and answers its length; `/broken` answers with a
+//! reads the request body and answers its length; `/early` sends 103 Early Hints before its answer; `/twolengths` answers with two different Content-Lengths; `/broken` answers with a
 //! malformed status line; `/headers` echoes the request head; anything else
 //! answers "ok". Responses carry `Keep-Alive` and a `Connection` header
 //! naming `X-Internal`, to check that the proxy strips them.
@@ -171,7 +171,15 @@ fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<S
         }
         let extra =
             "Keep-Alive: timeout=5\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\n";
-        let ok = if path == "/broken" {
+        let ok = if path == "/early" {
+            w.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .is_ok()
+        } else if path == "/twolengths" {
+            let _ = w.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nokxyz",
+            );
+            return;
+        } else if path == "/broken" {
             let _ = w.write_all(b"HTTP/1.1 2x0 Nope\r\nContent-Length: 2\r\n\r\nno");
             return;
         } else if let Some(n) = path.strip_prefix("/big?n=") {

@@ -310,16 +310,26 @@ fn client_head(
     cfg: &ProxyConfig,
     closing: bool,
     out: &mut Vec<u8>,
-) -> (ResponseInfo, Framing, bool) {
+) -> Option<(ResponseInfo, Framing, bool)> {
     let status = resp.code.unwrap_or(502);
     let http10_upstream = resp.version == Some(0);
     let mut named: Vec<&str> = Vec::new();
     let (mut cl, mut te, mut close, mut keep_alive) = (None::<u64>, false, false, false);
     for h in resp.headers.iter() {
         if eq(h.name, "content-length") {
-            cl = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse().ok());
+            for part in tokens(h.value) {
+                // A length that is not a number, or two that differ, would
+                // let the client and this proxy disagree on where the
+                // answer ends.
+                if !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return None;
+                }
+                let v: u64 = part.parse().ok()?;
+                if cl.is_some_and(|c| c != v) {
+                    return None;
+                }
+                cl = Some(v);
+            }
         } else if eq(h.name, "transfer-encoding") {
             te = tokens(h.value).last().is_some_and(|t| eq(t, "chunked"));
         } else if eq(h.name, "connection") {
@@ -373,19 +383,22 @@ fn client_head(
         {
             continue;
         }
-        if eq(n, "content-length")
-            && to_client != Framing::Length(cl.unwrap_or(0))
-            && !req.head_method
-        {
-            continue;
+        if eq(n, "content-length") {
+            continue; // written once below, from the value checked above
         }
         push_header(out, n.as_bytes(), h.value);
     }
     if let Some(v) = &rules.via {
         push_via(out, resp.headers.iter().map(|h| (h.name, h.value)), v);
     }
-    if to_client == Framing::Chunked {
-        push_header(out, b"Transfer-Encoding", b"chunked");
+    match (to_client, cl) {
+        (Framing::Length(n), _) => push_header(out, b"Content-Length", n.to_string().as_bytes()),
+        // HEAD (and 304) answers keep the length they describe.
+        (Framing::None, Some(n)) if !te && (req.head_method || status == 304) => {
+            push_header(out, b"Content-Length", n.to_string().as_bytes())
+        }
+        (Framing::Chunked, _) => push_header(out, b"Transfer-Encoding", b"chunked"),
+        _ => {}
     }
     if switching {
         push_header(out, b"Connection", b"upgrade");
@@ -395,7 +408,7 @@ fn client_head(
         push_header(out, b"Connection", b"keep-alive");
     }
     out.extend_from_slice(b"\r\n");
-    (
+    Some((
         ResponseInfo {
             status,
             framing,
@@ -403,7 +416,7 @@ fn client_head(
         },
         to_client,
         keep,
-    )
+    ))
 }
 
 /// Copies exactly `n` bytes from `src` (buffered bytes first) to `dst`.
@@ -797,9 +810,25 @@ impl Lean {
                     return Exchange::Close;
                 }
             }
-            // Send the head (and the body, if any).
+            // Send the head (and the body, if any). If the head cannot be
+            // written, the backend never got a whole request and no body
+            // byte was taken from the client: any request may go again.
+            if conn.stream.write_all(head).await.is_err() {
+                if !retried {
+                    Metrics::inc(&self.metrics.retries);
+                    retried = true;
+                    continue;
+                }
+                return self
+                    .fail(
+                        client,
+                        &up,
+                        info,
+                        "bad gateway: the backend connection broke",
+                    )
+                    .await;
+            }
             let sent = async {
-                conn.stream.write_all(head).await?;
                 copy_body(
                     crb,
                     client,
@@ -832,7 +861,7 @@ impl Lean {
                     )
                     .await;
             }
-            // Read the response head, skipping 100 Continue.
+            // Read the response head, skipping interim answers.
             let got = timeout(
                 self.cfg.response_header_timeout,
                 self.response_head(&mut conn),
@@ -877,7 +906,18 @@ impl Lean {
                     .fail(client, &up, info, "bad gateway: malformed response")
                     .await;
             }
-            let (rinfo, to_client, keep) = client_head(&resp, info, &self.cfg, closing, out);
+            let Some((rinfo, to_client, keep)) = client_head(&resp, info, &self.cfg, closing, out)
+            else {
+                Metrics::inc(&self.metrics.upstream_errors);
+                return self
+                    .fail(
+                        client,
+                        &up,
+                        info,
+                        "bad gateway: conflicting Content-Length from the backend",
+                    )
+                    .await;
+            };
             conn.rb.consume(head_len);
             self.metrics.response(rinfo.status);
             if info.upgrade && rinfo.status == 101 {
@@ -952,14 +992,19 @@ impl Lean {
         matches!(done, Ok(Some(())))
     }
 
-    /// Reads until a complete response head (100 Continue skipped) is buffered.
+    /// Reads until a complete final response head is buffered (interim 1xx skipped).
     async fn response_head(&self, conn: &mut UpConn) -> io::Result<usize> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
             match resp.parse(conn.rb.filled()) {
                 Ok(httparse::Status::Complete(n)) => {
-                    if resp.code == Some(100) {
+                    // Interim answers (100 Continue, 103 Early Hints) are
+                    // not forwarded; 101 is the switch itself.
+                    if resp
+                        .code
+                        .is_some_and(|c| (100..200).contains(&c) && c != 101)
+                    {
                         conn.rb.consume(n);
                         continue;
                     }
