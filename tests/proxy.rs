@@ -51,6 +51,8 @@ both_engines!(
     soak_with_backend_restarts_loses_no_request,
     upgrade_requests_are_passed_through_both_ways,
     interim_answers_are_skipped_and_ambiguous_lengths_refused,
+    expect_continue_is_answered_here_and_not_forwarded,
+    oversized_heads_get_431,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -643,4 +645,53 @@ fn interim_answers_are_skipped_and_ambiguous_lengths_refused() {
     let (status, _, _) = proxy.get("/twolengths");
     assert_eq!(status, 502);
     assert_eq!(proxy.get("/").0, 200, "and the proxy carries on");
+}
+
+fn expect_continue_is_answered_here_and_not_forwarded() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    // The client waits for the go-ahead before sending its body.
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").unwrap();
+    let mut rest = String::new();
+    s.read_to_string(&mut rest).unwrap();
+    assert!(
+        rest.starts_with("HTTP/1.1 200") && rest.ends_with("\r\n\r\n5"),
+        "{rest}"
+    );
+    let head = backend.heads()[0].to_ascii_lowercase();
+    assert!(!head.contains("expect"), "{head}");
+}
+
+fn oversized_heads_get_431() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--max-headers", "20"]);
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n");
+    for i in 0..30 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    assert_eq!(exchange(proxy.addr, many.as_bytes()).0, 431);
+    let huge = format!(
+        "GET / HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(1 << 20)
+    );
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The proxy may answer and close before reading it all.
+    let _ = s.write_all(huge.as_bytes());
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    assert!(
+        String::from_utf8_lossy(&resp).starts_with("HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&resp[..resp.len().min(200)])
+    );
+    assert!(backend.heads().is_empty());
 }

@@ -400,6 +400,9 @@ pub struct ProxyArgs {
     /// Seconds for a backend to start answering before 504.
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     pub response_timeout: f64,
+    /// Most headers a request may carry (more: 431); at most 128.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_headers: usize,
     /// Add `Via: 1.1 NAME` to requests and responses.
     #[arg(long, value_name = "NAME")]
     pub via: Option<String>,

@@ -80,6 +80,13 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
     cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;
     cfg.forwarding.via = a.via.clone();
+    if !(1..=128).contains(&a.max_headers) {
+        return Err(Failure::Usage(format!(
+            "--max-headers: must be between 1 and 128, got {}",
+            a.max_headers
+        )));
+    }
+    cfg.max_headers = a.max_headers;
     Ok(cfg)
 }
 

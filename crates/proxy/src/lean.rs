@@ -692,6 +692,20 @@ impl Lean {
                         break Some((n, info));
                     }
                     Ok(httparse::Status::Partial) => {}
+                    Err(httparse::Error::TooManyHeaders) => {
+                        Metrics::inc(&self.metrics.requests);
+                        self.metrics.response(431);
+                        let msg = "too many request headers";
+                        let _ = write_error(
+                            &mut client,
+                            431,
+                            "Request Header Fields Too Large",
+                            msg,
+                            true,
+                        )
+                        .await;
+                        return;
+                    }
                     Err(_) => break None,
                 }
                 let left = deadline.saturating_duration_since(Instant::now());
