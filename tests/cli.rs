@@ -133,6 +133,10 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
         ),
         (vec!["model", "wrap", "--bandwidth", "fast"], "--bandwidth"),
         (vec!["proxy", "--upstream", "127.0.0.1:1"], "--listen"),
+        (
+            vec!["proxy", "-c", "/nonexistent/proxy.toml"],
+            "-c /nonexistent/proxy.toml",
+        ),
         (vec!["proxy", "--listen", "127.0.0.1:0"], "--upstream"),
         (
             vec!["proxy", "--listen", "nowhere", "--upstream", "127.0.0.1:1"],
@@ -175,7 +179,6 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
 #[test]
 fn subcommands_not_built_yet_say_so_and_exit_1() {
     for args in [
-        vec!["proxy", "-c", "proxy.toml"],
         vec!["load", "http://127.0.0.1:1/"],
         vec!["lab"],
         vec!["nginx", "check"],

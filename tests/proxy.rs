@@ -72,6 +72,19 @@ impl Proxy {
         args.extend(["--admin".into(), "127.0.0.1:0".into()]);
         args.extend(["--engine".into(), ENGINE.with(|e| e.get()).into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
+        Proxy::spawn(args)
+    }
+
+    /// `timewait proxy -c FILE`.
+    fn start_config(file: &std::path::Path) -> Proxy {
+        Proxy::spawn(vec![
+            "proxy".into(),
+            "-c".into(),
+            file.display().to_string(),
+        ])
+    }
+
+    fn spawn(args: Vec<String>) -> Proxy {
         let mut child = Command::new(env!("CARGO_BIN_EXE_timewait"))
             .args(&args)
             .stdout(Stdio::piped())
@@ -694,4 +707,105 @@ fn oversized_heads_get_431() {
         String::from_utf8_lossy(&resp[..resp.len().min(200)])
     );
     assert!(backend.heads().is_empty());
+}
+
+#[test]
+fn a_config_file_routes_by_host_and_path_with_explicit_header_rules() {
+    let (api, stat, web) = (
+        Backend::start(None),
+        Backend::start(None),
+        Backend::start(None),
+    );
+    let dir = std::env::temp_dir().join(format!("timewait-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+admin = "127.0.0.1:0"
+
+[headers]
+set = {{ "X-Proxy" = "edge" }}
+
+[[listener]]
+listen = "127.0.0.1:0"
+
+[[listener.route]]
+path_prefix = "/api/"
+upstream = "api"
+headers = {{ set = {{ "X-Route" = "api" }} }}
+
+[[listener.route]]
+host = "static.test"
+upstream = "static"
+headers = {{ inherit = false }}
+
+[[listener.route]]
+path_prefix = "/web/"
+upstream = "web"
+
+[upstream.api]
+servers = ["{}"]
+balance = "least-conn"
+
+[upstream.static]
+servers = ["{}"]
+
+[upstream.web]
+servers = ["{}"]
+"#,
+            api.addr, stat.addr, web.addr
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_config(&file);
+    let get = |host: &str, path: &str| {
+        exchange(
+            proxy.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .0
+    };
+    assert_eq!(get("a.test", "/api/users"), 200);
+    assert_eq!(get("static.test", "/api/users"), 200, "the host rule wins");
+    assert_eq!(get("a.test", "/web/index"), 200);
+    assert_eq!(get("a.test", "/elsewhere"), 404, "no route");
+    assert_eq!(
+        (api.heads().len(), stat.heads().len(), web.heads().len()),
+        (1, 1, 1)
+    );
+    let api_head = api.heads()[0].to_ascii_lowercase();
+    assert!(
+        api_head.contains("x-proxy: edge") && api_head.contains("x-route: api"),
+        "{api_head}"
+    );
+    let static_head = stat.heads()[0].to_ascii_lowercase();
+    assert!(
+        !static_head.contains("x-proxy"),
+        "inherit = false: {static_head}"
+    );
+    assert!(
+        web.heads()[0]
+            .to_ascii_lowercase()
+            .contains("x-proxy: edge")
+    );
+
+    // A wrong file: one line naming the file and the line, exit 2.
+    std::fs::write(
+        &file,
+        "[[listener]]\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\nupstream = \"nope\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["proxy", "-c", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("{}:4:", file.display())) && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

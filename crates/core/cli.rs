@@ -379,8 +379,9 @@ pub struct ProxyArgs {
     /// Seconds a failing backend is left alone before it is tried again.
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     pub fail_timeout: f64,
-    /// Configuration file with several listeners and routes.
-    #[arg(short = 'c', long, value_name = "FILE.toml")]
+    /// Configuration file: listeners, routes by host and path prefix to named
+    /// upstream groups, header rules (see the proxy's module docs for the format).
+    #[arg(short = 'c', long, value_name = "FILE.toml", conflicts_with_all = ["listen", "upstream", "admin", "workers"])]
     pub config: Option<PathBuf>,
     /// Serve /metrics and /healthz on this address.
     #[arg(long, value_name = "ADDR")]

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use timewait_proxy::ProxyConfig;
 use timewait_proxy::config::{Balance, Engine, PoolConfig};
+use timewait_proxy::file::RoutedConfig;
 
 use crate::Failure;
 use crate::cli::{BalanceArg, EngineArg, ProxyArgs};
@@ -28,9 +29,6 @@ fn seconds(flag: &str, v: f64, max: f64) -> Result<Duration, Failure> {
 
 /// Validates the flags into a configuration; does no I/O but name lookups.
 pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
-    if a.config.is_some() {
-        return Err(Failure::NotBuilt("proxy -c (configuration files)", "#5"));
-    }
     let listen = a
         .listen
         .as_deref()
@@ -90,23 +88,54 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     Ok(cfg)
 }
 
+/// Reads `-c FILE`: exit 2 with `file:line` when it is wrong.
+fn routed(a: &ProxyArgs, path: &std::path::Path) -> Result<RoutedConfig, Failure> {
+    if a.engine == EngineArg::Hyper {
+        return Err(Failure::Usage(
+            "-c: configuration files run on the lean engine; drop --engine hyper".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure::Usage(format!("-c {}: {e}", path.display())))?;
+    timewait_proxy::file::parse(&path.display().to_string(), &text)
+        .map_err(|e| Failure::Usage(e.to_string()))
+}
+
 /// Runs until killed. Prints the bound addresses first (scripts wait for that line).
 pub fn run_proxy(a: &ProxyArgs) -> Result<String, Failure> {
+    if let Some(path) = &a.config {
+        let cfg = routed(a, path)?;
+        let groups: Vec<String> = cfg
+            .groups
+            .iter()
+            .flat_map(|g| g.upstreams.iter().map(ToString::to_string))
+            .collect();
+        let workers = cfg.workers;
+        timewait_proxy::server::run_routed(cfg, |b| announce(&b, workers, &groups))
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
+        return Ok(String::new());
+    }
     let cfg = config(a)?;
     let upstreams: Vec<String> = cfg.upstreams.iter().map(ToString::to_string).collect();
     let workers = cfg.workers;
-    timewait_proxy::run(cfg, |b| {
-        let admin = b
-            .admin
-            .map_or(String::new(), |a| format!(", admin http://{a}/metrics"));
-        let _ = crate::render::emit(&format!(
-            "timewait proxy: listening on {} ({} worker(s)), upstreams {}{}\n",
-            b.listen,
-            workers,
-            upstreams.join(", "),
-            admin
-        ));
-    })
-    .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
+    timewait_proxy::run(cfg, |b| announce(&b, workers, &upstreams))
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
     Ok(String::new())
+}
+
+fn announce(b: &timewait_proxy::server::Bound, workers: usize, upstreams: &[String]) {
+    let admin = b
+        .admin
+        .map_or(String::new(), |a| format!(", admin http://{a}/metrics"));
+    let listeners: Vec<String> = b.listeners.iter().map(ToString::to_string).collect();
+    let mut seen = upstreams.to_vec();
+    seen.sort();
+    seen.dedup();
+    let _ = crate::render::emit(&format!(
+        "timewait proxy: listening on {} ({} worker(s)), upstreams {}{}\n",
+        listeners.join(" "),
+        workers,
+        seen.join(", "),
+        admin
+    ));
 }

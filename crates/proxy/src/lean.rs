@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::config::ProxyConfig;
+use crate::file::{Route, route};
 use crate::headers::{HOP_BY_HOP, Refusal};
 use crate::metrics::Metrics;
 use crate::server::{UpstreamState, Upstreams};
@@ -640,20 +641,34 @@ enum Exchange {
     Close,
 }
 
-impl Lean {
-    async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
-        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        let _ = stream.set_nodelay(true);
-        Metrics::inc(&self.metrics.upstream_connections_opened);
-        Ok(UpConn {
-            stream,
-            rb: ReadBuf::new(),
-            requests: 0,
-            born: Instant::now(),
-        })
+/// One listener's routes to upstream groups, and the loop that serves its
+/// client connections.
+pub struct Router {
+    /// The groups, each with its own backends, pool and rules.
+    pub groups: Vec<Rc<Lean>>,
+    /// The listener's routes (indices into `groups`).
+    pub routes: Vec<Route>,
+    /// Time a client has to send a whole request head.
+    pub header_timeout: Duration,
+    /// Most request headers accepted.
+    pub max_headers: usize,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Router {
+    /// 400 and close: the framing of this connection can no longer be trusted.
+    async fn refuse(&self, client: &mut TcpStream, why: &str) {
+        Metrics::inc(&self.metrics.refused);
+        self.metrics.response(400);
+        let _ = write_error(
+            client,
+            400,
+            "Bad Request",
+            &format!("bad request: {why}"),
+            true,
+        )
+        .await;
     }
 
     /// Serves one client connection until it closes.
@@ -680,16 +695,25 @@ impl Lean {
                     _ => return,
                 }
             }
-            let deadline = Instant::now() + self.cfg.client_header_timeout;
+            let deadline = Instant::now() + self.header_timeout;
             let parsed = loop {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let limit = self.cfg.max_headers.min(MAX_HEADERS);
+                let limit = self.max_headers.min(MAX_HEADERS);
                 let mut req = httparse::Request::new(&mut headers[..limit]);
                 match req.parse(crb.filled()) {
                     Ok(httparse::Status::Complete(n)) => {
                         Metrics::inc(&self.metrics.requests);
-                        let info = upstream_head(&req, &peer_ip, &self.cfg, &mut head_out);
-                        break Some((n, info));
+                        let host = req
+                            .headers
+                            .iter()
+                            .find(|h| eq(h.name, "host"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok());
+                        let group = route(&self.routes, host, req.path.unwrap_or("/"));
+                        // Checked (and rewritten) with the group's rules; a
+                        // request with no route is still checked first.
+                        let cfg = &self.groups[group.unwrap_or(0)].cfg;
+                        let info = upstream_head(&req, &peer_ip, cfg, &mut head_out);
+                        break Some((n, info.map(|i| (i, group))));
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(httparse::Error::TooManyHeaders) => {
@@ -732,7 +756,7 @@ impl Lean {
                 return;
             };
             crb.consume(n);
-            let info = match info {
+            let (info, group) = match info {
                 Ok(i) => i,
                 Err(r) => {
                     self.refuse(&mut client, &r.to_string()).await;
@@ -740,7 +764,17 @@ impl Lean {
                 }
             };
             let closing = *stop.borrow();
-            match self
+            let Some(group) = group else {
+                self.metrics.response(404);
+                let close = !info.client_keep_alive || info.framing != Framing::None || closing;
+                let msg = "not found: no route for this host and path";
+                let _ = write_error(&mut client, 404, "Not Found", msg, close).await;
+                if close {
+                    return;
+                }
+                continue;
+            };
+            match self.groups[group]
                 .exchange(
                     &mut client,
                     &mut crb,
@@ -758,6 +792,23 @@ impl Lean {
                 }
             }
         }
+    }
+}
+
+impl Lean {
+    async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
+        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
+        };
+        let _ = stream.set_nodelay(true);
+        Metrics::inc(&self.metrics.upstream_connections_opened);
+        Ok(UpConn {
+            stream,
+            rb: ReadBuf::new(),
+            requests: 0,
+            born: Instant::now(),
+        })
     }
 
     /// Forwards one request and its response.
@@ -1031,20 +1082,6 @@ impl Lean {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
-    }
-
-    /// 400 and close: the framing of this connection can no longer be trusted.
-    async fn refuse(&self, client: &mut TcpStream, why: &str) {
-        Metrics::inc(&self.metrics.refused);
-        self.metrics.response(400);
-        let _ = write_error(
-            client,
-            400,
-            "Bad Request",
-            &format!("bad request: {why}"),
-            true,
-        )
-        .await;
     }
 
     /// Answers 502 for a backend that failed.

@@ -18,6 +18,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod file;
 pub mod headers;
 pub mod lean;
 pub mod metrics;

@@ -813,29 +813,7 @@ fn worker(
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-        let upstreams = Rc::new(Upstreams {
-            list: cfg
-                .upstreams
-                .iter()
-                .map(|&addr| {
-                    Rc::new(UpstreamState {
-                        addr,
-                        active: Cell::new(0),
-                        fails: Cell::new(0),
-                        down_until: Cell::new(None),
-                        metrics: metrics.clone(),
-                    })
-                })
-                .collect(),
-            next: Cell::new(0),
-            balance: cfg.balance,
-        });
-        let lean = Rc::new(crate::lean::Lean {
-            cfg: cfg.clone(),
-            metrics: metrics.clone(),
-            pool: Rc::new(crate::lean::LeanPool::new(cfg.clone(), metrics.clone())),
-            upstreams: upstreams.clone(),
-        });
+        let upstreams = new_upstreams(&cfg, &metrics);
         let w = Rc::new(Worker {
             pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
             upstreams,
@@ -849,14 +827,12 @@ fn worker(
         }
         {
             let pool = w.pool.clone();
-            let lean_pool = lean.pool.clone();
             let every = (cfg.pool.idle_timeout / 2).max(std::time::Duration::from_millis(100));
             tokio::task::spawn_local(async move {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     pool.sweep(Instant::now());
-                    lean_pool.sweep(Instant::now());
                 }
             });
         }
@@ -876,15 +852,6 @@ fn worker(
                 }
             };
             let _ = stream.set_nodelay(true);
-            if cfg.engine == Engine::Lean {
-                let (lean, open, stop) = (lean.clone(), open.clone(), shutdown.clone());
-                open.set(open.get() + 1);
-                tokio::task::spawn_local(async move {
-                    lean.serve(stream, peer, stop).await;
-                    open.set(open.get() - 1);
-                });
-                continue;
-            }
             let w = w.clone();
             let open = open.clone();
             let mut stop = shutdown.clone();
@@ -960,10 +927,12 @@ async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 }
 
 /// The addresses a started proxy really listens on.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Bound {
-    /// The client listener.
+    /// The (first) client listener.
     pub listen: SocketAddr,
+    /// Every client listener.
+    pub listeners: Vec<SocketAddr>,
     /// The admin listener.
     pub admin: Option<SocketAddr>,
 }
@@ -971,24 +940,58 @@ pub struct Bound {
 /// Binds every listener (so address errors surface here), calls `ready`
 /// with the bound addresses, then runs the workers until they fail.
 pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
+    if cfg.engine == Engine::Lean {
+        return run_routed(crate::file::RoutedConfig::single(cfg), ready);
+    }
     let first = listener(cfg.listen)?;
     let listen = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..cfg.workers.max(1) {
         listeners.push(listener(listen)?);
     }
-    let admin = cfg.admin.map(std::net::TcpListener::bind).transpose()?;
-    if let Some(a) = &admin {
-        a.set_nonblocking(true)?;
-    }
+    let admin = bind_admin(cfg.admin)?;
     ready(Bound {
         listen,
+        listeners: vec![listen],
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::default());
     let mut admin = admin;
-    // SIGTERM or SIGINT: stop accepting, finish what is in flight, exit.
+    let rx = on_signals()?;
+    let handles: Vec<_> = listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (cfg, metrics, admin, rx) =
+                (cfg.clone(), metrics.clone(), admin.take(), rx.clone());
+            std::thread::Builder::new()
+                .name(format!("proxy-worker-{i}"))
+                .spawn(move || worker(cfg, metrics, l, admin, rx))
+        })
+        .collect::<io::Result<_>>()?;
+    join_all(handles)
+}
+
+fn bind_admin(addr: Option<SocketAddr>) -> io::Result<Option<std::net::TcpListener>> {
+    let admin = addr.map(std::net::TcpListener::bind).transpose()?;
+    if let Some(a) = &admin {
+        a.set_nonblocking(true)?;
+    }
+    Ok(admin)
+}
+
+fn join_all(handles: Vec<std::thread::JoinHandle<io::Result<()>>>) -> io::Result<()> {
+    for h in handles {
+        h.join()
+            .map_err(|_| io::Error::other("a worker panicked"))??;
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT: the returned channel turns true (stop accepting,
+/// finish what is in flight, exit).
+fn on_signals() -> io::Result<tokio::sync::watch::Receiver<bool>> {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1007,20 +1010,172 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
                 let _ = tx.send(true);
             });
         })?;
+    Ok(rx)
+}
+
+/// Runs the lean engine over any number of listeners with routes (what `-c
+/// FILE` describes; the flags are the one-listener, one-route case).
+pub fn run_routed(cfg: crate::file::RoutedConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
+    let workers = cfg.workers.max(1);
+    // listeners[w][l]: worker w's socket for listener l (SO_REUSEPORT).
+    let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for spec in &cfg.listeners {
+        let first = listener(spec.listen)?;
+        let addr = first.local_addr()?;
+        bound.push(addr);
+        listeners[0].push(first);
+        for w in listeners.iter_mut().skip(1) {
+            w.push(listener(addr)?);
+        }
+    }
+    let admin = bind_admin(cfg.admin)?;
+    ready(Bound {
+        listen: bound[0],
+        listeners: bound,
+        admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
+    });
+    let cfg = Arc::new(cfg);
+    let metrics = Arc::new(Metrics::default());
+    let mut admin = admin;
+    let rx = on_signals()?;
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
-        .map(|(i, l)| {
+        .map(|(i, ls)| {
             let (cfg, metrics, admin, rx) =
                 (cfg.clone(), metrics.clone(), admin.take(), rx.clone());
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || worker(cfg, metrics, l, admin, rx))
+                .spawn(move || lean_worker(cfg, metrics, ls, admin, rx))
         })
         .collect::<io::Result<_>>()?;
-    for h in handles {
-        h.join()
-            .map_err(|_| io::Error::other("a worker panicked"))??;
-    }
-    Ok(())
+    join_all(handles)
+}
+
+fn new_upstreams(cfg: &ProxyConfig, metrics: &Arc<Metrics>) -> Rc<Upstreams> {
+    Rc::new(Upstreams {
+        list: cfg
+            .upstreams
+            .iter()
+            .map(|&addr| {
+                Rc::new(UpstreamState {
+                    addr,
+                    active: Cell::new(0),
+                    fails: Cell::new(0),
+                    down_until: Cell::new(None),
+                    metrics: metrics.clone(),
+                })
+            })
+            .collect(),
+        next: Cell::new(0),
+        balance: cfg.balance,
+    })
+}
+
+fn lean_worker(
+    cfg: Arc<crate::file::RoutedConfig>,
+    metrics: Arc<Metrics>,
+    std_listeners: Vec<std::net::TcpListener>,
+    admin: Option<std::net::TcpListener>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<()> {
+    use crate::lean::{Lean, LeanPool, Router};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let groups: Vec<Rc<Lean>> = cfg
+            .groups
+            .iter()
+            .map(|g| {
+                let g = Arc::new(g.clone());
+                Rc::new(Lean {
+                    pool: Rc::new(LeanPool::new(g.clone(), metrics.clone())),
+                    upstreams: new_upstreams(&g, &metrics),
+                    cfg: g,
+                    metrics: metrics.clone(),
+                })
+            })
+            .collect();
+        if let Some(admin) = admin {
+            let admin = tokio::net::TcpListener::from_std(admin)?;
+            tokio::task::spawn_local(serve_admin(admin, metrics.clone()));
+        }
+        {
+            let pools: Vec<_> = groups
+                .iter()
+                .map(|g| (g.pool.clone(), g.cfg.pool.idle_timeout))
+                .collect();
+            let every = pools
+                .iter()
+                .map(|(_, t)| *t / 2)
+                .min()
+                .unwrap_or(std::time::Duration::from_secs(1))
+                .max(std::time::Duration::from_millis(100));
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    for (p, _) in &pools {
+                        p.sweep(Instant::now());
+                    }
+                }
+            });
+        }
+        let first = cfg
+            .groups
+            .first()
+            .ok_or_else(|| io::Error::other("no upstream group"))?;
+        let open = Rc::new(Cell::new(0usize));
+        let mut accepting = Vec::new();
+        for (l, spec) in std_listeners.into_iter().zip(&cfg.listeners) {
+            let listener = tokio::net::TcpListener::from_std(l)?;
+            let router = Rc::new(Router {
+                groups: groups.clone(),
+                routes: spec.routes.clone(),
+                header_timeout: first.client_header_timeout,
+                max_headers: first.max_headers,
+                metrics: metrics.clone(),
+            });
+            let (open, mut stop) = (open.clone(), shutdown.clone());
+            accepting.push(tokio::task::spawn_local(async move {
+                loop {
+                    let accepted = tokio::select! {
+                        a = listener.accept() => a,
+                        _ = stop.wait_for(|s| *s) => break,
+                    };
+                    let Ok((stream, peer)) = accepted else {
+                        // Out of file descriptors and the like: wait, do not spin.
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (router, open, stop) = (router.clone(), open.clone(), stop.clone());
+                    open.set(open.get() + 1);
+                    tokio::task::spawn_local(async move {
+                        router.serve(stream, peer, stop).await;
+                        open.set(open.get() - 1);
+                    });
+                }
+            }));
+        }
+        for a in accepting {
+            let _ = a.await;
+        }
+        let drained = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
+            while open.get() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                open = open.get(),
+                "shutdown: connections still open after the drain time; closing them"
+            );
+        }
+        Ok(())
+    })
 }
