@@ -809,3 +809,56 @@ servers = ["{}"]
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sighup_reloads_the_routes_without_dropping_connections() {
+    let (one, two) = (Backend::start(None), Backend::start(None));
+    let dir = std::env::temp_dir().join(format!("timewait-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("proxy.toml");
+    let config = |to: SocketAddr| {
+        format!(
+            "admin = \"127.0.0.1:0\"\n[[listener]]\nlisten = \"127.0.0.1:0\"\n[[listener.route]]\nupstream = \"b\"\n[upstream.b]\nservers = [\"{to}\"]\n"
+        )
+    };
+    std::fs::write(&file, config(one.addr)).unwrap();
+    let proxy = Proxy::start_config(&file);
+    // A client that keeps its connection open across the reload.
+    let mut kept = TcpStream::connect(proxy.addr).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut ask = |s: &mut TcpStream| {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
+    assert!(ask(&mut kept).starts_with("HTTP/1.1 200"));
+    assert_eq!(one.heads().len(), 1);
+
+    std::fs::write(&file, config(two.addr)).unwrap();
+    let pid = nix::unistd::Pid::from_raw(proxy.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    // New connections follow the new routes (give the workers a moment).
+    let mut moved = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(proxy.get("/").0, 200);
+        if !two.heads().is_empty() {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "new connections go to the new upstream");
+    // The connection opened before the reload was not dropped.
+    assert!(ask(&mut kept).starts_with("HTTP/1.1 200"));
+
+    // A broken file is refused and the running configuration stays.
+    std::fs::write(&file, "this is not toml [").unwrap();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = two.heads().len();
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(two.heads().len(), before + 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -111,8 +111,10 @@ pub fn run_proxy(a: &ProxyArgs) -> Result<String, Failure> {
             .flat_map(|g| g.upstreams.iter().map(ToString::to_string))
             .collect();
         let workers = cfg.workers;
-        timewait_proxy::server::run_routed(cfg, |b| announce(&b, workers, &groups))
-            .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
+        timewait_proxy::server::run_routed(cfg, Some(path.clone()), |b| {
+            announce(&b, workers, &groups)
+        })
+        .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
         return Ok(String::new());
     }
     let cfg = config(a)?;

@@ -941,7 +941,7 @@ pub struct Bound {
 /// with the bound addresses, then runs the workers until they fail.
 pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
     if cfg.engine == Engine::Lean {
-        return run_routed(crate::file::RoutedConfig::single(cfg), ready);
+        return run_routed(crate::file::RoutedConfig::single(cfg), None, ready);
     }
     let first = listener(cfg.listen)?;
     let listen = first.local_addr()?;
@@ -992,30 +992,79 @@ fn join_all(handles: Vec<std::thread::JoinHandle<io::Result<()>>>) -> io::Result
 /// SIGTERM or SIGINT: the returned channel turns true (stop accepting,
 /// finish what is in flight, exit).
 fn on_signals() -> io::Result<tokio::sync::watch::Receiver<bool>> {
+    on_signals_with_reload(None).map(|(stop, _)| stop)
+}
+
+type Reloads = tokio::sync::watch::Receiver<Option<Arc<crate::file::RoutedConfig>>>;
+
+/// Like [`on_signals`]; with a file, SIGHUP also re-reads it and, if it is
+/// valid and keeps the same listener addresses, publishes it to the workers.
+/// A file that does not parse is reported on stderr and the running
+/// configuration stays.
+fn on_signals_with_reload(
+    file: Option<(std::path::PathBuf, Vec<SocketAddr>)>,
+) -> io::Result<(tokio::sync::watch::Receiver<bool>, Reloads)> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let (reload_tx, reload_rx) = tokio::sync::watch::channel(None);
     let signals = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut term = signals.block_on(async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    let (mut term, mut hup) = signals.block_on(async {
+        Ok::<_, io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        ))
     })?;
-    std::thread::Builder::new()
-        .name("proxy-signals".into())
-        .spawn(move || {
-            signals.block_on(async move {
+    std::thread::Builder::new().name("proxy-signals".into()).spawn(move || {
+        signals.block_on(async move {
+            loop {
                 tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = hup.recv() => {
+                        let Some((path, listening)) = &file else { continue };
+                        match reread(path, listening) {
+                            Ok(cfg) => {
+                                let _ = reload_tx.send(Some(Arc::new(cfg)));
+                                eprintln!("timewait proxy: reloaded {}", path.display());
+                            }
+                            Err(e) => eprintln!("timewait proxy: reload refused, keeping the running configuration: {e}"),
+                        }
+                    }
                 }
-                let _ = tx.send(true);
-            });
-        })?;
-    Ok(rx)
+            }
+            let _ = tx.send(true);
+        });
+    })?;
+    Ok((rx, reload_rx))
+}
+
+fn reread(
+    path: &std::path::Path,
+    listening: &[SocketAddr],
+) -> Result<crate::file::RoutedConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cfg = crate::file::parse(&path.display().to_string(), &text).map_err(|e| e.to_string())?;
+    let wanted: Vec<SocketAddr> = cfg.listeners.iter().map(|l| l.listen).collect();
+    let same = wanted.len() == listening.len()
+        && wanted
+            .iter()
+            .zip(listening)
+            .all(|(w, l)| w == l || (w.port() == 0 && w.ip() == l.ip()));
+    if !same {
+        return Err("listener addresses changed; that needs a restart".into());
+    }
+    Ok(cfg)
 }
 
 /// Runs the lean engine over any number of listeners with routes (what `-c
 /// FILE` describes; the flags are the one-listener, one-route case).
-pub fn run_routed(cfg: crate::file::RoutedConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
+pub fn run_routed(
+    cfg: crate::file::RoutedConfig,
+    reload_from: Option<std::path::PathBuf>,
+    ready: impl FnOnce(Bound),
+) -> io::Result<()> {
     let workers = cfg.workers.max(1);
     // listeners[w][l]: worker w's socket for listener l (SO_REUSEPORT).
     let mut listeners: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
@@ -1030,6 +1079,7 @@ pub fn run_routed(cfg: crate::file::RoutedConfig, ready: impl FnOnce(Bound)) -> 
         }
     }
     let admin = bind_admin(cfg.admin)?;
+    let (rx, reloads) = on_signals_with_reload(reload_from.map(|p| (p, bound.clone())))?;
     ready(Bound {
         listen: bound[0],
         listeners: bound,
@@ -1038,16 +1088,20 @@ pub fn run_routed(cfg: crate::file::RoutedConfig, ready: impl FnOnce(Bound)) -> 
     let cfg = Arc::new(cfg);
     let metrics = Arc::new(Metrics::default());
     let mut admin = admin;
-    let rx = on_signals()?;
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(i, ls)| {
-            let (cfg, metrics, admin, rx) =
-                (cfg.clone(), metrics.clone(), admin.take(), rx.clone());
+            let (cfg, metrics, admin, rx, reloads) = (
+                cfg.clone(),
+                metrics.clone(),
+                admin.take(),
+                rx.clone(),
+                reloads.clone(),
+            );
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || lean_worker(cfg, metrics, ls, admin, rx))
+                .spawn(move || lean_worker(cfg, metrics, ls, admin, rx, reloads))
         })
         .collect::<io::Result<_>>()?;
     join_all(handles)
@@ -1073,72 +1127,93 @@ fn new_upstreams(cfg: &ProxyConfig, metrics: &Arc<Metrics>) -> Rc<Upstreams> {
     })
 }
 
+/// The routers of one worker, one per listener, built from a configuration.
+fn build_routers(
+    cfg: &crate::file::RoutedConfig,
+    metrics: &Arc<Metrics>,
+) -> Vec<Rc<crate::lean::Router>> {
+    use crate::lean::{Lean, LeanPool, Router};
+    let groups: Vec<Rc<Lean>> = cfg
+        .groups
+        .iter()
+        .map(|g| {
+            let g = Arc::new(g.clone());
+            Rc::new(Lean {
+                pool: Rc::new(LeanPool::new(g.clone(), metrics.clone())),
+                upstreams: new_upstreams(&g, metrics),
+                cfg: g,
+                metrics: metrics.clone(),
+            })
+        })
+        .collect();
+    cfg.listeners
+        .iter()
+        .map(|spec| {
+            let first = &cfg.groups[spec.routes.first().map_or(0, |r| r.group)];
+            Rc::new(Router {
+                groups: groups.clone(),
+                routes: spec.routes.clone(),
+                header_timeout: first.client_header_timeout,
+                max_headers: first.max_headers,
+                metrics: metrics.clone(),
+            })
+        })
+        .collect()
+}
+
 fn lean_worker(
     cfg: Arc<crate::file::RoutedConfig>,
     metrics: Arc<Metrics>,
     std_listeners: Vec<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    mut reloads: Reloads,
 ) -> io::Result<()> {
-    use crate::lean::{Lean, LeanPool, Router};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let groups: Vec<Rc<Lean>> = cfg
-            .groups
-            .iter()
-            .map(|g| {
-                let g = Arc::new(g.clone());
-                Rc::new(Lean {
-                    pool: Rc::new(LeanPool::new(g.clone(), metrics.clone())),
-                    upstreams: new_upstreams(&g, &metrics),
-                    cfg: g,
-                    metrics: metrics.clone(),
-                })
-            })
-            .collect();
+        // The routers new connections get; a reload replaces them, while
+        // connections already open keep the one they started with.
+        let routers: Rc<std::cell::RefCell<Vec<Rc<crate::lean::Router>>>> =
+            Rc::new(std::cell::RefCell::new(build_routers(&cfg, &metrics)));
         if let Some(admin) = admin {
             let admin = tokio::net::TcpListener::from_std(admin)?;
             tokio::task::spawn_local(serve_admin(admin, metrics.clone()));
         }
         {
-            let pools: Vec<_> = groups
-                .iter()
-                .map(|g| (g.pool.clone(), g.cfg.pool.idle_timeout))
-                .collect();
-            let every = pools
-                .iter()
-                .map(|(_, t)| *t / 2)
-                .min()
-                .unwrap_or(std::time::Duration::from_secs(1))
-                .max(std::time::Duration::from_millis(100));
+            // Sweep the current routers' pools (a reload brings new ones).
+            let routers = routers.clone();
             tokio::task::spawn_local(async move {
-                let mut tick = tokio::time::interval(every);
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
                 loop {
                     tick.tick().await;
-                    for (p, _) in &pools {
-                        p.sweep(Instant::now());
+                    let now = Instant::now();
+                    if let Some(r) = routers.borrow().first() {
+                        for g in &r.groups {
+                            g.pool.sweep(now);
+                        }
                     }
                 }
             });
         }
-        let first = cfg
-            .groups
-            .first()
-            .ok_or_else(|| io::Error::other("no upstream group"))?;
+        {
+            let (routers, metrics) = (routers.clone(), metrics.clone());
+            tokio::task::spawn_local(async move {
+                while reloads.changed().await.is_ok() {
+                    let next = reloads.borrow_and_update().clone();
+                    if let Some(next) = next {
+                        *routers.borrow_mut() = build_routers(&next, &metrics);
+                    }
+                }
+            });
+        }
         let open = Rc::new(Cell::new(0usize));
         let mut accepting = Vec::new();
-        for (l, spec) in std_listeners.into_iter().zip(&cfg.listeners) {
+        for (index, l) in std_listeners.into_iter().enumerate() {
             let listener = tokio::net::TcpListener::from_std(l)?;
-            let router = Rc::new(Router {
-                groups: groups.clone(),
-                routes: spec.routes.clone(),
-                header_timeout: first.client_header_timeout,
-                max_headers: first.max_headers,
-                metrics: metrics.clone(),
-            });
+            let routers = routers.clone();
             let (open, mut stop) = (open.clone(), shutdown.clone());
             accepting.push(tokio::task::spawn_local(async move {
                 loop {
@@ -1152,7 +1227,10 @@ fn lean_worker(
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
-                    let (router, open, stop) = (router.clone(), open.clone(), stop.clone());
+                    let Some(router) = routers.borrow().get(index).cloned() else {
+                        continue;
+                    };
+                    let (open, stop) = (open.clone(), stop.clone());
                     open.set(open.get() + 1);
                     tokio::task::spawn_local(async move {
                         router.serve(stream, peer, stop).await;
