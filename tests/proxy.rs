@@ -827,7 +827,7 @@ fn sighup_reloads_the_routes_without_dropping_connections() {
     let mut kept = TcpStream::connect(proxy.addr).unwrap();
     kept.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut ask = |s: &mut TcpStream| {
+    let ask = |s: &mut TcpStream| {
         s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
         let mut buf = [0u8; 512];
         let n = s.read(&mut buf).unwrap();
