@@ -35,6 +35,9 @@ const HEAD_LIMIT: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Read buffer per connection side.
 const BUF: usize = 16 * 1024;
+/// How long a body may stall (no byte from the sender) before the exchange
+/// is cut off, like nginx's `client_body_timeout` and `proxy_read_timeout`.
+const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long an idle keep-alive client connection is kept.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
 
@@ -84,6 +87,14 @@ impl ReadBuf {
         Ok(n)
     }
 
+    /// [`ReadBuf::fill`] for body bytes: a peer silent for `BODY_IDLE` is cut off.
+    async fn fill_body(&mut self, s: &mut TcpStream) -> io::Result<usize> {
+        match timeout(BODY_IDLE, self.fill(s)).await {
+            Ok(r) => r,
+            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
+        }
+    }
+
     /// One CRLF-terminated line (without the CRLF), reading as needed.
     async fn line(&mut self, s: &mut TcpStream) -> io::Result<Vec<u8>> {
         loop {
@@ -95,7 +106,7 @@ impl ReadBuf {
             if self.filled().len() > 4096 {
                 return Err(invalid("chunk line too long"));
             }
-            if self.fill(s).await? == 0 {
+            if self.fill_body(s).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -429,7 +440,7 @@ async fn copy_exact(
 ) -> io::Result<()> {
     let mut left = n;
     while left > 0 {
-        if rb.filled().is_empty() && rb.fill(src).await? == 0 {
+        if rb.filled().is_empty() && rb.fill_body(src).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let take = rb
@@ -457,7 +468,7 @@ async fn copy_body(
         Framing::None => Ok(()),
         Framing::Length(n) => copy_exact(rb, src, dst, n).await,
         Framing::UntilClose => loop {
-            if rb.filled().is_empty() && rb.fill(src).await? == 0 {
+            if rb.filled().is_empty() && rb.fill_body(src).await? == 0 {
                 return Ok(());
             }
             dst.write_all(rb.filled()).await?;
@@ -906,10 +917,14 @@ impl Lean {
             }
             .await;
             if let Err(e) = sent {
-                // A client body that failed to arrive ends the exchange.
-                if e.kind() == io::ErrorKind::InvalidData
-                    || e.kind() == io::ErrorKind::UnexpectedEof
-                {
+                // A client body that failed to arrive (ended early, malformed,
+                // or stalled past BODY_IDLE) ends the exchange.
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidData
+                        | io::ErrorKind::UnexpectedEof
+                        | io::ErrorKind::TimedOut
+                ) {
                     return Exchange::Close;
                 }
                 if info.repeatable && !retried {
