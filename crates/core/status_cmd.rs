@@ -399,10 +399,10 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
         let _ = writeln!(
             o,
             "{}",
-            st.bold("Server-side TIME_WAIT (this host closed first on a listening port)")
+            st.bold("Server-side TIME_WAIT (this host closed first, as the server)")
         );
         let mut t = Table::new(&[
-            ("listening port", Align::Right),
+            ("local port", Align::Right),
             ("TIME_WAIT", Align::Right),
             ("ESTAB", Align::Right),
         ]);

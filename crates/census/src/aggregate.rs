@@ -3,7 +3,9 @@
 //! Each socket is classified once:
 //! - `LISTEN` (and `BOUND_INACTIVE`): its port is held by `bind()`, so
 //!   `connect()` never picks it for any destination;
-//! - local port is a listening port: an accepted (server-side) connection; a
+//! - local port is a listening port, or lies outside the ephemeral range
+//!   while the peer's port lies inside it (the listener may be gone; its
+//!   TIME_WAIT stays for 60 s): an accepted (server-side) connection; a
 //!   TIME_WAIT here means this host closed first as the server;
 //! - otherwise an outgoing (client-side) connection, grouped by destination
 //!   `(local ip, remote ip, remote port)`: the kernel's 4-tuple rule makes
@@ -63,7 +65,7 @@ pub struct DestinationTally {
 /// TIME_WAIT on an accepted connection: this host closed first as the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSide {
-    /// The listening port.
+    /// The service port (listening now, or until recently).
     pub local_port: u16,
     /// Sockets in TIME_WAIT on it.
     pub time_wait: u64,
@@ -135,7 +137,9 @@ impl Aggregator {
             return;
         }
         let tw = s.timewait_timer && state == Some(TcpState::TimeWait);
-        if self.listening.contains(&s.local_port) {
+        let server_side = self.listening.contains(&s.local_port)
+            || (!self.range.contains(s.local_port) && self.range.contains(s.remote_port));
+        if server_side {
             let e = self.server.entry(s.local_port).or_insert(ServerSide {
                 local_port: s.local_port,
                 time_wait: 0,
@@ -338,6 +342,26 @@ mod tests {
             y.destinations.sort_by_key(|d| (d.local_ip, d.remote_ip, d.remote_port));
             proptest::prop_assert_eq!(x, y);
         }
+    }
+
+    #[test]
+    fn server_side_time_wait_of_a_listener_that_is_gone() {
+        // A benchmark's server closed first on :18080 and exited: no listener,
+        // but a non-ephemeral local port facing an ephemeral peer port.
+        let mut a = Aggregator::new(PortRange::new(32768, 60999).unwrap(), []);
+        for i in 0..3 {
+            a.add(&sock(6, 18080, "127.0.0.1", 40000 + i, 1_000));
+        }
+        let c = a.finish();
+        assert!(c.destinations.is_empty(), "{:?}", c.destinations);
+        assert_eq!(
+            c.server_side,
+            vec![ServerSide {
+                local_port: 18080,
+                time_wait: 3,
+                established: 0
+            }]
+        );
     }
 
     #[test]

@@ -668,9 +668,9 @@ fn server_side_time_wait(ctx: &Ctx) -> Vec<Finding> {
     vec![Finding {
         code: "server-side-time-wait",
         severity: if heavy { Severity::Warning } else { Severity::Info },
-        title: format!("{} TIME_WAIT sockets on listening ports: this host closes first as a server", int(total)),
+        title: format!("{} TIME_WAIT sockets on service ports: this host closes first as a server", int(total)),
         evidence: format!(
-            "{}.\nThey use no ephemeral ports (they share the listening port) but fill the TIME_WAIT table, and show that the clients \
+            "{}.\nThey use no ephemeral ports (they share the service port) but fill the TIME_WAIT table, and show that the clients \
              (often a proxy speaking HTTP/1.0 or sending `Connection: close`) make a new connection per request.",
             ports.join(", ")
         ),
