@@ -168,6 +168,18 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The request target as sent upstream: an absolute-form target
+/// (`http://host/path`) loses its scheme and authority.
+fn origin_form(target: &str) -> &str {
+    let Some(rest) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    else {
+        return target;
+    };
+    rest.find('/').map_or("/", |i| &rest[i..])
+}
+
 /// Checks a parsed request and writes the upstream head into `out`.
 fn upstream_head(
     req: &httparse::Request<'_, '_>,
@@ -176,7 +188,7 @@ fn upstream_head(
     out: &mut Vec<u8>,
 ) -> Result<RequestInfo, Refusal> {
     let method = req.method.unwrap_or("GET");
-    let path = req.path.unwrap_or("/");
+    let path = origin_form(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
     let mut named: Vec<&str> = Vec::new();
     let (mut cl, mut te, mut hosts) = (None::<u64>, false, 0);
