@@ -283,6 +283,14 @@ fn http10_clients_get_http11_keepalive_upstream() {
         head.to_ascii_lowercase().contains("host: "),
         "a Host is added for HTTP/1.1: {head}"
     );
+    // An absolute-form target reaches the backend in origin form.
+    let (status, _, _) = exchange(
+        proxy.addr,
+        b"GET http://example.com/x?y=1 HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    let last = backend.heads().last().cloned().unwrap();
+    assert!(last.starts_with("GET /x?y=1 HTTP/1.1\r\n"), "{last}");
 }
 
 fn smuggling_vectors_are_refused_with_400_and_never_reach_the_backend() {

@@ -731,7 +731,7 @@ impl Router {
                             .iter()
                             .find(|h| eq(h.name, "host"))
                             .and_then(|h| std::str::from_utf8(h.value).ok());
-                        let group = route(&self.routes, host, req.path.unwrap_or("/"));
+                        let group = route(&self.routes, host, origin_form(req.path.unwrap_or("/")));
                         // Checked (and rewritten) with the group's rules; a
                         // request with no route is still checked first.
                         let cfg = &self.groups[group.unwrap_or(0)].cfg;
