@@ -439,6 +439,7 @@ fn peak_rss_kb(pid: u32) -> u64 {
 }
 
 fn large_bodies_stream_both_ways_in_flat_memory() {
+    let _quiet = crate::harness::quiet();
     const MB: usize = 1024 * 1024;
     let backend = Backend::start(None);
     let proxy = Proxy::start(&[backend.addr], &[]);
@@ -564,6 +565,7 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
 /// and the proxy's memory must not grow. TIMEWAIT_SOAK_SECS sets the length
 /// (the default keeps CI short; scripts/soak-proxy.sh runs it for minutes).
 fn soak_with_backend_restarts_loses_no_request() {
+    let _quiet = crate::harness::quiet();
     let secs: u64 = std::env::var("TIMEWAIT_SOAK_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
