@@ -60,6 +60,8 @@ struct Proxy {
     child: Child,
     addr: SocketAddr,
     admin: SocketAddr,
+    /// What the proxy prints after its first line (the access log).
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Proxy {
@@ -92,9 +94,16 @@ impl Proxy {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
         if line.is_empty() {
             let mut err = String::new();
             child
@@ -124,7 +133,12 @@ impl Proxy {
             .unwrap()
             .parse()
             .unwrap();
-        Proxy { child, addr, admin }
+        Proxy {
+            child,
+            addr,
+            admin,
+            lines,
+        }
     }
 
     fn metric(&self, name: &str) -> u64 {
@@ -871,4 +885,44 @@ fn sighup_reloads_the_routes_without_dropping_connections() {
     assert_eq!(proxy.get("/").0, 200);
     assert_eq!(two.heads().len(), before + 1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_access_log_has_a_line_per_request() {
+    let backend = Backend::start(None);
+    ENGINE.with(|e| e.set("lean"));
+    let proxy = Proxy::start(&[backend.addr], &["--access-log"]);
+    assert_eq!(proxy.get("/first?x=1").0, 200);
+    assert_eq!(proxy.get("/broken").0, 502);
+    let next = || {
+        proxy
+            .lines
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an access log line")
+    };
+    let (a, b) = (next(), next());
+    // "<unix ms> <client> \"<request line>\" <status> <backend> <ms>"
+    let f: Vec<&str> = a.split(' ').collect();
+    assert!(f[0].parse::<u128>().is_ok() && f[1] == "127.0.0.1", "{a}");
+    assert!(a.contains("\"GET /first?x=1 HTTP/1.1\" 200 "), "{a}");
+    assert!(a.contains(&backend.addr.to_string()), "{a}");
+    assert!(b.contains("\"GET /broken HTTP/1.1\" 502 "), "{b}");
+    let hyper = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args([
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+            "--engine",
+            "hyper",
+            "--access-log",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        hyper.status.code(),
+        Some(2),
+        "the hyper engine writes no access log"
+    );
 }

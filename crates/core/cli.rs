@@ -381,7 +381,7 @@ pub struct ProxyArgs {
     pub fail_timeout: f64,
     /// Configuration file: listeners, routes by host and path prefix to named
     /// upstream groups, header rules (see the proxy's module docs for the format).
-    #[arg(short = 'c', long, value_name = "FILE.toml", conflicts_with_all = ["listen", "upstream", "admin", "workers"])]
+    #[arg(short = 'c', long, value_name = "FILE.toml", conflicts_with_all = ["listen", "upstream", "admin", "workers", "access_log"])]
     pub config: Option<PathBuf>,
     /// Serve /metrics and /healthz on this address.
     #[arg(long, value_name = "ADDR")]
@@ -401,6 +401,10 @@ pub struct ProxyArgs {
     /// Seconds for a backend to start answering before 504.
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     pub response_timeout: f64,
+    /// Write a line per request to stdout: time (Unix ms), client, request line,
+    /// status, backend, milliseconds.
+    #[arg(long)]
+    pub access_log: bool,
     /// Most headers a request may carry (more: 431); at most 128.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_headers: usize,

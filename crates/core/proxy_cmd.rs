@@ -85,6 +85,13 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         )));
     }
     cfg.max_headers = a.max_headers;
+    if a.access_log && a.engine == EngineArg::Hyper {
+        return Err(Failure::Usage(
+            "--access-log: the access log is written by the lean engine; drop --engine hyper"
+                .into(),
+        ));
+    }
+    cfg.access_log = a.access_log;
     Ok(cfg)
 }
 

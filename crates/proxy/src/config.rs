@@ -74,6 +74,8 @@ pub struct ProxyConfig {
     pub workers: usize,
     /// Where `/metrics` is served, if anywhere.
     pub admin: Option<SocketAddr>,
+    /// Write a line per request to stdout (lean engine).
+    pub access_log: bool,
     /// Pool limits.
     pub pool: PoolConfig,
     /// Time to connect to a backend before answering 502.
@@ -100,6 +102,7 @@ impl ProxyConfig {
             engine: Engine::default(),
             workers: 1,
             admin: None,
+            access_log: false,
             pool: PoolConfig::default(),
             connect_timeout: Duration::from_secs(2),
             response_header_timeout: Duration::from_secs(60),

@@ -5,6 +5,7 @@
 //! ```toml
 //! workers = 2
 //! admin = "127.0.0.1:9809"
+//! access_log = true              # a line per request on stdout
 //!
 //! [headers]                      # apply to every route unless it says otherwise
 //! set = { "X-Proxy" = "edge-1" }
@@ -67,6 +68,8 @@ pub struct ConfigError {
 struct FileConfig {
     workers: Option<usize>,
     admin: Option<String>,
+    #[serde(default)]
+    access_log: bool,
     #[serde(default)]
     headers: HeaderRules,
     #[serde(default)]
@@ -206,6 +209,8 @@ pub struct RoutedConfig {
     pub workers: usize,
     /// Admin address.
     pub admin: Option<SocketAddr>,
+    /// Write a line per request to stdout.
+    pub access_log: bool,
     /// Listeners.
     pub listeners: Vec<ListenerSpec>,
     /// One configuration per (upstream group, header rules) pair; routes
@@ -219,6 +224,7 @@ impl RoutedConfig {
         RoutedConfig {
             workers: cfg.workers,
             admin: cfg.admin,
+            access_log: cfg.access_log,
             listeners: vec![ListenerSpec {
                 listen: cfg.listen,
                 routes: vec![Route {
@@ -373,6 +379,7 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
     Ok(RoutedConfig {
         workers,
         admin,
+        access_log: raw.access_log,
         listeners,
         groups,
     })

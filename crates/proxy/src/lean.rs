@@ -664,6 +664,54 @@ enum Exchange {
     Close,
 }
 
+/// One line per request, buffered per worker and written to stdout by the
+/// worker every 200 ms (or at once past 64 KiB), so logging costs no system
+/// call per request.
+#[derive(Default)]
+pub struct AccessLog {
+    buf: std::cell::RefCell<Vec<u8>>,
+}
+
+impl AccessLog {
+    fn line(&self, args: std::fmt::Arguments<'_>) {
+        use std::io::Write as _;
+        let mut buf = self.buf.borrow_mut();
+        let _ = buf.write_fmt(args);
+        buf.push(b'\n');
+        let full = buf.len() > 64 * 1024;
+        drop(buf);
+        if full {
+            self.flush();
+        }
+    }
+
+    /// Writes what is buffered.
+    pub fn flush(&self) {
+        use std::io::Write as _;
+        let mut buf = self.buf.borrow_mut();
+        if !buf.is_empty() {
+            // A closed stdout must not stop the proxy.
+            let _ = std::io::stdout().lock().write_all(&buf);
+            buf.clear();
+        }
+    }
+}
+
+/// One request to forward: its rewritten head, what it says, and whether
+/// the proxy is shutting down.
+struct Ask<'a> {
+    head: &'a [u8],
+    info: &'a RequestInfo,
+    closing: bool,
+}
+
+/// What happened to one request, for the access log.
+#[derive(Default)]
+struct Outcome {
+    status: u16,
+    upstream: Option<SocketAddr>,
+}
+
 /// One listener's routes to upstream groups, and the loop that serves its
 /// client connections.
 pub struct Router {
@@ -677,9 +725,31 @@ pub struct Router {
     pub max_headers: usize,
     /// Counters.
     pub metrics: Arc<Metrics>,
+    /// Where request lines go, if logging.
+    pub log: Option<Rc<AccessLog>>,
 }
 
 impl Router {
+    fn log_line(&self, peer: SocketAddr, logged: Option<(String, Instant)>, o: &Outcome) {
+        let (Some(log), Some((request, start))) = (&self.log, logged) else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let status = if o.status == 0 {
+            "-".to_string()
+        } else {
+            o.status.to_string()
+        };
+        let upstream = o.upstream.map_or("-".to_string(), |u| u.to_string());
+        log.line(format_args!(
+            "{now_ms} {} \"{request}\" {status} {upstream} {:.3}",
+            peer.ip(),
+            start.elapsed().as_secs_f64() * 1000.0
+        ));
+    }
+
     /// 400 and close: the framing of this connection can no longer be trusted.
     async fn refuse(&self, client: &mut TcpStream, why: &str) {
         Metrics::inc(&self.metrics.refused);
@@ -736,7 +806,14 @@ impl Router {
                         // request with no route is still checked first.
                         let cfg = &self.groups[group.unwrap_or(0)].cfg;
                         let info = upstream_head(&req, &peer_ip, cfg, &mut head_out);
-                        break Some((n, info.map(|i| (i, group))));
+                        let logged = self.log.as_ref().map(|_| {
+                            let (m, t) = (req.method.unwrap_or("-"), req.path.unwrap_or("-"));
+                            (
+                                format!("{m} {t} HTTP/1.{}", req.version.unwrap_or(1)),
+                                Instant::now(),
+                            )
+                        });
+                        break Some((n, info.map(|i| (i, group, logged))));
                     }
                     Ok(httparse::Status::Partial) => {}
                     Err(httparse::Error::TooManyHeaders) => {
@@ -779,7 +856,7 @@ impl Router {
                 return;
             };
             crb.consume(n);
-            let (info, group) = match info {
+            let (info, group, logged) = match info {
                 Ok(i) => i,
                 Err(r) => {
                     self.refuse(&mut client, &r.to_string()).await;
@@ -792,22 +869,35 @@ impl Router {
                 let close = !info.client_keep_alive || info.framing != Framing::None || closing;
                 let msg = "not found: no route for this host and path";
                 let _ = write_error(&mut client, 404, "Not Found", msg, close).await;
+                self.log_line(
+                    peer,
+                    logged,
+                    &Outcome {
+                        status: 404,
+                        upstream: None,
+                    },
+                );
                 if close {
                     return;
                 }
                 continue;
             };
-            match self.groups[group]
+            let mut outcome = Outcome::default();
+            let done = self.groups[group]
                 .exchange(
                     &mut client,
                     &mut crb,
-                    &head_out,
-                    &info,
+                    Ask {
+                        head: &head_out,
+                        info: &info,
+                        closing,
+                    },
                     &mut resp_out,
-                    closing,
+                    &mut outcome,
                 )
-                .await
-            {
+                .await;
+            self.log_line(peer, logged, &outcome);
+            match done {
                 Exchange::KeepGoing if !closing => {}
                 _ => {
                     let _ = client.shutdown().await;
@@ -839,11 +929,15 @@ impl Lean {
         self: &Rc<Self>,
         client: &mut TcpStream,
         crb: &mut ReadBuf,
-        head: &[u8],
-        info: &RequestInfo,
+        ask: Ask<'_>,
         out: &mut Vec<u8>,
-        closing: bool,
+        outcome: &mut Outcome,
     ) -> Exchange {
+        let Ask {
+            head,
+            info,
+            closing,
+        } = ask;
         let deadline = Instant::now() + self.cfg.connect_timeout;
         let mut tried: Vec<usize> = Vec::new();
         let mut backoff = Duration::from_millis(10);
@@ -854,6 +948,7 @@ impl Lean {
             let up = self.upstreams.list[i].clone();
             let active = up.begin();
             let addr = up.addr;
+            outcome.upstream = Some(addr);
             let pooled = if retried || info.upgrade {
                 None
             } else {
@@ -873,7 +968,7 @@ impl Lean {
                                 let msg =
                                     format!("bad gateway: cannot connect to the backend: {e}");
                                 return self
-                                    .answer_error(client, info, 502, "Bad Gateway", &msg)
+                                    .answer_error(client, info, 502, "Bad Gateway", &msg, outcome)
                                     .await;
                             }
                             tokio::time::sleep(backoff).await;
@@ -913,6 +1008,7 @@ impl Lean {
                         &up,
                         info,
                         "bad gateway: the backend connection broke",
+                        outcome,
                     )
                     .await;
             }
@@ -950,6 +1046,7 @@ impl Lean {
                         &up,
                         info,
                         "bad gateway: the backend connection broke",
+                        outcome,
                     )
                     .await;
             }
@@ -965,7 +1062,7 @@ impl Lean {
                     up.failed(Instant::now(), &self.cfg);
                     let msg = "gateway timeout: the backend did not answer in time";
                     return self
-                        .answer_error(client, info, 504, "Gateway Timeout", msg)
+                        .answer_error(client, info, 504, "Gateway Timeout", msg, outcome)
                         .await;
                 }
                 Ok(Err(e)) => {
@@ -984,6 +1081,7 @@ impl Lean {
                             &up,
                             info,
                             "bad gateway: the backend sent no valid response",
+                            outcome,
                         )
                         .await;
                 }
@@ -995,7 +1093,13 @@ impl Lean {
             if resp.parse(conn.rb.filled()).is_err() {
                 Metrics::inc(&self.metrics.upstream_errors);
                 return self
-                    .fail(client, &up, info, "bad gateway: malformed response")
+                    .fail(
+                        client,
+                        &up,
+                        info,
+                        "bad gateway: malformed response",
+                        outcome,
+                    )
                     .await;
             }
             let Some((rinfo, to_client, keep)) = client_head(&resp, info, &self.cfg, closing, out)
@@ -1007,11 +1111,13 @@ impl Lean {
                         &up,
                         info,
                         "bad gateway: conflicting Content-Length from the backend",
+                        outcome,
                     )
                     .await;
             };
             conn.rb.consume(head_len);
             self.metrics.response(rinfo.status);
+            outcome.status = rinfo.status;
             if info.upgrade && rinfo.status == 101 {
                 return self.splice(client, crb, conn, out).await;
             }
@@ -1118,9 +1224,10 @@ impl Lean {
         up: &UpstreamState,
         info: &RequestInfo,
         msg: &str,
+        outcome: &mut Outcome,
     ) -> Exchange {
         up.failed(Instant::now(), &self.cfg);
-        self.answer_error(client, info, 502, "Bad Gateway", msg)
+        self.answer_error(client, info, 502, "Bad Gateway", msg, outcome)
             .await
     }
 
@@ -1133,7 +1240,9 @@ impl Lean {
         status: u16,
         reason: &str,
         msg: &str,
+        outcome: &mut Outcome,
     ) -> Exchange {
+        outcome.status = status;
         self.metrics.response(status);
         let close = !info.client_keep_alive || info.framing != Framing::None;
         let _ = write_error(client, status, reason, msg, close).await;

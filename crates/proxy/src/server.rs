@@ -1131,6 +1131,7 @@ fn new_upstreams(cfg: &ProxyConfig, metrics: &Arc<Metrics>) -> Rc<Upstreams> {
 fn build_routers(
     cfg: &crate::file::RoutedConfig,
     metrics: &Arc<Metrics>,
+    log: &Option<Rc<crate::lean::AccessLog>>,
 ) -> Vec<Rc<crate::lean::Router>> {
     use crate::lean::{Lean, LeanPool, Router};
     let groups: Vec<Rc<Lean>> = cfg
@@ -1156,6 +1157,7 @@ fn build_routers(
                 header_timeout: first.client_header_timeout,
                 max_headers: first.max_headers,
                 metrics: metrics.clone(),
+                log: log.clone(),
             })
         })
         .collect()
@@ -1174,10 +1176,22 @@ fn lean_worker(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
+        let log = cfg
+            .access_log
+            .then(|| Rc::new(crate::lean::AccessLog::default()));
+        if let Some(log) = log.clone() {
+            tokio::task::spawn_local(async move {
+                let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+                loop {
+                    tick.tick().await;
+                    log.flush();
+                }
+            });
+        }
         // The routers new connections get; a reload replaces them, while
         // connections already open keep the one they started with.
         let routers: Rc<std::cell::RefCell<Vec<Rc<crate::lean::Router>>>> =
-            Rc::new(std::cell::RefCell::new(build_routers(&cfg, &metrics)));
+            Rc::new(std::cell::RefCell::new(build_routers(&cfg, &metrics, &log)));
         if let Some(admin) = admin {
             let admin = tokio::net::TcpListener::from_std(admin)?;
             tokio::task::spawn_local(serve_admin(admin, metrics.clone()));
@@ -1199,12 +1213,12 @@ fn lean_worker(
             });
         }
         {
-            let (routers, metrics) = (routers.clone(), metrics.clone());
+            let (routers, metrics, log) = (routers.clone(), metrics.clone(), log.clone());
             tokio::task::spawn_local(async move {
                 while reloads.changed().await.is_ok() {
                     let next = reloads.borrow_and_update().clone();
                     if let Some(next) = next {
-                        *routers.borrow_mut() = build_routers(&next, &metrics);
+                        *routers.borrow_mut() = build_routers(&next, &metrics, &log);
                     }
                 }
             });
@@ -1253,6 +1267,9 @@ fn lean_worker(
                 open = open.get(),
                 "shutdown: connections still open after the drain time; closing them"
             );
+        }
+        if let Some(log) = &log {
+            log.flush();
         }
         Ok(())
     })
