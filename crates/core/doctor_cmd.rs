@@ -131,21 +131,7 @@ fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
             r.hostname, r.kernel_release, r.namespace
         ))
     );
-    let states: Vec<String> = r
-        .summary
-        .states
-        .iter()
-        .map(|(k, v)| format!("{k} {}", int(*v)))
-        .collect();
-    let _ = writeln!(
-        o,
-        "  sockets: {}",
-        if states.is_empty() {
-            "none".to_string()
-        } else {
-            states.join(", ")
-        }
-    );
+    let _ = writeln!(o, "  sockets: {}", render::state_list(&r.summary.states));
     let busiest = snap
         .census
         .destinations

@@ -61,15 +61,19 @@ impl Style {
 
 /// `28232` → `28,232`.
 pub fn int(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
+    timewait_model::text::thousands(n)
+}
+
+/// `ESTABLISHED 10, LISTEN 4, TIME_WAIT 71` (or `none`).
+pub fn state_list(states: &std::collections::BTreeMap<String, u64>) -> String {
+    if states.is_empty() {
+        return "none".into();
     }
-    out
+    let parts: Vec<String> = states
+        .iter()
+        .map(|(k, v)| format!("{k} {}", int(*v)))
+        .collect();
+    parts.join(", ")
 }
 
 /// A rate or other real number: one decimal below 10,000, whole above,

@@ -246,20 +246,7 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
             }
         ))
     );
-    let states: Vec<String> = r
-        .states
-        .iter()
-        .map(|(k, v)| format!("{k} {}", int(*v)))
-        .collect();
-    let _ = writeln!(
-        o,
-        "  states: {}",
-        if states.is_empty() {
-            "no sockets".to_string()
-        } else {
-            states.join(", ")
-        }
-    );
+    let _ = writeln!(o, "  states: {}", render::state_list(&r.states));
     let s = &r.settings;
     let _ = writeln!(
         o,

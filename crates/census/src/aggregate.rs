@@ -126,11 +126,12 @@ impl Aggregator {
     /// Adds one socket.
     pub fn add(&mut self, s: &SocketView) {
         self.sockets += 1;
-        match self.states.get_mut(usize::from(s.state)) {
-            Some(n) if TcpState::from_kernel(s.state).is_some() => *n += 1,
-            _ => *self.unknown_states.entry(s.state).or_default() += 1,
-        }
         let state = TcpState::from_kernel(s.state);
+        match state {
+            // Known states are 1..=13, so the index is in bounds.
+            Some(_) => self.states[usize::from(s.state)] += 1,
+            None => *self.unknown_states.entry(s.state).or_default() += 1,
+        }
         if matches!(state, Some(TcpState::Listen | TcpState::BoundInactive)) {
             let p = usize::from(s.local_port);
             self.bound[p / 64] |= 1 << (p % 64);

@@ -5,7 +5,9 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 use timewait_kernel::sockstat;
-use timewait_model::ports::{ConnectPorts, DEFAULT_PORT_RANGE, PortRange, ReservedPorts, TwReuse};
+use timewait_model::ports::{
+    ConnectPorts, DEFAULT_PORT_RANGE, PortRange, ReservedPorts, TwReuse, is_loopback,
+};
 use timewait_model::rate::{DEFAULT_REUSE_DELAY_MS, LINUX_TIME_WAIT_SECONDS, RateInput, rate};
 
 use crate::aggregate::{DestinationTally, ServerSide};
@@ -267,12 +269,13 @@ pub struct StatusReport {
 /// Analyses a snapshot.
 pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
     let (settings, mut problems) = settings(snap);
+    let ceilings = Ceilings::new(&settings);
     problems.splice(0..0, snap.problems.iter().cloned());
     let mut rows: Vec<DestinationRow> = snap
         .census
         .destinations
         .iter()
-        .map(|d| row(d, &settings))
+        .map(|d| row(d, &settings, &ceilings))
         .collect();
     rows.sort_by(|a, b| {
         b.ports_in_use
@@ -335,7 +338,47 @@ pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
     }
 }
 
-fn row(d: &DestinationTally, s: &Settings) -> DestinationRow {
+/// The model's ceiling per destination depends on the destination only
+/// through the loopback rule of `tcp_tw_reuse=2`: computed once per analysis,
+/// not once per destination.
+struct Ceilings {
+    remote: (bool, f64),
+    loopback: (bool, f64),
+}
+
+impl Ceilings {
+    fn new(s: &Settings) -> Ceilings {
+        let at = |destination: IpAddr| {
+            let input = RateInput {
+                ports: ConnectPorts::new(
+                    s.port_range,
+                    s.reserved_ports.parse().unwrap_or_default(),
+                ),
+                time_wait_seconds: s.time_wait_seconds,
+                tw_reuse: s.tw_reuse,
+                timestamps: s.timestamps.min(2),
+                destination: Some(destination),
+                destinations: 1,
+                source_ips: 1,
+                reuse_delay_ms: s.reuse_delay_ms,
+            };
+            match rate(&input) {
+                Ok(r) => (
+                    r.reuse.applies,
+                    r.max_new_connections_per_second_with_reuse
+                        .unwrap_or(r.max_new_connections_per_second),
+                ),
+                Err(_) => (false, 0.0),
+            }
+        };
+        Ceilings {
+            remote: at(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+            loopback: at(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        }
+    }
+}
+
+fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings) -> DestinationRow {
     let usable = u64::from(s.usable_ports);
     let ports_in_use = d.in_range + s.bind_held_in_range;
     let free = usable.saturating_sub(ports_in_use);
@@ -344,23 +387,10 @@ fn row(d: &DestinationTally, s: &Settings) -> DestinationRow {
     } else {
         free as f64 / usable as f64
     };
-    let input = RateInput {
-        ports: ConnectPorts::new(s.port_range, s.reserved_ports.parse().unwrap_or_default()),
-        time_wait_seconds: s.time_wait_seconds,
-        tw_reuse: s.tw_reuse,
-        timestamps: s.timestamps.min(2),
-        destination: Some(d.remote_ip),
-        destinations: 1,
-        source_ips: 1,
-        reuse_delay_ms: s.reuse_delay_ms,
-    };
-    let (reuse_applies, ceiling) = match rate(&input) {
-        Ok(r) => (
-            r.reuse.applies,
-            r.max_new_connections_per_second_with_reuse
-                .unwrap_or(r.max_new_connections_per_second),
-        ),
-        Err(_) => (false, 0.0),
+    let (reuse_applies, ceiling) = if is_loopback(d.remote_ip) {
+        ceilings.loopback
+    } else {
+        ceilings.remote
     };
     // Ports held by open connections and binds do not cycle through TIME_WAIT.
     let cycling = usable.saturating_sub(d.established + d.other + s.bind_held_in_range);

@@ -50,9 +50,8 @@ impl Ctx<'_> {
     }
 
     fn counter(snap: &Snapshot, table: &str, name: &str) -> Option<i64> {
-        ["netstat", "snmp"].iter().find_map(|f| {
-            let file: &'static str = if *f == "netstat" { "netstat" } else { "snmp" };
-            counters::parse(file, snap.files.get(*f)?)
+        ["netstat", "snmp"].into_iter().find_map(|f| {
+            counters::parse(f, snap.files.get(f)?)
                 .ok()?
                 .get(table, name)
         })
@@ -125,17 +124,7 @@ fn pct(x: f64) -> String {
     format!("{:.1}%", x * 100.0)
 }
 
-fn int(n: u64) -> String {
-    let d = n.to_string();
-    let mut o = String::new();
-    for (i, c) in d.chars().enumerate() {
-        if i > 0 && (d.len() - i).is_multiple_of(3) {
-            o.push(',');
-        }
-        o.push(c);
-    }
-    o
-}
+use timewait_model::text::thousands as int;
 
 fn dest(d: &DestinationRow) -> String {
     let remote = match d.remote_ip {
@@ -439,13 +428,12 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
         int(s.usable_ports.into())
     );
     evidence.push_str(&format!(
-        " — {} new connections/s per destination at most without reuse ({} / {} s); the kernel default gives {} usable, {} {} {} would give {}.",
-        format_rate(f64::from(s.usable_ports) / s.time_wait_seconds),
+        " — {:.1} new connections/s per destination at most without reuse ({} / {} s); the kernel default gives {} usable, {} to {} would give {}.",
+        f64::from(s.usable_ports) / s.time_wait_seconds,
         int(s.usable_ports.into()),
         s.time_wait_seconds,
         int(DEFAULT_USABLE.into()),
         WIDE_RANGE.0,
-        "to",
         WIDE_RANGE.1,
         int(wide.into())
     ));
@@ -473,10 +461,6 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
         docs: SYSCTL_DOCS,
         sysctl_changes: changes,
     }]
-}
-
-fn format_rate(x: f64) -> String {
-    format!("{x:.1}")
 }
 
 fn raised_buckets(ctx: &Ctx) -> Option<SysctlChange> {

@@ -19,6 +19,7 @@ pub mod error;
 pub mod ports;
 pub mod rate;
 pub mod simulate;
+pub mod text;
 pub mod wrap;
 
 pub use error::ModelError;

@@ -284,7 +284,7 @@ fn levers(input: &RateInput, usable: u32, current: f64, reuse_applies: bool) -> 
                 "sysctl -w net.ipv4.ip_local_port_range=\"{} {}\" ({} usable ports; keep listening ports out of it or reserve them)",
                 WIDEST.0,
                 WIDEST.1,
-                thousands(wide.usable())
+                crate::text::thousands(wide.usable().into())
             ),
             f64::from(wide.usable()) / per_port_cycle,
         );
@@ -309,19 +309,6 @@ fn levers(input: &RateInput, usable: u32, current: f64, reuse_applies: bool) -> 
         );
     }
     out.sort_by(|a, b| b.factor.total_cmp(&a.factor));
-    out
-}
-
-/// `64512` → `64,512`, for the sentences in [`Lever::change`].
-fn thousands(n: u32) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
     out
 }
 
