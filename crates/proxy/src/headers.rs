@@ -40,44 +40,80 @@ pub enum Refusal {
     MissingHost,
 }
 
-/// Checks a request's framing headers. (Whitespace before a colon, obs-fold
-/// and bare CR are refused by the HTTP parser before headers reach us.)
-pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
-    let te: Vec<&HeaderValue> = headers.get_all(header::TRANSFER_ENCODING).iter().collect();
-    let cl: Vec<&HeaderValue> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
-    if !te.is_empty() && !cl.is_empty() {
+/// What a request's framing headers say, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestFraming {
+    /// The one `Content-Length`, if given.
+    pub content_length: Option<u64>,
+    /// `Transfer-Encoding` ending in `chunked`.
+    pub chunked: bool,
+    /// Whether a `Host` was given.
+    pub has_host: bool,
+}
+
+/// Checks a request's framing headers, given as `(name, value)` pairs: the
+/// one rule set both engines apply (hyper's `HeaderMap` through
+/// [`check_request`], the lean engine's `httparse` headers directly).
+pub fn check_fields<'a>(
+    http10: bool,
+    fields: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> Result<RequestFraming, Refusal> {
+    let (mut length, mut encoding, mut last_coding, mut hosts) = (None::<u64>, false, "", 0);
+    for (name, value) in fields {
+        if name.eq_ignore_ascii_case("content-length") {
+            let text = std::str::from_utf8(value).map_err(|_| Refusal::BadLength)?;
+            for part in text.split(',').map(str::trim) {
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(Refusal::BadLength);
+                }
+                let n: u64 = part.parse().map_err(|_| Refusal::BadLength)?;
+                if length.is_some_and(|prev| prev != n) {
+                    return Err(Refusal::ConflictingLength);
+                }
+                length = Some(n);
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            encoding = true;
+            // The codings of every line form one list; its last one counts.
+            if let Some(t) = std::str::from_utf8(value)
+                .unwrap_or("")
+                .split(',')
+                .map(str::trim)
+                .rfind(|t| !t.is_empty())
+            {
+                last_coding = t;
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    if encoding && length.is_some() {
         return Err(Refusal::LengthAndEncoding);
     }
-    if !te.is_empty() {
-        let last = te
-            .iter()
-            .flat_map(|v| v.to_str().unwrap_or("").split(','))
-            .map(str::trim)
-            .rfind(|s| !s.is_empty())
-            .unwrap_or("");
-        if !last.eq_ignore_ascii_case("chunked") {
-            return Err(Refusal::BadEncoding);
-        }
+    if encoding && (http10 || !last_coding.eq_ignore_ascii_case("chunked")) {
+        return Err(Refusal::BadEncoding);
     }
-    let mut length: Option<u64> = None;
-    for v in cl {
-        for part in v.to_str().map_err(|_| Refusal::BadLength)?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(Refusal::BadLength);
-            }
-            let n: u64 = part.parse().map_err(|_| Refusal::BadLength)?;
-            match length {
-                Some(prev) if prev != n => return Err(Refusal::ConflictingLength),
-                _ => length = Some(n),
-            }
-        }
-    }
-    match headers.get_all(header::HOST).iter().count() {
-        0 if version == Version::HTTP_11 => Err(Refusal::MissingHost),
-        0 | 1 => Ok(()),
+    match hosts {
+        0 if !http10 => Err(Refusal::MissingHost),
+        0 | 1 => Ok(RequestFraming {
+            content_length: length,
+            chunked: encoding,
+            has_host: hosts == 1,
+        }),
         _ => Err(Refusal::DuplicateHost),
     }
+}
+
+/// [`check_fields`] over a parsed request's headers. (Whitespace before a
+/// colon, obs-fold and bare CR are refused by the HTTP parser before
+/// headers reach us.)
+pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
+    let http10 = version < Version::HTTP_11;
+    check_fields(
+        http10,
+        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
+    )
+    .map(|_| ())
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`.
@@ -195,9 +231,14 @@ fn append_via(headers: &mut HeaderMap, via: &str) {
 /// Whether a request may be sent again after a failure in which the backend
 /// may have seen part of it (RFC 9110 §9.2.2), provided it has no body.
 pub fn is_idempotent(method: &Method) -> bool {
+    idempotent(method.as_str())
+}
+
+/// [`is_idempotent`] by method name, for the lean engine's parsed heads.
+pub fn idempotent(method: &str) -> bool {
     matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
     )
 }
 
@@ -243,6 +284,25 @@ mod tests {
         assert_eq!(check_request(v, &hosts), Err(Refusal::DuplicateHost));
         assert_eq!(check_request(v, &map(&[])), Err(Refusal::MissingHost));
         assert_eq!(check_request(Version::HTTP_10, &map(&[])), Ok(()));
+        // Codings on several lines are one list: its last one must be chunked.
+        let split = map(&[
+            ("host", "a"),
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+        ]);
+        assert_eq!(check_request(v, &split), Ok(()));
+        let wrong = map(&[
+            ("host", "a"),
+            ("transfer-encoding", "chunked"),
+            ("transfer-encoding", "gzip"),
+        ]);
+        assert_eq!(check_request(v, &wrong), Err(Refusal::BadEncoding));
+        let fields = [("Host", &b"a"[..]), ("Content-Length", b"7")];
+        let f = check_fields(false, fields.iter().copied()).unwrap();
+        assert_eq!(
+            (f.content_length, f.chunked, f.has_host),
+            (Some(7), false, true)
+        );
     }
 
     #[test]

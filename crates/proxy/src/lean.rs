@@ -25,7 +25,7 @@ use tokio::time::timeout;
 
 use crate::config::ProxyConfig;
 use crate::file::{Route, route};
-use crate::headers::{HOP_BY_HOP, Refusal};
+use crate::headers::{HOP_BY_HOP, Refusal, RequestFraming, check_fields, idempotent};
 use crate::metrics::Metrics;
 use crate::server::{UpstreamState, Upstreams};
 
@@ -190,34 +190,13 @@ fn upstream_head(
     let method = req.method.unwrap_or("GET");
     let path = origin_form(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
+    let checked = check_fields(http10, req.headers.iter().map(|h| (h.name, h.value)))?;
     let mut named: Vec<&str> = Vec::new();
-    let (mut cl, mut te, mut hosts) = (None::<u64>, false, 0);
     let (mut close, mut keep_alive, mut expect, mut upgrade_token) = (false, false, false, false);
     let mut upgrade_header = false;
     for h in req.headers.iter() {
         let n = h.name;
-        if eq(n, "content-length") {
-            for part in tokens(h.value) {
-                if !part.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(Refusal::BadLength);
-                }
-                let v: u64 = part.parse().map_err(|_| Refusal::BadLength)?;
-                if cl.is_some_and(|c| c != v) {
-                    return Err(Refusal::ConflictingLength);
-                }
-                cl = Some(v);
-            }
-            if h.value.is_empty() {
-                return Err(Refusal::BadLength);
-            }
-        } else if eq(n, "transfer-encoding") {
-            if tokens(h.value).last().is_none_or(|t| !eq(t, "chunked")) {
-                return Err(Refusal::BadEncoding);
-            }
-            te = true;
-        } else if eq(n, "host") {
-            hosts += 1;
-        } else if eq(n, "connection") {
+        if eq(n, "connection") {
             for t in tokens(h.value) {
                 close |= eq(t, "close");
                 keep_alive |= eq(t, "keep-alive");
@@ -230,25 +209,14 @@ fn upstream_head(
             upgrade_header = true;
         }
     }
-    if te && cl.is_some() {
-        return Err(Refusal::LengthAndEncoding);
-    }
-    if te && http10 {
-        return Err(Refusal::BadEncoding);
-    }
-    match hosts {
-        0 if !http10 => return Err(Refusal::MissingHost),
-        0 | 1 => {}
-        _ => return Err(Refusal::DuplicateHost),
-    }
     let upgrade = upgrade_token && upgrade_header && !http10;
-    let framing = if te {
-        Framing::Chunked
-    } else {
-        match cl {
-            Some(0) | None => Framing::None,
-            Some(n) => Framing::Length(n),
-        }
+    let framing = match checked {
+        RequestFraming { chunked: true, .. } => Framing::Chunked,
+        RequestFraming {
+            content_length: Some(n),
+            ..
+        } if n > 0 => Framing::Length(n),
+        _ => Framing::None,
     };
     out.clear();
     out.extend_from_slice(method.as_bytes());
@@ -275,7 +243,7 @@ fn upstream_head(
         }
         push_header(out, n.as_bytes(), h.value);
     }
-    if hosts == 0 {
+    if !checked.has_host {
         push_header(out, b"Host", cfg.upstreams[0].to_string().as_bytes());
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
@@ -310,11 +278,7 @@ fn upstream_head(
         client_http10: http10,
         expect_continue: expect && framing != Framing::None,
         head_method: method == "HEAD",
-        repeatable: framing == Framing::None
-            && matches!(
-                method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-            ),
+        repeatable: framing == Framing::None && idempotent(method),
         upgrade,
     })
 }
@@ -910,11 +874,7 @@ impl Router {
 
 impl Lean {
     async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
-        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = crate::server::dial(addr, self.cfg.connect_timeout).await?;
         Metrics::inc(&self.metrics.upstream_connections_opened);
         Ok(UpConn {
             stream,
@@ -1053,10 +1013,10 @@ impl Lean {
             // Read the response head, skipping interim answers.
             let got = timeout(
                 self.cfg.response_header_timeout,
-                self.response_head(&mut conn),
+                self.response_head(&mut conn, info, closing, out),
             )
             .await;
-            let head_len = match got {
+            let (head_len, head) = match got {
                 Err(_) => {
                     Metrics::inc(&self.metrics.upstream_timeouts);
                     up.failed(Instant::now(), &self.cfg);
@@ -1085,25 +1045,10 @@ impl Lean {
                         )
                         .await;
                 }
-                Ok(Ok(n)) => n,
+                Ok(Ok(parsed)) => parsed,
             };
             up.succeeded();
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            if resp.parse(conn.rb.filled()).is_err() {
-                Metrics::inc(&self.metrics.upstream_errors);
-                return self
-                    .fail(
-                        client,
-                        &up,
-                        info,
-                        "bad gateway: malformed response",
-                        outcome,
-                    )
-                    .await;
-            }
-            let Some((rinfo, to_client, keep)) = client_head(&resp, info, &self.cfg, closing, out)
-            else {
+            let Some((rinfo, to_client, keep)) = head else {
                 Metrics::inc(&self.metrics.upstream_errors);
                 return self
                     .fail(
@@ -1190,8 +1135,17 @@ impl Lean {
         matches!(done, Ok(Some(())))
     }
 
-    /// Reads until a complete final response head is buffered (interim 1xx skipped).
-    async fn response_head(&self, conn: &mut UpConn) -> io::Result<usize> {
+    /// Reads until a complete final response head is buffered (interim 1xx
+    /// skipped) and, from that one parse, writes the client's head into
+    /// `out`. Returns the head's length, and `None` for a head whose
+    /// lengths disagree (see [`client_head`]).
+    async fn response_head(
+        &self,
+        conn: &mut UpConn,
+        req: &RequestInfo,
+        closing: bool,
+        out: &mut Vec<u8>,
+    ) -> io::Result<(usize, Option<(ResponseInfo, Framing, bool)>)> {
         loop {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let mut resp = httparse::Response::new(&mut headers);
@@ -1206,7 +1160,7 @@ impl Lean {
                         conn.rb.consume(n);
                         continue;
                     }
-                    return Ok(n);
+                    return Ok((n, client_head(&resp, req, &self.cfg, closing, out)));
                 }
                 Ok(httparse::Status::Partial) => {}
                 Err(_) => return Err(invalid("malformed response head")),

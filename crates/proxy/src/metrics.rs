@@ -53,61 +53,63 @@ impl Metrics {
     pub fn render(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut o = String::new();
-        let mut counter = |name: &str, help: &str, v: u64| {
+        let counters: [(&str, &str, &AtomicU64); 10] = [
+            (
+                "requests_total",
+                "Requests received from clients.",
+                &self.requests,
+            ),
+            (
+                "upstream_connections_opened_total",
+                "Connections opened to backends.",
+                &self.upstream_connections_opened,
+            ),
+            (
+                "upstream_requests_total",
+                "Requests sent to backends.",
+                &self.upstream_requests,
+            ),
+            (
+                "upstream_reused_requests_total",
+                "Requests sent on a reused backend connection.",
+                &self.upstream_reused,
+            ),
+            (
+                "retries_total",
+                "Requests retried after a pooled connection turned out closed.",
+                &self.retries,
+            ),
+            (
+                "refused_requests_total",
+                "Requests refused with 400.",
+                &self.refused,
+            ),
+            (
+                "upstream_connect_errors_total",
+                "Failed connects to backends.",
+                &self.connect_errors,
+            ),
+            (
+                "upstream_errors_total",
+                "Broken backend connections or framing.",
+                &self.upstream_errors,
+            ),
+            (
+                "upstream_timeouts_total",
+                "Backends that did not answer in time.",
+                &self.upstream_timeouts,
+            ),
+            (
+                "upstream_ejections_total",
+                "Backends left alone after repeated failures.",
+                &self.ejections,
+            ),
+        ];
+        for (name, help, value) in counters {
             let _ = writeln!(o, "# HELP timewait_proxy_{name} {help}");
             let _ = writeln!(o, "# TYPE timewait_proxy_{name} counter");
-            let _ = writeln!(o, "timewait_proxy_{name} {v}");
-        };
-        counter(
-            "requests_total",
-            "Requests received from clients.",
-            g(&self.requests),
-        );
-        counter(
-            "upstream_connections_opened_total",
-            "Connections opened to backends.",
-            g(&self.upstream_connections_opened),
-        );
-        counter(
-            "upstream_requests_total",
-            "Requests sent to backends.",
-            g(&self.upstream_requests),
-        );
-        counter(
-            "upstream_reused_requests_total",
-            "Requests sent on a reused backend connection.",
-            g(&self.upstream_reused),
-        );
-        counter(
-            "retries_total",
-            "Requests retried after a pooled connection turned out closed.",
-            g(&self.retries),
-        );
-        counter(
-            "refused_requests_total",
-            "Requests refused with 400.",
-            g(&self.refused),
-        );
-        counter(
-            "upstream_connect_errors_total",
-            "Failed connects to backends.",
-            g(&self.connect_errors),
-        );
-        counter(
-            "upstream_errors_total",
-            "Broken backend connections or framing.",
-            g(&self.upstream_errors),
-        );
-        counter(
-            "upstream_timeouts_total",
-            "Backends that did not answer in time.",
-            g(&self.upstream_timeouts),
-        );
-        counter(
-            "upstream_ejections_total",
-            "Backends left alone after repeated failures.",
-            g(&self.ejections),
-        );
+            let _ = writeln!(o, "timewait_proxy_{name} {}", g(value));
+        }
         let _ = writeln!(
             o,
             "# HELP timewait_proxy_responses_total Responses sent to clients, by status class."

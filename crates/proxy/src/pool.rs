@@ -112,9 +112,4 @@ impl<B> Pool<B> {
                 .fetch_sub((before - list.len()) as i64, Ordering::Relaxed);
         }
     }
-
-    /// Idle connections to `addr`.
-    pub fn idle_count(&self, addr: SocketAddr) -> usize {
-        self.idle.borrow().get(&addr).map_or(0, Vec::len)
-    }
 }

@@ -425,21 +425,10 @@ struct Worker {
 
 impl Worker {
     async fn connect(&self, addr: SocketAddr) -> Result<Conn<ReqBody>, ProxyError> {
-        let stream = match timeout(self.cfg.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                Metrics::inc(&self.metrics.connect_errors);
-                return Err(ProxyError::Connect(e.to_string()));
-            }
-            Err(_) => {
-                Metrics::inc(&self.metrics.connect_errors);
-                return Err(ProxyError::Connect(format!(
-                    "timed out after {:?}",
-                    self.cfg.connect_timeout
-                )));
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let stream = dial(addr, self.cfg.connect_timeout).await.map_err(|e| {
+            Metrics::inc(&self.metrics.connect_errors);
+            ProxyError::Connect(e.to_string())
+        })?;
         let (sender, conn) = client::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -879,24 +868,45 @@ fn worker(
         }
         // Draining: no new connections; wait for the open ones to finish.
         drop(listener);
-        let drained = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
-            while open.get() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                open = open.get(),
-                "shutdown: connections still open after the drain time; closing them"
-            );
-        }
+        drain(&open).await;
         Ok(())
     })
 }
 
 /// How long a shutdown waits for open connections to finish.
 const DRAIN_ON_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After the listeners stop: waits for the open connections to finish, at
+/// most `DRAIN_ON_SHUTDOWN`.
+async fn drain(open: &Cell<usize>) {
+    let drained = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
+        while open.get() > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            open = open.get(),
+            "shutdown: connections still open after the drain time; closing them"
+        );
+    }
+}
+
+/// A connection to a backend, within the connect timeout, with Nagle off.
+pub(crate) async fn dial(addr: SocketAddr, within: std::time::Duration) -> io::Result<TcpStream> {
+    let stream = match timeout(within, TcpStream::connect(addr)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out after {within:?}"),
+            ));
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
 
 async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
     loop {
@@ -929,8 +939,6 @@ async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 /// The addresses a started proxy really listens on.
 #[derive(Debug, Clone)]
 pub struct Bound {
-    /// The (first) client listener.
-    pub listen: SocketAddr,
     /// Every client listener.
     pub listeners: Vec<SocketAddr>,
     /// The admin listener.
@@ -951,7 +959,6 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
     }
     let admin = bind_admin(cfg.admin)?;
     ready(Bound {
-        listen,
         listeners: vec![listen],
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
@@ -1081,7 +1088,6 @@ pub fn run_routed(
     let admin = bind_admin(cfg.admin)?;
     let (rx, reloads) = on_signals_with_reload(reload_from.map(|p| (p, bound.clone())))?;
     ready(Bound {
-        listen: bound[0],
         listeners: bound,
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
@@ -1256,18 +1262,7 @@ fn lean_worker(
         for a in accepting {
             let _ = a.await;
         }
-        let drained = tokio::time::timeout(DRAIN_ON_SHUTDOWN, async {
-            while open.get() > 0 {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                open = open.get(),
-                "shutdown: connections still open after the drain time; closing them"
-            );
-        }
+        drain(&open).await;
         if let Some(log) = &log {
             log.flush();
         }
