@@ -278,18 +278,7 @@ fn tune_apply_refuses_without_root() {
     let Some(_ns) = Netns::new("noroot") else {
         return;
     };
-    // setpriv (util-linux) drops to nobody for this one command.
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            env!("CARGO_BIN_EXE_timewait"),
-            "tune",
-            "--apply",
-        ])
-        .output()
-        .unwrap();
+    let o = crate::harness::timewait_as_nobody(&["tune", "--apply"]);
     assert_eq!(o.status.code(), Some(1));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(

@@ -51,6 +51,8 @@ both_engines!(
     soak_with_backend_restarts_loses_no_request,
     upgrade_requests_are_passed_through_both_ways,
     interim_answers_are_skipped_and_ambiguous_lengths_refused,
+    a_backend_too_slow_to_answer_gets_504,
+    max_lifetime_retires_old_connections,
     expect_continue_is_answered_here_and_not_forwarded,
     oversized_heads_get_431,
 );
@@ -249,6 +251,12 @@ fn clients_that_close_do_not_make_the_proxy_open_new_backend_connections() {
         49
     );
     assert_eq!(proxy.metric("timewait_proxy_requests_total"), 50);
+    assert_eq!(
+        proxy.metric("timewait_proxy_responses_total{class=\"2xx\"}"),
+        50
+    );
+    // The one backend connection is back in the pool, idle.
+    assert_eq!(proxy.metric("timewait_proxy_pool_idle_connections"), 1);
 }
 
 fn hop_by_hop_headers_are_stripped_both_ways() {
@@ -924,5 +932,28 @@ fn the_access_log_has_a_line_per_request() {
         hyper.status.code(),
         Some(2),
         "the hyper engine writes no access log"
+    );
+}
+
+fn a_backend_too_slow_to_answer_gets_504() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--response-timeout", "0.3"]);
+    assert_eq!(proxy.get("/sleep?ms=1500").0, 504);
+    assert_eq!(proxy.metric("timewait_proxy_upstream_timeouts_total"), 1);
+    assert_eq!(proxy.get("/").0, 200, "and the next request is served");
+}
+
+fn max_lifetime_retires_old_connections() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--max-lifetime", "0.3"]);
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(backend.accepts.load(Ordering::SeqCst), 1, "young: reused");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(proxy.get("/").0, 200);
+    assert_eq!(
+        backend.accepts.load(Ordering::SeqCst),
+        2,
+        "past its lifetime: replaced"
     );
 }

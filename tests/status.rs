@@ -326,3 +326,18 @@ fn human_reports_over_a_recorded_host() {
         );
     }
 }
+
+#[test]
+fn entering_a_namespace_without_privileges_is_a_clear_error() {
+    let Some(ns) = Netns::new("noperm") else {
+        return;
+    };
+    let o = crate::harness::timewait_as_nobody(&["status", "--netns", ns.name()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("root"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -392,6 +392,9 @@ pub struct ProxyArgs {
     /// Close idle backend connections after S seconds; keep it below the backends' own keep-alive timeout.
     #[arg(long, value_name = "S", default_value_t = 4.0)]
     pub idle_timeout: f64,
+    /// Close a backend connection after it has been open S seconds (default: never).
+    #[arg(long, value_name = "S")]
+    pub max_lifetime: Option<f64>,
     /// Close a backend connection after N requests (default: never; each close is a TIME_WAIT).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,

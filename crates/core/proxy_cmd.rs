@@ -73,7 +73,10 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         max_idle_per_upstream: a.keepalive,
         idle_timeout: seconds("--idle-timeout", a.idle_timeout, 3600.0)?,
         max_requests_per_connection: a.max_requests,
-        max_lifetime: None,
+        max_lifetime: a
+            .max_lifetime
+            .map(|v| seconds("--max-lifetime", v, 86_400.0))
+            .transpose()?,
     };
     cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
     cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;

@@ -13,3 +13,18 @@ pub static QUIET: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn quiet() -> std::sync::MutexGuard<'static, ()> {
     QUIET.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// Runs timewait as `nobody` (setpriv, from util-linux), to see how it
+/// behaves without privileges.
+pub fn timewait_as_nobody(args: &[&str]) -> std::process::Output {
+    std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_timewait"),
+        ])
+        .args(args)
+        .output()
+        .expect("run setpriv")
+}

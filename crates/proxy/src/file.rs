@@ -117,6 +117,7 @@ struct FileUpstream {
     keepalive: Option<usize>,
     idle_timeout: Option<f64>,
     max_requests: Option<u64>,
+    max_lifetime: Option<f64>,
     max_fails: Option<u32>,
     fail_timeout: Option<f64>,
     connect_timeout: Option<f64>,
@@ -335,7 +336,10 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
                 max_idle_per_upstream: up.keepalive.unwrap_or(defaults.max_idle_per_upstream),
                 idle_timeout: secs("idle_timeout", up.idle_timeout, defaults.idle_timeout)?,
                 max_requests_per_connection: up.max_requests.filter(|&n| n > 0),
-                max_lifetime: None,
+                max_lifetime: up
+                    .max_lifetime
+                    .map(|v| secs("max_lifetime", Some(v), Duration::ZERO))
+                    .transpose()?,
             };
             cfg.max_fails = up.max_fails.unwrap_or(cfg.max_fails).max(1);
             cfg.fail_timeout = secs("fail_timeout", up.fail_timeout, cfg.fail_timeout)?;
@@ -460,6 +464,7 @@ upstream = "web"
 servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
 balance = "least-conn"
 keepalive = 64
+max_lifetime = 30
 
 [upstream.static]
 servers = ["127.0.0.1:9100"]
@@ -499,6 +504,10 @@ servers = ["127.0.0.1:9200"]
         let api = &c.groups[route(r, None, "/api/").unwrap()];
         assert_eq!(api.balance, Balance::LeastConn);
         assert_eq!(api.pool.max_idle_per_upstream, 64);
+        assert_eq!(
+            api.pool.max_lifetime,
+            Some(std::time::Duration::from_secs(30))
+        );
         let names: Vec<&str> = api.forwarding.set.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,
