@@ -284,23 +284,41 @@ fn watch_refreshes_with_rates_and_stops_after_count() {
     let Some(ns) = Netns::new("watch") else {
         return;
     };
-    let out = timewait_ok(&[
-        "status",
-        "--netns",
-        ns.name(),
-        "--watch",
-        "0.2",
-        "--count",
-        "3",
-        "--json",
-    ]);
+    let listener = ns.run(|| TcpListener::bind(("127.0.0.1", 5000)).unwrap());
+    let name = ns.name().to_string();
+    let watch = std::thread::spawn(move || {
+        timewait_ok(&[
+            "status", "--netns", &name, "--watch", "0.5", "--count", "4", "--json",
+        ])
+    });
+    // Traffic after the first refresh: 40 new TIME_WAIT sockets.
+    std::thread::sleep(std::time::Duration::from_millis(250));
+    ns.run(|| client_closes_first(&listener, (Ipv4Addr::LOCALHOST, 5000).into(), 40));
+    let out = watch.join().unwrap();
     let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3);
-    assert!(lines[0].get("rates").is_none());
-    assert!(lines[2]["rates"]["interval_seconds"].as_f64().unwrap() > 0.1);
+    assert_eq!(lines.len(), 4, "--count stops it");
+    assert!(
+        lines[0].get("rates").is_none(),
+        "no rate before a second sample"
+    );
+    assert!(lines[3]["rates"]["interval_seconds"].as_f64().unwrap() > 0.4);
+    // Some refresh saw the 40 arrive, in the census and in the kernel's counter.
+    let rising = lines[1..].iter().any(|l| {
+        l["rates"]["time_wait_per_second"].as_f64().unwrap() > 0.0
+            && l["rates"]["entering_time_wait_per_second"]
+                .as_f64()
+                .unwrap()
+                > 0.0
+    });
+    assert!(
+        rising,
+        "{:?}",
+        lines.iter().map(|l| &l["rates"]).collect::<Vec<_>>()
+    );
+    assert_eq!(lines[3]["states"]["TIME_WAIT"], 40);
 }
 
 /// Human reports over a recorded host (a namespace made by the test above,

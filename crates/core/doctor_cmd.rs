@@ -46,16 +46,17 @@ fn observe(
     interval: Option<f64>,
 ) -> Result<(Snapshot, Option<Snapshot>), Failure> {
     let Some(secs) = interval else {
-        return Ok((collect(t, via)?, None));
+        return Ok((collect(t, via, true)?, None));
     };
     if !(secs.is_finite() && (0.1..=600.0).contains(&secs)) {
         return Err(Failure::Usage(format!(
             "--interval: must be between 0.1 and 600 seconds, got {secs}"
         )));
     }
-    let first = collect(t, via)?;
+    // Only the later snapshot's kernel log is judged: read it once.
+    let first = collect(t, via, false)?;
     std::thread::sleep(Duration::from_secs_f64(secs));
-    Ok((collect(t, via)?, Some(first)))
+    Ok((collect(t, via, true)?, Some(first)))
 }
 
 /// `timewait doctor`.
@@ -266,7 +267,7 @@ pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
         )));
     }
     let t = target(&args.target);
-    let snap = collect(&t, via(&args.target))?;
+    let snap = collect(&t, via(&args.target), true)?;
     let findings = diagnose(&DoctorInput {
         now: &snap,
         earlier: None,

@@ -63,7 +63,7 @@ fn group_by(b: GroupByArg) -> GroupBy {
 
 /// `timewait snapshot`.
 pub fn run_snapshot(args: &SnapshotArgs) -> Result<String, Failure> {
-    let snap = collect(&target(&args.target), via(&args.target))?;
+    let snap = collect(&target(&args.target), via(&args.target), true)?;
     let json = snap.to_json();
     match &args.output {
         None => Ok(json),
@@ -91,7 +91,8 @@ pub fn run_status(args: &StatusArgs, style: &Style) -> Result<String, Failure> {
     let t = target(&args.target);
     let v = via(&args.target);
     let Some(secs) = args.watch else {
-        let snap = collect(&t, v)?;
+        // status shows no kernel log: it does not pay for reading it.
+        let snap = collect(&t, v, false)?;
         return render_once(&analyse(&snap, by, args.top), args, style, None);
     };
     if !(secs.is_finite() && (0.1..=3600.0).contains(&secs)) {
@@ -204,7 +205,7 @@ fn watch(
     let mut n = 0u64;
     loop {
         let started = Instant::now();
-        let snap = collect(t, v)?;
+        let snap = collect(t, v, false)?;
         let report = analyse(&snap, by, args.top);
         let now = (snap, report);
         let r = prev.as_ref().map(|p| rates(p, &now));

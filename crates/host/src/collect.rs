@@ -34,11 +34,17 @@ pub enum Via {
 /// Reads everything the analysis needs from `target`. Fails only when the
 /// namespace cannot be entered (or, with [`Via::Netlink`], when netlink
 /// fails); anything else unreadable becomes a [`Problem`] in the snapshot.
-pub fn collect(target: &Target, via: Via) -> Result<Snapshot, HostError> {
+///
+/// `kernel_log` says whether to read the kernel log: a scan of the whole
+/// ring buffer, which `doctor` and `snapshot` need and `status` (and each of
+/// its `--watch` refreshes) does not.
+pub fn collect(target: &Target, via: Via, kernel_log: bool) -> Result<Snapshot, HostError> {
     let (mut snap, mut problems) = in_namespace(target, || collect_here(via))??;
-    match kmsg::matching_lines(snapshot::KERNEL_LOG_PATTERNS) {
-        Ok(lines) => snap.kernel_log = lines,
-        Err(e) => problems.push(problem("kernel log (/dev/kmsg)", &e.to_string())),
+    if kernel_log {
+        match kmsg::matching_lines(snapshot::KERNEL_LOG_PATTERNS) {
+            Ok(lines) => snap.kernel_log = lines,
+            Err(e) => problems.push(problem("kernel log (/dev/kmsg)", &e.to_string())),
+        }
     }
     let uts = nix::sys::utsname::uname();
     snap.kernel_release = uts
