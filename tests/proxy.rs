@@ -55,6 +55,7 @@ both_engines!(
     max_lifetime_retires_old_connections,
     expect_continue_is_answered_here_and_not_forwarded,
     oversized_heads_get_431,
+    a_backend_hanging_up_is_retried_once_for_safe_requests_only,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -647,6 +648,31 @@ fn soak_with_backend_restarts_loses_no_request() {
         rss_late < rss_early + 8 * 1024,
         "RSS grew from {rss_early} kB to {rss_late} kB"
     );
+}
+
+/// A reused backend connection dies after the request went out and before
+/// any answer. A GET goes once more on a fresh connection (counted in
+/// retries_total); a POST, which the backend may have acted on, gets 502.
+fn a_backend_hanging_up_is_retried_once_for_safe_requests_only() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    assert_eq!(proxy.get("/").0, 200, "a connection to reuse");
+    let (status, _, body) = proxy.get("/hangup");
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    assert_eq!(proxy.metric("timewait_proxy_retries_total"), 1);
+    let (status, _, _) = exchange(
+        proxy.addr,
+        b"POST /hangup HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    assert_eq!(status, 502, "a POST is not sent twice");
+    assert_eq!(proxy.metric("timewait_proxy_retries_total"), 1);
+    let posts = backend
+        .heads()
+        .iter()
+        .filter(|h| h.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
+    assert_eq!(proxy.get("/").0, 200, "and the proxy carries on");
 }
 
 fn upgrade_requests_are_passed_through_both_ways() {

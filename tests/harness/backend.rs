@@ -148,6 +148,14 @@ fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<S
                 let _ = r.read_line(&mut crlf);
             }
         }
+        if path == "/hangup" {
+            // Every other request for it: read, then hang up without a word,
+            // as a backend restarting under a reused connection does.
+            let seen = heads.lock().unwrap();
+            if seen.iter().filter(|h| h.contains(" /hangup ")).count() % 2 == 1 {
+                return;
+            }
+        }
         if path == "/ws" && lower.contains("upgrade: echo") {
             // Switch to an echo protocol for the rest of the connection.
             if w.write_all(

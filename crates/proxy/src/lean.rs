@@ -40,6 +40,8 @@ const BUF: usize = 16 * 1024;
 const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long an idle keep-alive client connection is kept.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
+/// The 502 message for a backend connection that broke mid-request.
+const BROKE: &str = "bad gateway: the backend connection broke";
 
 /// Bytes read from a socket and not yet used.
 struct ReadBuf {
@@ -957,32 +959,19 @@ impl Lean {
             // written, the backend never got a whole request and no body
             // byte was taken from the client: any request may go again.
             if conn.stream.write_all(head).await.is_err() {
-                if !retried {
-                    Metrics::inc(&self.metrics.retries);
-                    retried = true;
+                if self.retry_once(&mut retried, true) {
                     continue;
                 }
-                return self
-                    .fail(
-                        client,
-                        &up,
-                        info,
-                        "bad gateway: the backend connection broke",
-                        outcome,
-                    )
-                    .await;
+                return self.fail(client, &up, info, BROKE, outcome).await;
             }
-            let sent = async {
-                copy_body(
-                    crb,
-                    client,
-                    &mut conn.stream,
-                    info.framing,
-                    info.framing,
-                    out,
-                )
-                .await
-            }
+            let sent = copy_body(
+                crb,
+                client,
+                &mut conn.stream,
+                info.framing,
+                info.framing,
+                out,
+            )
             .await;
             if let Err(e) = sent {
                 // A client body that failed to arrive (ended early, malformed,
@@ -995,20 +984,10 @@ impl Lean {
                 ) {
                     return Exchange::Close;
                 }
-                if info.repeatable && !retried {
-                    Metrics::inc(&self.metrics.retries);
-                    retried = true;
+                if self.retry_once(&mut retried, info.repeatable) {
                     continue;
                 }
-                return self
-                    .fail(
-                        client,
-                        &up,
-                        info,
-                        "bad gateway: the backend connection broke",
-                        outcome,
-                    )
-                    .await;
+                return self.fail(client, &up, info, BROKE, outcome).await;
             }
             // Read the response head, skipping interim answers.
             let got = timeout(
@@ -1027,11 +1006,9 @@ impl Lean {
                 }
                 Ok(Err(e)) => {
                     let died = e.kind() != io::ErrorKind::InvalidData;
-                    if died && info.repeatable && !retried {
-                        // The backend closed the connection under us (a
-                        // reused one timing out, or a restart): safe to repeat.
-                        Metrics::inc(&self.metrics.retries);
-                        retried = true;
+                    // The backend closed the connection under us (a reused
+                    // one timing out, or a restart): safe to repeat.
+                    if self.retry_once(&mut retried, died && info.repeatable) {
                         continue;
                     }
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -1172,6 +1149,17 @@ impl Lean {
     }
 
     /// Answers 502 for a backend that failed.
+    /// Whether to send the request once more, after a broken backend
+    /// connection: only if `allowed` and not done already (counted).
+    fn retry_once(&self, retried: &mut bool, allowed: bool) -> bool {
+        if !allowed || *retried {
+            return false;
+        }
+        Metrics::inc(&self.metrics.retries);
+        *retried = true;
+        true
+    }
+
     async fn fail(
         &self,
         client: &mut TcpStream,

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version, header};
-use http_body_util::Full;
+use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1 as client;
 use hyper::server::conn::http1 as server;
@@ -34,42 +34,8 @@ use crate::headers::{
 use crate::metrics::Metrics;
 use crate::pool::{Conn, Pool};
 
-/// A request body on its way upstream.
-pub enum ReqBody {
-    /// The client's body, streamed.
-    Client(Incoming),
-    /// No body.
-    Empty,
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        match self.get_mut() {
-            ReqBody::Client(b) => Pin::new(b).poll_frame(cx),
-            ReqBody::Empty => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ReqBody::Client(b) => b.is_end_stream(),
-            ReqBody::Empty => true,
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ReqBody::Client(b) => b.size_hint(),
-            ReqBody::Empty => SizeHint::with_exact(0),
-        }
-    }
-}
+/// A request body on its way upstream: the client's, streamed, or none.
+pub type ReqBody = Either<Incoming, Empty<Bytes>>;
 
 type UpstreamPool = Pool<ReqBody>;
 
@@ -498,9 +464,9 @@ impl Worker {
             uri,
             headers,
             if has_body {
-                ReqBody::Client(body)
+                Either::Left(body)
             } else {
-                ReqBody::Empty
+                Either::Right(Empty::new())
             },
         );
         // Connect failures send nothing, so any request may go to another
@@ -642,7 +608,9 @@ impl Worker {
                     // safe to repeat, and never after a malformed answer.
                     let died = connection_died(e.error());
                     return match copy.filter(|_| died) {
-                        Some((m, u, h)) => Pooled::Resend(build_request(m, u, h, ReqBody::Empty)),
+                        Some((m, u, h)) => {
+                            Pooled::Resend(build_request(m, u, h, Either::Right(Empty::new())))
+                        }
                         None => {
                             Metrics::inc(&self.metrics.upstream_errors);
                             Pooled::Failed(ProxyError::Upstream(e.into_error()))
@@ -674,9 +642,9 @@ impl Worker {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol);
         let body = if body.is_end_stream() {
-            ReqBody::Empty
+            Either::Right(Empty::new())
         } else {
-            ReqBody::Client(body)
+            Either::Left(body)
         };
         let i = self.upstreams.pick(&[], Instant::now());
         let up = &self.upstreams.list[i];
