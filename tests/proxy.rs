@@ -252,6 +252,7 @@ fn clients_that_close_do_not_make_the_proxy_open_new_backend_connections() {
         49
     );
     assert_eq!(proxy.metric("timewait_proxy_requests_total"), 50);
+    assert_eq!(proxy.metric("timewait_proxy_upstream_requests_total"), 50);
     assert_eq!(
         proxy.metric("timewait_proxy_responses_total{class=\"2xx\"}"),
         50
@@ -352,11 +353,18 @@ fn smuggling_vectors_are_refused_with_400_and_never_reach_the_backend() {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
         ));
     }
+    let n = vectors.len() as u64;
     for (name, raw) in vectors {
         let (status, head, _) = exchange(proxy.addr, raw);
         assert_eq!(status, 400, "{name}: {head}");
     }
     assert!(backend.heads().is_empty(), "{:?}", backend.heads());
+    // Counted, whichever parser refused it (hyper's own or the proxy's checks).
+    assert_eq!(proxy.metric("timewait_proxy_refused_requests_total"), n);
+    assert_eq!(
+        proxy.metric("timewait_proxy_responses_total{class=\"4xx\"}"),
+        n
+    );
 }
 
 /// Content-Length together with Transfer-Encoding: hyper (which parses
@@ -765,6 +773,12 @@ fn oversized_heads_get_431() {
         String::from_utf8_lossy(&resp[..resp.len().min(200)])
     );
     assert!(backend.heads().is_empty());
+    // Counted as answers, not as malformed requests.
+    assert_eq!(
+        proxy.metric("timewait_proxy_responses_total{class=\"4xx\"}"),
+        2
+    );
+    assert_eq!(proxy.metric("timewait_proxy_refused_requests_total"), 0);
 }
 
 #[test]

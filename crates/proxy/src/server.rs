@@ -815,6 +815,7 @@ fn worker(
             open.set(open.get() + 1);
             tokio::task::spawn_local(async move {
                 let cfg = w.cfg.clone();
+                let metrics = w.metrics.clone();
                 let svc = service_fn(move |req| w.clone().handle(peer, req));
                 let conn = server::Builder::new()
                     .timer(TokioTimer::new())
@@ -824,7 +825,11 @@ fn worker(
                     .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
-                    _ = conn.as_mut() => {}
+                    served = conn.as_mut() => {
+                        if let Err(e) = served {
+                            count_parse_refusal(&metrics, &e);
+                        }
+                    }
                     _ = stop.wait_for(|s| *s) => {
                         // Finish the exchange in progress, then close.
                         conn.as_mut().graceful_shutdown();
@@ -839,6 +844,18 @@ fn worker(
         drain(&open).await;
         Ok(())
     })
+}
+
+/// A request hyper could not parse gets its answer from hyper itself (431
+/// for a head too large, 400 for the rest) and never reaches
+/// [`Worker::handle`]: counted here, as the lean engine counts its own.
+fn count_parse_refusal(metrics: &Metrics, e: &hyper::Error) {
+    if e.is_parse_too_large() {
+        metrics.response(431);
+    } else if e.is_parse() {
+        Metrics::inc(&metrics.refused);
+        metrics.response(400);
+    }
 }
 
 /// How long a shutdown waits for open connections to finish.
