@@ -11,7 +11,7 @@
 //!   `(local ip, remote ip, remote port)`: the kernel's 4-tuple rule makes
 //!   every socket in a group hold a distinct local port.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
@@ -96,14 +96,14 @@ type Key = (IpAddr, IpAddr, u16);
 #[derive(Debug)]
 pub struct Aggregator {
     range: PortRange,
-    listening: HashSet<u16>,
+    listening: PortSet,
     states: [u64; 16],
     unknown_states: BTreeMap<u8, u64>,
     sockets: u64,
     groups: HashMap<Key, DestinationTally>,
     server: BTreeMap<u16, ServerSide>,
-    /// One bit per port: held by bind() or a listener.
-    bound: Vec<u64>,
+    /// Held by bind() or a listener.
+    bound: PortSet,
 }
 
 impl Aggregator {
@@ -113,13 +113,13 @@ impl Aggregator {
     pub fn new(range: PortRange, listening: impl IntoIterator<Item = u16>) -> Aggregator {
         Aggregator {
             range,
-            listening: listening.into_iter().collect(),
+            listening: PortSet::of(listening),
             states: [0; 16],
             unknown_states: BTreeMap::new(),
             sockets: 0,
             groups: HashMap::new(),
             server: BTreeMap::new(),
-            bound: vec![0; 1024],
+            bound: PortSet::default(),
         }
     }
 
@@ -133,12 +133,11 @@ impl Aggregator {
             None => *self.unknown_states.entry(s.state).or_default() += 1,
         }
         if matches!(state, Some(TcpState::Listen | TcpState::BoundInactive)) {
-            let p = usize::from(s.local_port);
-            self.bound[p / 64] |= 1 << (p % 64);
+            self.bound.insert(s.local_port);
             return;
         }
         let tw = s.timewait_timer && state == Some(TcpState::TimeWait);
-        let server_side = self.listening.contains(&s.local_port)
+        let server_side = self.listening.contains(s.local_port)
             || (!self.range.contains(s.local_port) && self.range.contains(s.remote_port));
         if server_side {
             let e = self.server.entry(s.local_port).or_insert(ServerSide {
@@ -216,14 +215,12 @@ impl Aggregator {
             e.time_wait += s.time_wait;
             e.established += s.established;
         }
-        for (a, b) in self.bound.iter_mut().zip(other.bound) {
-            *a |= b;
-        }
+        self.bound.union(&other.bound);
     }
 
     /// A fresh aggregator with the same range and listening ports.
     pub fn empty_like(&self) -> Aggregator {
-        Aggregator::new(self.range, self.listening.iter().copied())
+        Aggregator::new(self.range, self.listening.iter())
     }
 
     /// The result.
@@ -240,10 +237,9 @@ impl Aggregator {
             states.insert(format!("UNKNOWN_{n}"), count);
         }
         let bind_held_in_range = (self.range.low..=self.range.high)
-            .filter(|&p| self.bound[usize::from(p) / 64] & (1 << (usize::from(p) % 64)) != 0)
+            .filter(|&p| self.bound.contains(p))
             .count() as u64;
-        let mut listening_ports: Vec<u16> = self.listening.into_iter().collect();
-        listening_ports.sort_unstable();
+        let listening_ports: Vec<u16> = self.listening.iter().collect();
         Census {
             sockets: self.sockets,
             states,
@@ -252,6 +248,46 @@ impl Aggregator {
             listening_ports,
             bind_held_in_range,
         }
+    }
+}
+
+/// A set of ports, one bit each: the census asks it once per socket, so
+/// membership is a shift and a mask, not a hash.
+#[derive(Debug, Clone)]
+struct PortSet(Box<[u64; 1024]>);
+
+impl Default for PortSet {
+    fn default() -> PortSet {
+        PortSet(Box::new([0; 1024]))
+    }
+}
+
+impl PortSet {
+    fn of(ports: impl IntoIterator<Item = u16>) -> PortSet {
+        let mut set = PortSet::default();
+        for p in ports {
+            set.insert(p);
+        }
+        set
+    }
+
+    fn insert(&mut self, p: u16) {
+        self.0[usize::from(p / 64)] |= 1 << (p % 64);
+    }
+
+    fn contains(&self, p: u16) -> bool {
+        self.0[usize::from(p / 64)] & (1 << (p % 64)) != 0
+    }
+
+    fn union(&mut self, other: &PortSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= b;
+        }
+    }
+
+    /// The ports in the set, in ascending order.
+    fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX).filter(|&p| self.contains(p))
     }
 }
 
