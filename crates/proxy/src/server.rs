@@ -943,23 +943,34 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
         listeners.push(listener(listen)?);
     }
     let admin = bind_admin(cfg.admin)?;
+    // Signal handlers first: a SIGTERM sent once `ready` has announced the
+    // listeners must find them installed.
+    let rx = on_signals()?;
     ready(Bound {
         listeners: vec![listen],
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
-    let cfg = Arc::new(cfg);
-    let metrics = Arc::new(Metrics::default());
-    let mut admin = admin;
-    let rx = on_signals()?;
+    let (cfg, metrics) = (Arc::new(cfg), Arc::new(Metrics::default()));
+    run_workers(listeners, admin, move |l, admin| {
+        worker(cfg.clone(), metrics.clone(), l, admin, rx.clone())
+    })
+}
+
+/// One named thread per worker, each with its own listening socket(s); the
+/// first also serves the admin listener. Returns when all have ended.
+fn run_workers<L: Send + 'static>(
+    listeners: Vec<L>,
+    mut admin: Option<std::net::TcpListener>,
+    work: impl Fn(L, Option<std::net::TcpListener>) -> io::Result<()> + Clone + Send + 'static,
+) -> io::Result<()> {
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            let (cfg, metrics, admin, rx) =
-                (cfg.clone(), metrics.clone(), admin.take(), rx.clone());
+            let (work, admin) = (work.clone(), admin.take());
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || worker(cfg, metrics, l, admin, rx))
+                .spawn(move || work(l, admin))
         })
         .collect::<io::Result<_>>()?;
     join_all(handles)
@@ -1076,26 +1087,11 @@ pub fn run_routed(
         listeners: bound,
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
-    let cfg = Arc::new(cfg);
-    let metrics = Arc::new(Metrics::default());
-    let mut admin = admin;
-    let handles: Vec<_> = listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, ls)| {
-            let (cfg, metrics, admin, rx, reloads) = (
-                cfg.clone(),
-                metrics.clone(),
-                admin.take(),
-                rx.clone(),
-                reloads.clone(),
-            );
-            std::thread::Builder::new()
-                .name(format!("proxy-worker-{i}"))
-                .spawn(move || lean_worker(cfg, metrics, ls, admin, rx, reloads))
-        })
-        .collect::<io::Result<_>>()?;
-    join_all(handles)
+    let (cfg, metrics) = (Arc::new(cfg), Arc::new(Metrics::default()));
+    run_workers(listeners, admin, move |ls, admin| {
+        let (cfg, metrics) = (cfg.clone(), metrics.clone());
+        lean_worker(cfg, metrics, ls, admin, rx.clone(), reloads.clone())
+    })
 }
 
 fn new_upstreams(cfg: &ProxyConfig, metrics: &Arc<Metrics>) -> Rc<Upstreams> {
