@@ -11,9 +11,11 @@
 //! de-chunked and closed.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -21,11 +23,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Sleep, timeout};
 
 use crate::config::ProxyConfig;
 use crate::file::{Route, route};
-use crate::headers::{HOP_BY_HOP, Refusal, RequestFraming, check_fields, idempotent};
+use crate::headers::{Refusal, RequestFraming, check_fields, idempotent};
 use crate::metrics::Metrics;
 use crate::server::{UpstreamState, Upstreams};
 
@@ -90,15 +92,16 @@ impl ReadBuf {
     }
 
     /// [`ReadBuf::fill`] for body bytes: a peer silent for `BODY_IDLE` is cut off.
-    async fn fill_body(&mut self, s: &mut TcpStream) -> io::Result<usize> {
-        match timeout(BODY_IDLE, self.fill(s)).await {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
+    async fn fill_body(&mut self, s: &mut TcpStream, dl: &mut Deadline) -> io::Result<usize> {
+        dl.set(Instant::now() + BODY_IDLE);
+        match dl.within(self.fill(s)).await {
+            Some(r) => r,
+            None => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
         }
     }
 
     /// One CRLF-terminated line (without the CRLF), reading as needed.
-    async fn line(&mut self, s: &mut TcpStream) -> io::Result<Vec<u8>> {
+    async fn line(&mut self, s: &mut TcpStream, dl: &mut Deadline) -> io::Result<Vec<u8>> {
         loop {
             if let Some(i) = self.filled().windows(2).position(|w| w == b"\r\n") {
                 let line = self.filled()[..i].to_vec();
@@ -108,8 +111,58 @@ impl ReadBuf {
             if self.filled().len() > 4096 {
                 return Err(invalid("chunk line too long"));
             }
-            if self.fill_body(s).await? == 0 {
+            if self.fill_body(s, dl).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// A client connection's one timer, shared by all its waits (idle, request
+/// head, response head, body). Setting a later deadline is a plain store:
+/// the armed sleep is never later than any deadline set after it was armed
+/// (it is armed at most `step`, the shortest timeout in use, ahead), so it
+/// never has to move on the request path. When it fires before the deadline
+/// it is re-armed. A busy connection thus costs one timer event per `step`
+/// instead of two timer-wheel insertions and removals per request.
+struct Deadline {
+    sleep: Pin<Box<Sleep>>,
+    at: Instant,
+    step: Duration,
+}
+
+impl Deadline {
+    fn new(step: Duration) -> Deadline {
+        let now = Instant::now();
+        Deadline {
+            sleep: Box::pin(tokio::time::sleep_until((now + step).into())),
+            at: now + step,
+            step,
+        }
+    }
+
+    /// The current wait ends at `at`.
+    fn set(&mut self, at: Instant) {
+        if at < self.sleep.deadline().into_std() {
+            self.sleep.as_mut().reset(at.into());
+        }
+        self.at = at;
+    }
+
+    /// Runs `fut` until it finishes (`Some`) or the deadline passes (`None`).
+    async fn within<F: Future>(&mut self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut fut => return Some(r),
+                () = self.sleep.as_mut() => {
+                    let now = Instant::now();
+                    if now >= self.at {
+                        return None;
+                    }
+                    self.sleep.as_mut().reset(self.at.min(now + self.step).into());
+                }
             }
         }
     }
@@ -139,6 +192,7 @@ struct RequestInfo {
     upgrade: bool,
 }
 
+#[inline]
 fn eq(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
@@ -151,10 +205,101 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
         .filter(|t| !t.is_empty())
 }
 
+/// The header names the engine acts on, recognised once per header line
+/// (by length, then one case-insensitive comparison) instead of comparing
+/// every line against every list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Connection,
+    KeepAlive,
+    ProxyConnection,
+    Te,
+    Trailer,
+    TransferEncoding,
+    Upgrade,
+    ContentLength,
+    Expect,
+    Via,
+    XForwardedFor,
+    XForwardedProto,
+    Other,
+}
+
+impl Name {
+    fn of(n: &str) -> Name {
+        let is = |x: &str| n.eq_ignore_ascii_case(x);
+        match n.len() {
+            2 if is("te") => Name::Te,
+            3 if is("via") => Name::Via,
+            6 if is("expect") => Name::Expect,
+            7 if is("trailer") => Name::Trailer,
+            7 if is("upgrade") => Name::Upgrade,
+            10 if is("connection") => Name::Connection,
+            10 if is("keep-alive") => Name::KeepAlive,
+            14 if is("content-length") => Name::ContentLength,
+            15 if is("x-forwarded-for") => Name::XForwardedFor,
+            16 if is("proxy-connection") => Name::ProxyConnection,
+            17 if is("transfer-encoding") => Name::TransferEncoding,
+            17 if is("x-forwarded-proto") => Name::XForwardedProto,
+            _ => Name::Other,
+        }
+    }
+
+    /// One of [`crate::headers::HOP_BY_HOP`].
+    fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::Trailer
+                | Name::TransferEncoding
+                | Name::Upgrade
+        )
+    }
+}
+
+/// Each header line's [`Name`], on the stack.
+fn classify(headers: &[httparse::Header<'_>]) -> [Name; MAX_HEADERS] {
+    let mut kinds = [Name::Other; MAX_HEADERS];
+    for (h, k) in headers.iter().zip(kinds.iter_mut()) {
+        *k = Name::of(h.name);
+    }
+    kinds
+}
+
+/// Whether `name` is listed in one of the message's `Connection` lines (a
+/// header so named must not be forwarded, RFC 9110 section 7.6.1).
+fn listed_in_connection(headers: &[httparse::Header<'_>], kinds: &[Name], name: &str) -> bool {
+    headers
+        .iter()
+        .zip(kinds)
+        .filter(|(_, k)| **k == Name::Connection)
+        .flat_map(|(h, _)| tokens(h.value))
+        .any(|t| eq(t, name))
+}
+
+/// `Content-Length: N`, without allocating.
+fn push_length(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut v = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    push_header(out, b"Content-Length", &digits[i..]);
+}
+
 /// `Via:` with the received entries and ours appended (`1.1 NAME`).
-fn push_via<'h>(out: &mut Vec<u8>, headers: impl Iterator<Item = (&'h str, &'h [u8])>, name: &str) {
+fn push_via<'h>(out: &mut Vec<u8>, received: impl Iterator<Item = &'h [u8]>, name: &str) {
     out.extend_from_slice(b"Via: ");
-    for (_, v) in headers.filter(|(n, _)| eq(n, "via")) {
+    for v in received {
         out.extend_from_slice(v);
         out.extend_from_slice(b", ");
     }
@@ -193,22 +338,26 @@ fn upstream_head(
     let path = origin_form(req.path.unwrap_or("/"));
     let http10 = req.version == Some(0);
     let checked = check_fields(http10, req.headers.iter().map(|h| (h.name, h.value)))?;
-    let mut named: Vec<&str> = Vec::new();
+    let kinds = classify(req.headers);
     let (mut close, mut keep_alive, mut expect, mut upgrade_token) = (false, false, false, false);
-    let mut upgrade_header = false;
-    for h in req.headers.iter() {
-        let n = h.name;
-        if eq(n, "connection") {
-            for t in tokens(h.value) {
-                close |= eq(t, "close");
-                keep_alive |= eq(t, "keep-alive");
-                upgrade_token |= eq(t, "upgrade");
-                named.push(t);
+    // Whether Connection lists a name other than the hop-by-hop ones.
+    let (mut upgrade_header, mut named) = (false, false);
+    for (h, kind) in req.headers.iter().zip(kinds) {
+        match kind {
+            Name::Connection => {
+                for t in tokens(h.value) {
+                    let (k, u) = (eq(t, "keep-alive"), eq(t, "upgrade"));
+                    close |= eq(t, "close");
+                    keep_alive |= k;
+                    upgrade_token |= u;
+                    named |= !(k || u);
+                }
             }
-        } else if eq(n, "expect") {
-            expect |= std::str::from_utf8(h.value).is_ok_and(|v| eq(v.trim(), "100-continue"));
-        } else if eq(n, "upgrade") {
-            upgrade_header = true;
+            Name::Expect => {
+                expect |= std::str::from_utf8(h.value).is_ok_and(|v| eq(v.trim(), "100-continue"));
+            }
+            Name::Upgrade => upgrade_header = true,
+            _ => {}
         }
     }
     let upgrade = upgrade_token && upgrade_header && !http10;
@@ -226,22 +375,19 @@ fn upstream_head(
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let rules = &cfg.forwarding;
-    for h in req.headers.iter() {
+    for (h, kind) in req.headers.iter().zip(kinds) {
         let n = h.name;
-        let hop = HOP_BY_HOP.iter().any(|x| eq(n, x));
-        if (hop && !(upgrade && eq(n, "upgrade")))
-            || (named.iter().any(|x| eq(n, x)) && !(upgrade && eq(n, "upgrade")))
-            || eq(n, "content-length")
-            || eq(n, "expect")
+        let dropped = kind.hop_by_hop() || (named && listed_in_connection(req.headers, &kinds, n));
+        if (dropped && !(upgrade && kind == Name::Upgrade))
+            || kind == Name::ContentLength
+            || kind == Name::Expect
+            || kind == Name::XForwardedFor // rewritten below, with the client appended
             || rules.remove.iter().any(|x| eq(n, x.as_str()))
             || rules.set.iter().any(|(x, _)| eq(n, x.as_str()))
-            || (rules.forwarded_proto.is_some() && eq(n, "x-forwarded-proto"))
-            || (rules.via.is_some() && eq(n, "via"))
+            || (rules.forwarded_proto.is_some() && kind == Name::XForwardedProto)
+            || (rules.via.is_some() && kind == Name::Via)
         {
             continue;
-        }
-        if eq(n, "x-forwarded-for") {
-            continue; // rewritten below, with the client appended
         }
         push_header(out, n.as_bytes(), h.value);
     }
@@ -249,7 +395,12 @@ fn upstream_head(
         push_header(out, b"Host", cfg.upstreams[0].to_string().as_bytes());
     }
     out.extend_from_slice(b"X-Forwarded-For: ");
-    for h in req.headers.iter().filter(|h| eq(h.name, "x-forwarded-for")) {
+    for (h, _) in req
+        .headers
+        .iter()
+        .zip(kinds)
+        .filter(|(_, k)| *k == Name::XForwardedFor)
+    {
         out.extend_from_slice(h.value);
         out.extend_from_slice(b", ");
     }
@@ -259,13 +410,13 @@ fn upstream_head(
         push_header(out, b"X-Forwarded-Proto", p.as_bytes());
     }
     if let Some(v) = &rules.via {
-        push_via(out, req.headers.iter().map(|h| (h.name, h.value)), v);
+        push_via(out, received(req.headers, &kinds, Name::Via), v);
     }
     for (n, v) in &rules.set {
         push_header(out, n.as_str().as_bytes(), v.as_bytes());
     }
     match framing {
-        Framing::Length(n) => push_header(out, b"Content-Length", n.to_string().as_bytes()),
+        Framing::Length(n) => push_length(out, n),
         Framing::Chunked => push_header(out, b"Transfer-Encoding", b"chunked"),
         _ => {}
     }
@@ -283,6 +434,19 @@ fn upstream_head(
         repeatable: framing == Framing::None && idempotent(method),
         upgrade,
     })
+}
+
+/// The values of the lines of one kind.
+fn received<'h>(
+    headers: &'h [httparse::Header<'h>],
+    kinds: &'h [Name],
+    kind: Name,
+) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .iter()
+        .zip(kinds)
+        .filter(move |(_, k)| **k == kind)
+        .map(|(h, _)| h.value)
 }
 
 /// What the response head says.
@@ -303,10 +467,11 @@ fn client_head(
 ) -> Option<(ResponseInfo, Framing, bool)> {
     let status = resp.code.unwrap_or(502);
     let http10_upstream = resp.version == Some(0);
-    let mut named: Vec<&str> = Vec::new();
+    let kinds = classify(resp.headers);
     let (mut cl, mut te, mut close, mut keep_alive) = (None::<u64>, false, false, false);
-    for h in resp.headers.iter() {
-        if eq(h.name, "content-length") {
+    let mut named = false;
+    for (h, kind) in resp.headers.iter().zip(kinds) {
+        if kind == Name::ContentLength {
             for part in tokens(h.value) {
                 // A length that is not a number, or two that differ, would
                 // let the client and this proxy disagree on where the
@@ -320,13 +485,14 @@ fn client_head(
                 }
                 cl = Some(v);
             }
-        } else if eq(h.name, "transfer-encoding") {
+        } else if kind == Name::TransferEncoding {
             te = tokens(h.value).last().is_some_and(|t| eq(t, "chunked"));
-        } else if eq(h.name, "connection") {
+        } else if kind == Name::Connection {
             for t in tokens(h.value) {
+                let (k, u) = (eq(t, "keep-alive"), eq(t, "upgrade"));
                 close |= eq(t, "close");
-                keep_alive |= eq(t, "keep-alive");
-                named.push(t);
+                keep_alive |= k;
+                named |= !(k || u);
             }
         }
     }
@@ -365,27 +531,26 @@ fn client_head(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let rules = &cfg.forwarding;
-    for h in resp.headers.iter() {
+    for (h, kind) in resp.headers.iter().zip(kinds) {
         let n = h.name;
-        if (HOP_BY_HOP.iter().any(|x| eq(n, x)) && !(switching && eq(n, "upgrade")))
-            || (named.iter().any(|x| eq(n, x)) && !(switching && eq(n, "upgrade")))
-            || (rules.via.is_some() && eq(n, "via"))
+        let dropped = kind.hop_by_hop() || (named && listed_in_connection(resp.headers, &kinds, n));
+        if (dropped && !(switching && kind == Name::Upgrade))
+            || (rules.via.is_some() && kind == Name::Via)
+            || kind == Name::ContentLength
+        // Content-Length is written once below, from the value checked above.
         {
             continue;
-        }
-        if eq(n, "content-length") {
-            continue; // written once below, from the value checked above
         }
         push_header(out, n.as_bytes(), h.value);
     }
     if let Some(v) = &rules.via {
-        push_via(out, resp.headers.iter().map(|h| (h.name, h.value)), v);
+        push_via(out, received(resp.headers, &kinds, Name::Via), v);
     }
     match (to_client, cl) {
-        (Framing::Length(n), _) => push_header(out, b"Content-Length", n.to_string().as_bytes()),
+        (Framing::Length(n), _) => push_length(out, n),
         // HEAD (and 304) answers keep the length they describe.
         (Framing::None, Some(n)) if !te && (req.head_method || status == 304) => {
-            push_header(out, b"Content-Length", n.to_string().as_bytes())
+            push_length(out, n)
         }
         (Framing::Chunked, _) => push_header(out, b"Transfer-Encoding", b"chunked"),
         _ => {}
@@ -409,16 +574,62 @@ fn client_head(
     ))
 }
 
+/// What one parse of the buffered response bytes came to.
+enum ParsedResponse {
+    /// An interim (1xx, not 101) head of this many bytes, not forwarded.
+    Interim(usize),
+    /// A final head of this many bytes, and what [`client_head`] made of it.
+    Final(usize, Option<(ResponseInfo, Framing, bool)>),
+    /// More bytes needed.
+    Partial,
+}
+
+/// Parses the response head in `buf` (synchronously, so the header array
+/// stays on the stack; see [`Router::parse_request`]).
+fn parse_response(
+    buf: &[u8],
+    req: &RequestInfo,
+    cfg: &ProxyConfig,
+    closing: bool,
+    out: &mut Vec<u8>,
+) -> io::Result<ParsedResponse> {
+    let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    );
+    match parsed {
+        // Interim answers (100 Continue, 103 Early Hints) are not
+        // forwarded; 101 is the switch itself.
+        Ok(httparse::Status::Complete(n))
+            if resp
+                .code
+                .is_some_and(|c| (100..200).contains(&c) && c != 101) =>
+        {
+            Ok(ParsedResponse::Interim(n))
+        }
+        Ok(httparse::Status::Complete(n)) => Ok(ParsedResponse::Final(
+            n,
+            client_head(&resp, req, cfg, closing, out),
+        )),
+        Ok(httparse::Status::Partial) => Ok(ParsedResponse::Partial),
+        Err(_) => Err(invalid("malformed response head")),
+    }
+}
+
 /// Copies exactly `n` bytes from `src` (buffered bytes first) to `dst`.
 async fn copy_exact(
     rb: &mut ReadBuf,
     src: &mut TcpStream,
     dst: &mut TcpStream,
     n: u64,
+    dl: &mut Deadline,
 ) -> io::Result<()> {
     let mut left = n;
     while left > 0 {
-        if rb.filled().is_empty() && rb.fill_body(src).await? == 0 {
+        if rb.filled().is_empty() && rb.fill_body(src, dl).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
         let take = rb
@@ -441,12 +652,13 @@ async fn copy_body(
     from: Framing,
     to: Framing,
     out: &mut Vec<u8>,
+    dl: &mut Deadline,
 ) -> io::Result<()> {
     match from {
         Framing::None => Ok(()),
-        Framing::Length(n) => copy_exact(rb, src, dst, n).await,
+        Framing::Length(n) => copy_exact(rb, src, dst, n, dl).await,
         Framing::UntilClose => loop {
-            if rb.filled().is_empty() && rb.fill_body(src).await? == 0 {
+            if rb.filled().is_empty() && rb.fill_body(src, dl).await? == 0 {
                 return Ok(());
             }
             dst.write_all(rb.filled()).await?;
@@ -455,7 +667,7 @@ async fn copy_body(
         },
         Framing::Chunked => {
             loop {
-                let line = rb.line(src).await?;
+                let line = rb.line(src, dl).await?;
                 let size_text = std::str::from_utf8(&line)
                     .map_err(|_| invalid("chunk size"))?
                     .split(';')
@@ -472,7 +684,7 @@ async fn copy_body(
                 let size = u64::from_str_radix(size_text, 16).map_err(|_| invalid("chunk size"))?;
                 if size == 0 {
                     // Trailers are not forwarded.
-                    while !rb.line(src).await?.is_empty() {}
+                    while !rb.line(src, dl).await?.is_empty() {}
                     if to == Framing::Chunked {
                         dst.write_all(b"0\r\n\r\n").await?;
                     }
@@ -483,8 +695,8 @@ async fn copy_body(
                     out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
                     dst.write_all(out).await?;
                 }
-                copy_exact(rb, src, dst, size).await?;
-                if !rb.line(src).await?.is_empty() {
+                copy_exact(rb, src, dst, size, dl).await?;
+                if !rb.line(src, dl).await?.is_empty() {
                     return Err(invalid("chunk data longer than its size"));
                 }
                 if to == Framing::Chunked {
@@ -518,9 +730,10 @@ fn looks_alive(s: &TcpStream) -> bool {
     }
 }
 
-/// Idle backend connections per address, for one worker.
+/// Idle backend connections per backend (by its index in the group's
+/// upstream list), for one worker.
 pub struct LeanPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<(UpConn, Instant)>>>,
+    idle: RefCell<Vec<Vec<(UpConn, Instant)>>>,
     cfg: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
 }
@@ -529,7 +742,7 @@ impl LeanPool {
     /// An empty pool.
     pub fn new(cfg: Arc<ProxyConfig>, metrics: Arc<Metrics>) -> LeanPool {
         LeanPool {
-            idle: RefCell::new(HashMap::new()),
+            idle: RefCell::new((0..cfg.upstreams.len()).map(|_| Vec::new()).collect()),
             cfg,
             metrics,
         }
@@ -545,9 +758,9 @@ impl LeanPool {
             && c.rb.filled().is_empty()
     }
 
-    fn take(&self, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+    fn take(&self, upstream: usize, now: Instant) -> Option<UpConn> {
         let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
+        let list = idle.get_mut(upstream)?;
         while let Some((c, since)) = list.pop() {
             self.metrics
                 .pool_idle
@@ -559,7 +772,7 @@ impl LeanPool {
         None
     }
 
-    fn put(&self, addr: SocketAddr, c: UpConn, now: Instant) {
+    fn put(&self, upstream: usize, c: UpConn, now: Instant) {
         let p = &self.cfg.pool;
         if p.max_requests_per_connection
             .is_some_and(|m| c.requests >= m)
@@ -568,7 +781,9 @@ impl LeanPool {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        let Some(list) = idle.get_mut(upstream) else {
+            return;
+        };
         if list.len() >= p.max_idle_per_upstream {
             list.remove(0);
             self.metrics
@@ -584,7 +799,7 @@ impl LeanPool {
     /// Closes connections idle too long or closed by their backend.
     pub fn sweep(&self, now: Instant) {
         let mut idle = self.idle.borrow_mut();
-        for list in idle.values_mut() {
+        for list in idle.iter_mut() {
             let before = list.len();
             list.retain(|(c, since)| self.usable(c, *since, now) && looks_alive(&c.stream));
             self.metrics.pool_idle.fetch_sub(
@@ -669,6 +884,8 @@ struct Ask<'a> {
     head: &'a [u8],
     info: &'a RequestInfo,
     closing: bool,
+    /// When its head arrived.
+    now: Instant,
 }
 
 /// What happened to one request, for the access log.
@@ -695,7 +912,58 @@ pub struct Router {
     pub log: Option<Rc<AccessLog>>,
 }
 
+/// What one parse of the buffered request bytes came to.
+enum Parsed {
+    /// A whole head of this many bytes; if it passed the checks, what it
+    /// says, its route (`None`: no route), and its access-log line.
+    Head(usize, Result<Checked, Refusal>),
+    /// More bytes needed.
+    Partial,
+    /// More headers than allowed.
+    TooManyHeaders,
+    /// Not HTTP/1.x.
+    Malformed,
+}
+
+/// A request that passed the checks: what it says, its route, its log line.
+type Checked = (RequestInfo, Option<usize>, Option<(String, Instant)>);
+
 impl Router {
+    /// Parses the request head in `buf` and, if whole and acceptable, writes
+    /// its upstream head into `out`. Not async on purpose: the header array
+    /// lives on the stack for this call only, not in the connection's future
+    /// (where it would be copied with it).
+    fn parse_request(&self, buf: &[u8], peer_ip: &str, out: &mut Vec<u8>) -> Parsed {
+        let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let limit = self.max_headers.min(MAX_HEADERS);
+        let mut req = httparse::Request::new(&mut []);
+        let n = match req.parse_with_uninit_headers(buf, &mut headers[..limit]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyHeaders,
+            Err(_) => return Parsed::Malformed,
+        };
+        Metrics::inc(&self.metrics.requests);
+        let host = req
+            .headers
+            .iter()
+            .find(|h| eq(h.name, "host"))
+            .and_then(|h| std::str::from_utf8(h.value).ok());
+        let group = route(&self.routes, host, origin_form(req.path.unwrap_or("/")));
+        // Checked (and rewritten) with the group's rules; a request with no
+        // route is still checked first.
+        let cfg = &self.groups[group.unwrap_or(0)].cfg;
+        let info = upstream_head(&req, peer_ip, cfg, out);
+        let logged = self.log.as_ref().map(|_| {
+            let (m, t) = (req.method.unwrap_or("-"), req.path.unwrap_or("-"));
+            (
+                format!("{m} {t} HTTP/1.{}", req.version.unwrap_or(1)),
+                Instant::now(),
+            )
+        });
+        Parsed::Head(n, info.map(|i| (i, group, logged)))
+    }
+
     fn log_line(&self, peer: SocketAddr, logged: Option<(String, Instant)>, o: &Outcome) {
         let (Some(log), Some((request, start))) = (&self.log, logged) else {
             return;
@@ -735,54 +1003,49 @@ impl Router {
         self: Rc<Self>,
         mut client: TcpStream,
         peer: SocketAddr,
-        mut stop: tokio::sync::watch::Receiver<bool>,
+        stop: tokio::sync::watch::Receiver<bool>,
     ) {
         let mut crb = ReadBuf::new();
         let peer_ip = peer.ip().to_string();
         let mut head_out = Vec::with_capacity(1024);
         let mut resp_out = Vec::with_capacity(1024);
+        let step = self
+            .groups
+            .iter()
+            .map(|g| g.cfg.response_header_timeout)
+            .chain([self.header_timeout, CLIENT_IDLE, BODY_IDLE])
+            .min()
+            .unwrap_or(BODY_IDLE);
+        let mut dl = Deadline::new(step);
+        // Made once per connection, not once per request.
+        let mut stop_rx = stop.clone();
+        let mut stopped = std::pin::pin!(async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        });
+        let mut now = Instant::now();
         loop {
             // Wait for a request: the first byte within the idle time, the
             // whole head within the header timeout (slowloris).
             if crb.filled().is_empty() {
+                dl.set(now + CLIENT_IDLE);
                 let first = tokio::select! {
-                    r = timeout(CLIENT_IDLE, crb.fill(&mut client)) => r,
-                    _ = stop.wait_for(|s| *s) => return,
+                    biased;
+                    r = dl.within(crb.fill(&mut client)) => r,
+                    () = &mut stopped => return,
                 };
                 match first {
-                    Ok(Ok(n)) if n > 0 => {}
+                    Some(Ok(n)) if n > 0 => {}
                     _ => return,
                 }
+                now = Instant::now();
             }
-            let deadline = Instant::now() + self.header_timeout;
+            dl.set(now + self.header_timeout);
             let parsed = loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let limit = self.max_headers.min(MAX_HEADERS);
-                let mut req = httparse::Request::new(&mut headers[..limit]);
-                match req.parse(crb.filled()) {
-                    Ok(httparse::Status::Complete(n)) => {
-                        Metrics::inc(&self.metrics.requests);
-                        let host = req
-                            .headers
-                            .iter()
-                            .find(|h| eq(h.name, "host"))
-                            .and_then(|h| std::str::from_utf8(h.value).ok());
-                        let group = route(&self.routes, host, origin_form(req.path.unwrap_or("/")));
-                        // Checked (and rewritten) with the group's rules; a
-                        // request with no route is still checked first.
-                        let cfg = &self.groups[group.unwrap_or(0)].cfg;
-                        let info = upstream_head(&req, &peer_ip, cfg, &mut head_out);
-                        let logged = self.log.as_ref().map(|_| {
-                            let (m, t) = (req.method.unwrap_or("-"), req.path.unwrap_or("-"));
-                            (
-                                format!("{m} {t} HTTP/1.{}", req.version.unwrap_or(1)),
-                                Instant::now(),
-                            )
-                        });
-                        break Some((n, info.map(|i| (i, group, logged))));
-                    }
-                    Ok(httparse::Status::Partial) => {}
-                    Err(httparse::Error::TooManyHeaders) => {
+                match self.parse_request(crb.filled(), &peer_ip, &mut head_out) {
+                    Parsed::Head(n, checked) => break Some((n, checked)),
+                    Parsed::Partial => {}
+                    Parsed::Malformed => break None,
+                    Parsed::TooManyHeaders => {
                         Metrics::inc(&self.metrics.requests);
                         self.metrics.response(431);
                         let msg = "too many request headers";
@@ -796,12 +1059,10 @@ impl Router {
                         .await;
                         return;
                     }
-                    Err(_) => break None,
                 }
-                let left = deadline.saturating_duration_since(Instant::now());
-                match timeout(left, crb.fill(&mut client)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    Ok(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
+                match dl.within(crb.fill(&mut client)).await {
+                    Some(Ok(n)) if n > 0 => {}
+                    Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
                         let _ = write_error(
                             &mut client,
                             431,
@@ -857,11 +1118,14 @@ impl Router {
                         head: &head_out,
                         info: &info,
                         closing,
+                        now,
                     },
                     &mut resp_out,
                     &mut outcome,
+                    &mut dl,
                 )
                 .await;
+            now = Instant::now();
             self.log_line(peer, logged, &outcome);
             match done {
                 Exchange::KeepGoing if !closing => {}
@@ -894,19 +1158,21 @@ impl Lean {
         ask: Ask<'_>,
         out: &mut Vec<u8>,
         outcome: &mut Outcome,
+        dl: &mut Deadline,
     ) -> Exchange {
         let Ask {
             head,
             info,
             closing,
+            mut now,
         } = ask;
-        let deadline = Instant::now() + self.cfg.connect_timeout;
+        let deadline = now + self.cfg.connect_timeout;
         let mut tried: Vec<usize> = Vec::new();
         let mut backoff = Duration::from_millis(10);
         let mut retried = false;
         let mut continued = false;
         loop {
-            let i = self.upstreams.pick(&tried, Instant::now());
+            let i = self.upstreams.pick(&tried, now);
             let up = self.upstreams.list[i].clone();
             let active = up.begin();
             let addr = up.addr;
@@ -914,7 +1180,7 @@ impl Lean {
             let pooled = if retried || info.upgrade {
                 None
             } else {
-                self.pool.take(addr, Instant::now())
+                self.pool.take(i, now)
             };
             let reused = pooled.is_some();
             let mut conn = match pooled {
@@ -937,6 +1203,7 @@ impl Lean {
                             backoff = (backoff * 2).min(Duration::from_millis(200));
                             tried.clear();
                         }
+                        now = Instant::now();
                         continue;
                     }
                 },
@@ -960,6 +1227,7 @@ impl Lean {
             // byte was taken from the client: any request may go again.
             if conn.stream.write_all(head).await.is_err() {
                 if self.retry_once(&mut retried, true) {
+                    now = Instant::now();
                     continue;
                 }
                 return self.fail(client, &up, info, BROKE, outcome).await;
@@ -971,6 +1239,7 @@ impl Lean {
                 info.framing,
                 info.framing,
                 out,
+                dl,
             )
             .await;
             if let Err(e) = sent {
@@ -985,18 +1254,26 @@ impl Lean {
                     return Exchange::Close;
                 }
                 if self.retry_once(&mut retried, info.repeatable) {
+                    now = Instant::now();
                     continue;
                 }
                 return self.fail(client, &up, info, BROKE, outcome).await;
             }
-            // Read the response head, skipping interim answers.
-            let got = timeout(
-                self.cfg.response_header_timeout,
-                self.response_head(&mut conn, info, closing, out),
-            )
-            .await;
+            // Read the response head, skipping interim answers. The wait
+            // starts when the request is sent: on arrival of its head for a
+            // bodiless request on a pooled connection, after a connect or a
+            // body now.
+            let sent_at = if reused && info.framing == Framing::None {
+                now
+            } else {
+                Instant::now()
+            };
+            dl.set(sent_at + self.cfg.response_header_timeout);
+            let got = dl
+                .within(self.response_head(&mut conn, info, closing, out))
+                .await;
             let (head_len, head) = match got {
-                Err(_) => {
+                None => {
                     Metrics::inc(&self.metrics.upstream_timeouts);
                     up.failed(Instant::now(), &self.cfg);
                     let msg = "gateway timeout: the backend did not answer in time";
@@ -1004,11 +1281,12 @@ impl Lean {
                         .answer_error(client, info, 504, "Gateway Timeout", msg, outcome)
                         .await;
                 }
-                Ok(Err(e)) => {
+                Some(Err(e)) => {
                     let died = e.kind() != io::ErrorKind::InvalidData;
                     // The backend closed the connection under us (a reused
                     // one timing out, or a restart): safe to repeat.
                     if self.retry_once(&mut retried, died && info.repeatable) {
+                        now = Instant::now();
                         continue;
                     }
                     Metrics::inc(&self.metrics.upstream_errors);
@@ -1022,7 +1300,7 @@ impl Lean {
                         )
                         .await;
                 }
-                Ok(Ok(parsed)) => parsed,
+                Some(Ok(parsed)) => parsed,
             };
             up.succeeded();
             let Some((rinfo, to_client, keep)) = head else {
@@ -1058,7 +1336,7 @@ impl Lean {
                 // The client left: finish reading a small answer so the
                 // backend connection can be kept rather than closed.
                 if self.drain(&mut conn, framing).await && rinfo.upstream_keep_alive {
-                    self.pool.put(addr, conn, Instant::now());
+                    self.pool.put(i, conn, Instant::now());
                 }
                 return Exchange::Close;
             }
@@ -1069,13 +1347,14 @@ impl Lean {
                 framing,
                 to_client,
                 out,
+                dl,
             )
             .await;
             drop(active);
             match body {
                 Ok(()) => {
                     if rinfo.upstream_keep_alive && !info.upgrade {
-                        self.pool.put(addr, conn, Instant::now());
+                        self.pool.put(i, conn, Instant::now());
                     }
                     return if keep {
                         Exchange::KeepGoing
@@ -1124,23 +1403,13 @@ impl Lean {
         out: &mut Vec<u8>,
     ) -> io::Result<(usize, Option<(ResponseInfo, Framing, bool)>)> {
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(conn.rb.filled()) {
-                Ok(httparse::Status::Complete(n)) => {
-                    // Interim answers (100 Continue, 103 Early Hints) are
-                    // not forwarded; 101 is the switch itself.
-                    if resp
-                        .code
-                        .is_some_and(|c| (100..200).contains(&c) && c != 101)
-                    {
-                        conn.rb.consume(n);
-                        continue;
-                    }
-                    return Ok((n, client_head(&resp, req, &self.cfg, closing, out)));
+            match parse_response(conn.rb.filled(), req, &self.cfg, closing, out)? {
+                ParsedResponse::Interim(n) => {
+                    conn.rb.consume(n);
+                    continue;
                 }
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return Err(invalid("malformed response head")),
+                ParsedResponse::Final(n, head) => return Ok((n, head)),
+                ParsedResponse::Partial => {}
             }
             if conn.rb.fill(&mut conn.stream).await? == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -1148,7 +1417,6 @@ impl Lean {
         }
     }
 
-    /// Answers 502 for a backend that failed.
     /// Whether to send the request once more, after a broken backend
     /// connection: only if `allowed` and not done already (counted).
     fn retry_once(&self, retried: &mut bool, allowed: bool) -> bool {
@@ -1160,6 +1428,7 @@ impl Lean {
         true
     }
 
+    /// Answers 502 for a backend that failed.
     async fn fail(
         &self,
         client: &mut TcpStream,
@@ -1212,5 +1481,63 @@ impl Lean {
         .await;
         let _ = joined;
         Exchange::Close
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_recognised_in_any_case_and_hop_by_hop_matches_the_list() {
+        for n in crate::headers::HOP_BY_HOP {
+            assert!(Name::of(n).hop_by_hop(), "{n}");
+            assert!(Name::of(&n.to_ascii_uppercase()).hop_by_hop(), "{n}");
+        }
+        for (n, k) in [
+            ("Content-Length", Name::ContentLength),
+            ("X-FORWARDED-FOR", Name::XForwardedFor),
+            ("x-forwarded-proto", Name::XForwardedProto),
+            ("Via", Name::Via),
+            ("Expect", Name::Expect),
+            ("Content-Lengths", Name::Other),
+            ("Connectio", Name::Other),
+            ("", Name::Other),
+        ] {
+            assert_eq!(Name::of(n), k, "{n}");
+            assert!(!k.hop_by_hop(), "{n}");
+        }
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0u64, 7, 10, 1234567890, u64::MAX] {
+            let mut out = Vec::new();
+            push_length(&mut out, n);
+            assert_eq!(out, format!("Content-Length: {n}\r\n").into_bytes());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_deadline_fires_at_the_latest_deadline_set_not_before() {
+        let mut dl = Deadline::new(Duration::from_millis(50));
+        let start = Instant::now();
+        // Later than the armed sleep: no reset; the sleep re-arms itself.
+        dl.set(start + Duration::from_millis(175));
+        assert_eq!(dl.within(std::future::pending::<()>()).await, None);
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(175) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        // Earlier than the armed sleep: the sleep moves.
+        let mut dl = Deadline::new(Duration::from_secs(30));
+        let start = Instant::now();
+        dl.set(start + Duration::from_millis(20));
+        assert_eq!(dl.within(std::future::pending::<()>()).await, None);
+        assert!(start.elapsed() < Duration::from_secs(5));
+        // A future that finishes first wins.
+        dl.set(Instant::now() + Duration::from_secs(5));
+        assert_eq!(dl.within(async { 7 }).await, Some(7));
     }
 }

@@ -140,18 +140,12 @@ impl Upstreams {
         let order = (0..n)
             .map(|k| (start + k) % n)
             .filter(|i| !tried.contains(i));
-        let healthy: Vec<usize> = order.clone().filter(|&i| self.list[i].up(now)).collect();
-        let pool: Vec<usize> = if healthy.is_empty() {
-            order.collect()
-        } else {
-            healthy
-        };
+        // The healthy ones if any (no allocation: this runs per request).
+        let any_healthy = order.clone().any(|i| self.list[i].up(now));
+        let mut candidates = order.filter(|&i| !any_healthy || self.list[i].up(now));
         let chosen = match self.balance {
-            Balance::RoundRobin => pool.first().copied(),
-            Balance::LeastConn => pool
-                .iter()
-                .copied()
-                .min_by_key(|&i| self.list[i].active.get()),
+            Balance::RoundRobin => candidates.next(),
+            Balance::LeastConn => candidates.min_by_key(|&i| self.list[i].active.get()),
         };
         chosen.unwrap_or(start % n)
     }
