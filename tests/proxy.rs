@@ -56,6 +56,8 @@ both_engines!(
     expect_continue_is_answered_here_and_not_forwarded,
     oversized_heads_get_431,
     a_backend_hanging_up_is_retried_once_for_safe_requests_only,
+    stalled_bodies_are_cut_off_after_the_body_timeout,
+    a_request_head_sent_slowly_is_cut_off_after_the_header_timeout,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -981,6 +983,63 @@ fn a_backend_too_slow_to_answer_gets_504() {
     assert_eq!(proxy.get("/sleep?ms=1500").0, 504);
     assert_eq!(proxy.metric("timewait_proxy_upstream_timeouts_total"), 1);
     assert_eq!(proxy.get("/").0, 200, "and the next request is served");
+}
+
+/// Reads until the proxy closes; returns what came and how long it took.
+fn read_until_closed(s: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let start = std::time::Instant::now();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the proxy kept a stalled exchange open: {e}"),
+        }
+    }
+    (all, start.elapsed())
+}
+
+fn stalled_bodies_are_cut_off_after_the_body_timeout() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--body-timeout", "0.3"]);
+    // A backend that stops mid-body (it holds the connection for 6 s): the
+    // client gets what was sent, then the connection ends.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET /stall HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    let (got, took) = read_until_closed(&mut s);
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+    // A client that stops mid-body (it sends 10 bytes of 100, keeps the
+    // connection open, and waits).
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"POST /count HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap();
+    let (got, took) = read_until_closed(&mut s);
+    assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(!got.starts_with("HTTP/1.1 200"), "{got}");
+    assert_eq!(proxy.get("/").0, 200, "and the proxy goes on");
+}
+
+fn a_request_head_sent_slowly_is_cut_off_after_the_header_timeout() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--header-timeout", "0.3"]);
+    // Slowloris: a head that never ends, one header line at a time.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = s.write_all(b"X-One: 1\r\n");
+    let (got, took) = read_until_closed(&mut s);
+    assert!(took < Duration::from_secs(4), "cut off after {took:?}");
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(!got.contains(" 200 "), "{got}");
+    assert!(backend.heads().is_empty(), "{:?}", backend.heads());
+    assert_eq!(proxy.get("/").0, 200, "and the proxy goes on");
 }
 
 fn max_lifetime_retires_old_connections() {

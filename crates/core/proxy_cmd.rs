@@ -80,6 +80,8 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
     };
     cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
     cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;
+    cfg.client_header_timeout = seconds("--header-timeout", a.header_timeout, 3600.0)?;
+    cfg.body_timeout = seconds("--body-timeout", a.body_timeout, 3600.0)?;
     cfg.forwarding.via = a.via.clone();
     if !(1..=128).contains(&a.max_headers) {
         return Err(Failure::Usage(format!(

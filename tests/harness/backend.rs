@@ -187,6 +187,11 @@ fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<S
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nokxyz",
             );
             return;
+        } else if path == "/stall" {
+            // Two bytes of ten, then silence (the connection held open).
+            let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok");
+            std::thread::sleep(Duration::from_secs(6));
+            return;
         } else if path == "/broken" {
             let _ = w.write_all(b"HTTP/1.1 2x0 Nope\r\nContent-Length: 2\r\n\r\nno");
             return;

@@ -84,6 +84,9 @@ pub struct ProxyConfig {
     pub response_header_timeout: Duration,
     /// Time a client has to send a request's headers (slowloris protection).
     pub client_header_timeout: Duration,
+    /// Time a request or response body may stall (no byte) before the
+    /// exchange is cut off.
+    pub body_timeout: Duration,
     /// Most request headers accepted.
     pub max_headers: usize,
     /// Header rewriting.
@@ -107,6 +110,7 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             response_header_timeout: Duration::from_secs(60),
             client_header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(60),
             max_headers: 100,
             forwarding: ForwardingRules::default(),
         }

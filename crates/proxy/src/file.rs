@@ -31,6 +31,8 @@
 //! balance = "least-conn"
 //! keepalive = 64
 //! idle_timeout = 4.0
+//! # also: max_requests, max_lifetime, max_fails, fail_timeout,
+//! # connect_timeout, response_timeout, body_timeout (seconds)
 //!
 //! [upstream.static]
 //! servers = ["10.0.0.7:8000"]
@@ -122,6 +124,7 @@ struct FileUpstream {
     fail_timeout: Option<f64>,
     connect_timeout: Option<f64>,
     response_timeout: Option<f64>,
+    body_timeout: Option<f64>,
 }
 
 /// How a route matches the Host header.
@@ -349,6 +352,7 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
                 up.response_timeout,
                 cfg.response_header_timeout,
             )?;
+            cfg.body_timeout = secs("body_timeout", up.body_timeout, cfg.body_timeout)?;
             cfg.forwarding =
                 merge_rules(&raw.headers, &r.headers).map_err(|m| err(find(&r.upstream), m))?;
             let host = match r.host.as_deref() {
@@ -465,6 +469,7 @@ servers = ["127.0.0.1:9000", "127.0.0.1:9001"]
 balance = "least-conn"
 keepalive = 64
 max_lifetime = 30
+body_timeout = 5
 
 [upstream.static]
 servers = ["127.0.0.1:9100"]
@@ -508,6 +513,7 @@ servers = ["127.0.0.1:9200"]
             api.pool.max_lifetime,
             Some(std::time::Duration::from_secs(30))
         );
+        assert_eq!(api.body_timeout, std::time::Duration::from_secs(5));
         let names: Vec<&str> = api.forwarding.set.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(
             names,

@@ -37,9 +37,6 @@ const HEAD_LIMIT: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// Read buffer per connection side.
 const BUF: usize = 16 * 1024;
-/// How long a body may stall (no byte from the sender) before the exchange
-/// is cut off, like nginx's `client_body_timeout` and `proxy_read_timeout`.
-const BODY_IDLE: Duration = Duration::from_secs(60);
 /// How long an idle keep-alive client connection is kept.
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
 /// The 502 message for a backend connection that broke mid-request.
@@ -91,9 +88,10 @@ impl ReadBuf {
         Ok(n)
     }
 
-    /// [`ReadBuf::fill`] for body bytes: a peer silent for `BODY_IDLE` is cut off.
+    /// [`ReadBuf::fill`] for body bytes: a sender silent for the body
+    /// timeout is cut off.
     async fn fill_body(&mut self, s: &mut TcpStream, dl: &mut Deadline) -> io::Result<usize> {
-        dl.set(Instant::now() + BODY_IDLE);
+        dl.set(Instant::now() + dl.body);
         match dl.within(self.fill(s)).await {
             Some(r) => r,
             None => Err(io::Error::new(io::ErrorKind::TimedOut, "body stalled")),
@@ -129,6 +127,8 @@ struct Deadline {
     sleep: Pin<Box<Sleep>>,
     at: Instant,
     step: Duration,
+    /// The body timeout of the exchange under way.
+    body: Duration,
 }
 
 impl Deadline {
@@ -138,6 +138,7 @@ impl Deadline {
             sleep: Box::pin(tokio::time::sleep_until((now + step).into())),
             at: now + step,
             step,
+            body: step,
         }
     }
 
@@ -1012,10 +1013,10 @@ impl Router {
         let step = self
             .groups
             .iter()
-            .map(|g| g.cfg.response_header_timeout)
-            .chain([self.header_timeout, CLIENT_IDLE, BODY_IDLE])
+            .flat_map(|g| [g.cfg.response_header_timeout, g.cfg.body_timeout])
+            .chain([self.header_timeout, CLIENT_IDLE])
             .min()
-            .unwrap_or(BODY_IDLE);
+            .unwrap_or(CLIENT_IDLE);
         let mut dl = Deadline::new(step);
         // Made once per connection, not once per request.
         let mut stop_rx = stop.clone();
@@ -1166,6 +1167,7 @@ impl Lean {
             closing,
             mut now,
         } = ask;
+        dl.body = self.cfg.body_timeout;
         let deadline = now + self.cfg.connect_timeout;
         let mut tried: Vec<usize> = Vec::new();
         let mut backoff = Duration::from_millis(10);
@@ -1244,7 +1246,7 @@ impl Lean {
             .await;
             if let Err(e) = sent {
                 // A client body that failed to arrive (ended early, malformed,
-                // or stalled past BODY_IDLE) ends the exchange.
+                // or stalled past the body timeout) ends the exchange.
                 if matches!(
                     e.kind(),
                     io::ErrorKind::InvalidData

@@ -35,7 +35,105 @@ use crate::metrics::Metrics;
 use crate::pool::{Conn, Pool};
 
 /// A request body on its way upstream: the client's, streamed, or none.
-pub type ReqBody = Either<Incoming, Empty<Bytes>>;
+pub type ReqBody = Either<StallLimit<Incoming>, Empty<Bytes>>;
+
+/// Errors of bodies streamed through the proxy.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The timer of a body that may not stall: armed while the body waits for
+/// its sender, disarmed by each frame.
+struct Stall {
+    limit: std::time::Duration,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl Stall {
+    fn new(limit: std::time::Duration) -> Stall {
+        Stall {
+            limit,
+            timer: None,
+            armed: false,
+        }
+    }
+
+    /// After the body returned `Pending`: whether its sender has now been
+    /// silent for the limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if !self.armed {
+            let at = tokio::time::Instant::now() + self.limit;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(at),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+            self.armed = true;
+        }
+        self.timer
+            .as_mut()
+            .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+    }
+
+    /// A frame (or the end) arrived.
+    fn progressed(&mut self) {
+        self.armed = false;
+    }
+}
+
+fn stalled() -> BoxError {
+    Box::new(io::Error::new(
+        io::ErrorKind::TimedOut,
+        "body stalled past the body timeout",
+    ))
+}
+
+/// A body that fails when its sender is silent for the body timeout (like
+/// nginx's `client_body_timeout`): a stalled client cannot hold a backend
+/// connection forever.
+pub struct StallLimit<B> {
+    inner: B,
+    stall: Stall,
+}
+
+impl<B> StallLimit<B> {
+    fn new(inner: B, limit: std::time::Duration) -> StallLimit<B> {
+        StallLimit {
+            inner,
+            stall: Stall::new(limit),
+        }
+    }
+}
+
+impl<B> Body for StallLimit<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(r) => {
+                this.stall.progressed();
+                Poll::Ready(r.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending if this.stall.expired(cx) => Poll::Ready(Some(Err(stalled()))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 type UpstreamPool = Pool<ReqBody>;
 
@@ -48,6 +146,8 @@ pub struct PooledBody {
     home: Option<(Rc<UpstreamPool>, SocketAddr, Conn<ReqBody>)>,
     /// Counts this exchange as active on its backend until the body ends.
     active: Option<ActiveGuard>,
+    /// Cuts off a backend that stops sending mid-body.
+    stall: Stall,
 }
 
 /// A client that leaves mid-response would cost the backend connection (and
@@ -232,6 +332,7 @@ impl Drop for InFlight {
                     inner: Some(resp.into_body()),
                     home: Some(home),
                     active: None,
+                    stall: Stall::new(DRAIN_LIMIT_TIME),
                 });
             }
         });
@@ -248,12 +349,12 @@ pub enum RespBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             RespBody::Upstream(p) => {
                 let Some(inner) = p.inner.as_mut() else {
@@ -265,9 +366,16 @@ impl Body for RespBody {
                     Poll::Ready(None) => p.give_back(),
                     Poll::Ready(Some(Ok(_))) if ended => p.give_back(),
                     Poll::Ready(Some(Err(_))) => p.home = None,
-                    _ => {}
+                    Poll::Ready(Some(Ok(_))) => p.stall.progressed(),
+                    Poll::Pending if p.stall.expired(cx) => {
+                        // A half-sent body: the connection is not reusable.
+                        p.home = None;
+                        p.inner = None;
+                        return Poll::Ready(Some(Err(stalled())));
+                    }
+                    Poll::Pending => {}
                 }
-                r
+                r.map(|f| f.map(|f| f.map_err(Into::into)))
             }
             RespBody::Local(f) => Pin::new(f).poll_frame(cx).map_err(|never| match never {}),
         }
@@ -422,6 +530,7 @@ impl Worker {
             inner: Some(body),
             home: Some((self.pool.clone(), addr, conn)),
             active: None,
+            stall: Stall::new(self.cfg.body_timeout),
         };
         if pb.inner.as_ref().is_some_and(Incoming::is_end_stream) {
             pb.give_back();
@@ -458,7 +567,7 @@ impl Worker {
             uri,
             headers,
             if has_body {
-                Either::Left(body)
+                Either::Left(StallLimit::new(body, self.cfg.body_timeout))
             } else {
                 Either::Right(Empty::new())
             },
@@ -638,7 +747,7 @@ impl Worker {
         let body = if body.is_end_stream() {
             Either::Right(Empty::new())
         } else {
-            Either::Left(body)
+            Either::Left(StallLimit::new(body, self.cfg.body_timeout))
         };
         let i = self.upstreams.pick(&[], Instant::now());
         let up = &self.upstreams.list[i];
