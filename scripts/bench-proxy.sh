@@ -2,8 +2,10 @@
 # Benchmark: timewait proxy against nginx (upstream keepalive as the article
 # configures it) and HAProxy (http-reuse always), one worker each, in front
 # of the same nginx backend, under the same wrk load, in alternated runs.
-# Reports requests/s, p99 latency, and the TIME_WAIT sockets left toward the
-# backend (each proxy gets its own backend port, so they can be told apart).
+# Reports requests/s, p99 latency, the proxy's own CPU time per request
+# (user + system, from /proc, all its processes and threads), and the
+# TIME_WAIT sockets left toward the backend (each proxy gets its own backend
+# port, so they can be told apart).
 #
 # Usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (default 5 10 64)
 # Both timewait engines run (--engine hyper and --engine lean).
@@ -55,17 +57,25 @@ frontend f
 backend b
   server s1 127.0.0.1:18090
 CONF
+declare -A pid
 nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
-nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
-haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!)
-target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!)
-target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!)
+nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!); pid[nginx]=$!
+haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!); pid[haproxy]=$!
+target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!); pid[timewait-hyper]=$!
+target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!); pid[timewait-lean]=$!
 sleep 1
 for port in 18081 18091 18101 18111; do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
 done
 
-declare -A rps p99 tw
+declare -A rps p99 tw cpu
+# CPU ticks (user + system) of a process, its threads and its children
+# (nginx's worker is a child of its master).
+ticks() {
+    local all=("$1" $(pgrep -P "$1" || true))
+    cat $(printf '/proc/%s/task/*/stat ' "${all[@]}") 2>/dev/null | awk '{s += $14 + $15} END {print s}'
+}
+HZ=$(getconf CLK_TCK)
 names=(nginx haproxy timewait-hyper timewait-lean)
 declare -A front=([nginx]=18081 [haproxy]=18091 [timewait-hyper]=18101 [timewait-lean]=18111)
 declare -A back=([nginx]=18080 [haproxy]=18090 [timewait-hyper]=18100 [timewait-lean]=18110)
@@ -78,7 +88,11 @@ for r in $(seq 1 "$ROUNDS"); do
         # that entered TIME_WAIT during this run (after minus before).
         filter="( dport = :${back[$n]} or sport = :${back[$n]} )"
         ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.before"
+        t0=$(ticks "${pid[$n]}")
         out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://127.0.0.1:${front[$n]}/")
+        t1=$(ticks "${pid[$n]}")
+        reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+        cpu[$n]+="$(python3 -c "print(($t1 - $t0) / $HZ / $reqs * 1e6)") "
         ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.after"
         rps[$n]+="$(awk '/Requests\/sec/ {print $2}' <<<"$out") "
         p99[$n]+="$(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") "
@@ -86,16 +100,18 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
-echo "| proxy | requests/s (median) | p99 latency ms (median) | new TIME_WAIT toward the backend per run (max) | all runs, requests/s |"
-echo "|---|---:|---:|---:|---|"
+echo "| proxy | requests/s (median) | p99 latency ms (median) | proxy CPU µs per request (median) | new TIME_WAIT toward the backend per run (max) | all runs, requests/s |"
+echo "|---|---:|---:|---:|---:|---|"
 for n in "${names[@]}"; do
     # shellcheck disable=SC2086
-    printf "| %s | %.0f | %.2f | %s | %s |\n" "$n" "$(median ${rps[$n]})" "$(median ${p99[$n]})" \
-        "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" "${rps[$n]}"
+    printf "| %s | %.0f | %.2f | %.2f | %s | %s |\n" "$n" "$(median ${rps[$n]})" "$(median ${p99[$n]})" \
+        "$(median ${cpu[$n]})" "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" "${rps[$n]}"
 done
 # shellcheck disable=SC2086
-python3 - "$(median ${rps[timewait-lean]})" "$(median ${rps[timewait-hyper]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" <<'PY'
+python3 - "$(median ${rps[timewait-lean]})" "$(median ${rps[timewait-hyper]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" \
+    "$(median ${cpu[timewait-lean]})" "$(median ${cpu[nginx]})" "$(median ${cpu[haproxy]})" <<'PY'
 import sys
-lean, hyp, n, h = map(float, sys.argv[1:])
+lean, hyp, n, h, clean, cn, ch = map(float, sys.argv[1:])
 print(f"\nlean engine: {lean/n:.2f}x nginx, {lean/h:.2f}x haproxy; hyper engine: {hyp/n:.2f}x nginx, {hyp/h:.2f}x haproxy (requests/s)")
+print(f"CPU per request: lean engine {clean/cn:.2f}x nginx's, {clean/ch:.2f}x haproxy's")
 PY
