@@ -12,22 +12,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-5}"; ENGINE="${2:-lean}"
-need=()
-for p in nginx wrk valgrind; do command -v "$p" >/dev/null || need+=("$p"); done
-if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+source scripts/bench-lib.sh
+need_packages nginx wrk valgrind callgrind_control:valgrind curl
 BIN="${TIMEWAIT_BIN:-target/release/timewait}"
 [[ -n "${TIMEWAIT_BIN:-}" ]] || cargo build --release --quiet --bin timewait
-DIR=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"; }
-trap cleanup EXIT
-cat > "$DIR/backend.conf" <<CONF
-worker_processes 1; daemon off; pid $DIR/backend.pid; error_log $DIR/backend.err;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:18180; location / { return 200 "ok"; } } }
-CONF
-nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
+bench_dir
+start_backend 18180
 valgrind --tool=callgrind --callgrind-out-file="$DIR/cg.out" \
     "$BIN" proxy --listen 127.0.0.1:18181 --upstream 127.0.0.1:18180 \
     --workers 1 --engine "$ENGINE" > /dev/null 2> "$DIR/valgrind.err" & vg=$!; pids+=($vg)

@@ -783,6 +783,47 @@ fn oversized_heads_get_431() {
     assert_eq!(proxy.metric("timewait_proxy_refused_requests_total"), 0);
 }
 
+/// Two workers; new client connections land on either (`SO_REUSEPORT`).
+/// Per-worker pools hold a backend connection each; the shared pool one in
+/// all, which every worker reuses.
+#[test]
+fn a_shared_pool_serves_every_worker_from_one_backend_connection() {
+    ENGINE.with(|e| e.set("lean"));
+    for (flags, connections) in [
+        (&["--workers", "2"][..], 2),
+        (&["--workers", "2", "--shared-pool"], 1),
+    ] {
+        let backend = Backend::start(None);
+        let proxy = Proxy::start(&[backend.addr], flags);
+        for _ in 0..40 {
+            assert_eq!(proxy.get("/").0, 200);
+        }
+        assert_eq!(
+            backend.accepts.load(Ordering::SeqCst),
+            connections,
+            "{flags:?}"
+        );
+        assert_eq!(
+            proxy.metric("timewait_proxy_upstream_reused_requests_total"),
+            40 - connections as u64
+        );
+        assert_eq!(
+            proxy.metric("timewait_proxy_pool_idle_connections"),
+            connections as u64
+        );
+    }
+    // A backend that closes idle connections after 300 ms: a parked
+    // connection found closed is not used, and no request fails.
+    let backend = Backend::start(Some(Duration::from_millis(300)));
+    let proxy = Proxy::start(&[backend.addr], &["--workers", "2", "--shared-pool"]);
+    for _ in 0..3 {
+        assert_eq!(proxy.get("/").0, 200);
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    assert_eq!(proxy.metric("timewait_proxy_retries_total"), 0);
+    assert_eq!(backend.accepts.load(Ordering::SeqCst), 3);
+}
+
 #[test]
 fn a_config_file_routes_by_host_and_path_with_explicit_header_rules() {
     let (api, stat, web) = (

@@ -389,6 +389,11 @@ pub struct ProxyArgs {
     /// Idle connections kept per backend and worker (nginx's `keepalive N`).
     #[arg(long, value_name = "N", default_value_t = 128)]
     pub keepalive: usize,
+    /// One pool of idle backend connections for all workers instead of one
+    /// per worker: `--keepalive` then bounds them per backend in all. Each
+    /// reuse moves the socket between workers (see BENCHMARKS.md for the cost).
+    #[arg(long)]
+    pub shared_pool: bool,
     /// Close idle backend connections after S seconds; keep it below the backends' own keep-alive timeout.
     #[arg(long, value_name = "S", default_value_t = 4.0)]
     pub idle_timeout: f64,

@@ -77,6 +77,7 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
             .max_lifetime
             .map(|v| seconds("--max-lifetime", v, 86_400.0))
             .transpose()?,
+        shared: a.shared_pool,
     };
     cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
     cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;
@@ -97,6 +98,11 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         ));
     }
     cfg.access_log = a.access_log;
+    if a.shared_pool && a.engine == EngineArg::Hyper {
+        return Err(Failure::Usage(
+            "--shared-pool: the shared pool is the lean engine's; drop --engine hyper".into(),
+        ));
+    }
     Ok(cfg)
 }
 

@@ -20,6 +20,10 @@ pub struct PoolConfig {
     pub max_requests_per_connection: Option<u64>,
     /// Close a connection after this long (`None`: never).
     pub max_lifetime: Option<Duration>,
+    /// One pool for all workers (lean engine) instead of one per worker:
+    /// `max_idle_per_upstream` then bounds the idle connections per backend
+    /// in all, at the cost of moving sockets between workers.
+    pub shared: bool,
 }
 
 impl Default for PoolConfig {
@@ -29,6 +33,7 @@ impl Default for PoolConfig {
             idle_timeout: Duration::from_secs(4),
             max_requests_per_connection: None,
             max_lifetime: None,
+            shared: false,
         }
     }
 }

@@ -32,7 +32,7 @@
 //! keepalive = 64
 //! idle_timeout = 4.0
 //! # also: max_requests, max_lifetime, max_fails, fail_timeout,
-//! # connect_timeout, response_timeout, body_timeout (seconds)
+//! # connect_timeout, response_timeout, body_timeout (seconds), shared_pool
 //!
 //! [upstream.static]
 //! servers = ["10.0.0.7:8000"]
@@ -125,6 +125,7 @@ struct FileUpstream {
     connect_timeout: Option<f64>,
     response_timeout: Option<f64>,
     body_timeout: Option<f64>,
+    shared_pool: Option<bool>,
 }
 
 /// How a route matches the Host header.
@@ -343,6 +344,7 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
                     .max_lifetime
                     .map(|v| secs("max_lifetime", Some(v), Duration::ZERO))
                     .transpose()?,
+                shared: up.shared_pool.unwrap_or(false),
             };
             cfg.max_fails = up.max_fails.unwrap_or(cfg.max_fails).max(1);
             cfg.fail_timeout = secs("fail_timeout", up.fail_timeout, cfg.fail_timeout)?;

@@ -731,35 +731,85 @@ fn looks_alive(s: &TcpStream) -> bool {
     }
 }
 
+/// A backend connection parked in the [`SharedPool`]: out of every worker's
+/// event loop, so that any worker can take it.
+struct Parked {
+    stream: std::net::TcpStream,
+    rb: ReadBuf,
+    requests: u64,
+    born: Instant,
+    since: Instant,
+}
+
+/// The pool all workers share (`--shared-pool`): idle backend connections by
+/// backend address. Each reuse costs a lock, a `recv(MSG_PEEK)` to see that
+/// the backend did not close the connection meanwhile, and moving the socket
+/// out of one worker's epoll set and into another's.
+#[derive(Default)]
+pub struct SharedPool {
+    idle: std::sync::Mutex<std::collections::HashMap<SocketAddr, Vec<Parked>>>,
+}
+
+impl SharedPool {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Vec<Parked>>> {
+        // A worker that panicked holding the lock left the map consistent
+        // (every change is one push, pop or retain).
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Idle backend connections per backend (by its index in the group's
-/// upstream list), for one worker.
+/// upstream list), for one worker; or, with `--shared-pool`, the process's
+/// [`SharedPool`].
 pub struct LeanPool {
     idle: RefCell<Vec<Vec<(UpConn, Instant)>>>,
+    shared: Option<Arc<SharedPool>>,
     cfg: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
 }
 
 impl LeanPool {
-    /// An empty pool.
-    pub fn new(cfg: Arc<ProxyConfig>, metrics: Arc<Metrics>) -> LeanPool {
+    /// An empty pool: this worker's own, or a view of `shared`.
+    pub fn new(
+        cfg: Arc<ProxyConfig>,
+        metrics: Arc<Metrics>,
+        shared: Option<Arc<SharedPool>>,
+    ) -> LeanPool {
         LeanPool {
             idle: RefCell::new((0..cfg.upstreams.len()).map(|_| Vec::new()).collect()),
+            shared,
             cfg,
             metrics,
         }
     }
 
-    fn usable(&self, c: &UpConn, since: Instant, now: Instant) -> bool {
+    fn fresh(&self, born: Instant, since: Instant, now: Instant) -> bool {
         now.duration_since(since) < self.cfg.pool.idle_timeout
             && self
                 .cfg
                 .pool
                 .max_lifetime
-                .is_none_or(|l| now.duration_since(c.born) < l)
-            && c.rb.filled().is_empty()
+                .is_none_or(|l| now.duration_since(born) < l)
+    }
+
+    fn usable(&self, c: &UpConn, since: Instant, now: Instant) -> bool {
+        self.fresh(c.born, since, now) && c.rb.filled().is_empty()
+    }
+
+    fn idle_changed(&self, by: i64) {
+        self.metrics
+            .pool_idle
+            .fetch_add(by, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn take(&self, upstream: usize, now: Instant) -> Option<UpConn> {
+        if let Some(shared) = &self.shared {
+            return self.take_shared(shared, *self.cfg.upstreams.get(upstream)?, now);
+        }
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(upstream)?;
         while let Some((c, since)) = list.pop() {
@@ -773,12 +823,59 @@ impl LeanPool {
         None
     }
 
+    fn take_shared(&self, shared: &SharedPool, addr: SocketAddr, now: Instant) -> Option<UpConn> {
+        loop {
+            let p = shared.lock().get_mut(&addr)?.pop()?;
+            self.idle_changed(-1);
+            // Nothing, not even a FIN, may have arrived while it was parked.
+            let quiet = matches!(p.stream.peek(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+            if !quiet || !self.fresh(p.born, p.since, now) {
+                continue;
+            }
+            if let Ok(stream) = TcpStream::from_std(p.stream) {
+                return Some(UpConn {
+                    stream,
+                    rb: p.rb,
+                    requests: p.requests,
+                    born: p.born,
+                });
+            }
+        }
+    }
+
     fn put(&self, upstream: usize, c: UpConn, now: Instant) {
         let p = &self.cfg.pool;
         if p.max_requests_per_connection
             .is_some_and(|m| c.requests >= m)
             || p.max_idle_per_upstream == 0
         {
+            return;
+        }
+        if let Some(shared) = &self.shared {
+            let Some(&addr) = self.cfg.upstreams.get(upstream) else {
+                return;
+            };
+            if !c.rb.filled().is_empty() {
+                return;
+            }
+            let Ok(stream) = c.stream.into_std() else {
+                return;
+            };
+            let mut idle = shared.lock();
+            let list = idle.entry(addr).or_default();
+            if list.len() >= p.max_idle_per_upstream {
+                list.remove(0);
+                self.idle_changed(-1);
+            }
+            list.push(Parked {
+                stream,
+                rb: c.rb,
+                requests: c.requests,
+                born: c.born,
+                since: now,
+            });
+            self.idle_changed(1);
             return;
         }
         let mut idle = self.idle.borrow_mut();
@@ -797,8 +894,20 @@ impl LeanPool {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Closes connections idle too long or closed by their backend.
+    /// Closes connections idle too long or closed by their backend (in
+    /// the shared pool: idle too long; a closed one is found when taken).
     pub fn sweep(&self, now: Instant) {
+        if let Some(shared) = &self.shared {
+            let mut idle = shared.lock();
+            for addr in &self.cfg.upstreams {
+                if let Some(list) = idle.get_mut(addr) {
+                    let before = list.len();
+                    list.retain(|p| self.fresh(p.born, p.since, now));
+                    self.idle_changed(list.len() as i64 - before as i64);
+                }
+            }
+            return;
+        }
         let mut idle = self.idle.borrow_mut();
         for list in idle.iter_mut() {
             let before = list.len();

@@ -1191,9 +1191,10 @@ pub fn run_routed(
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
     let (cfg, metrics) = (Arc::new(cfg), Arc::new(Metrics::default()));
+    let shared = Arc::new(crate::lean::SharedPool::default());
     run_workers(listeners, admin, move |ls, admin| {
-        let (cfg, metrics) = (cfg.clone(), metrics.clone());
-        lean_worker(cfg, metrics, ls, admin, rx.clone(), reloads.clone())
+        let (cfg, metrics, shared) = (cfg.clone(), metrics.clone(), shared.clone());
+        lean_worker(cfg, metrics, shared, ls, admin, rx.clone(), reloads.clone())
     })
 }
 
@@ -1221,6 +1222,7 @@ fn new_upstreams(cfg: &ProxyConfig, metrics: &Arc<Metrics>) -> Rc<Upstreams> {
 fn build_routers(
     cfg: &crate::file::RoutedConfig,
     metrics: &Arc<Metrics>,
+    shared: &Arc<crate::lean::SharedPool>,
     log: &Option<Rc<crate::lean::AccessLog>>,
 ) -> Vec<Rc<crate::lean::Router>> {
     use crate::lean::{Lean, LeanPool, Router};
@@ -1229,8 +1231,9 @@ fn build_routers(
         .iter()
         .map(|g| {
             let g = Arc::new(g.clone());
+            let shared = g.pool.shared.then(|| shared.clone());
             Rc::new(Lean {
-                pool: Rc::new(LeanPool::new(g.clone(), metrics.clone())),
+                pool: Rc::new(LeanPool::new(g.clone(), metrics.clone(), shared)),
                 upstreams: new_upstreams(&g, metrics),
                 cfg: g,
                 metrics: metrics.clone(),
@@ -1256,6 +1259,7 @@ fn build_routers(
 fn lean_worker(
     cfg: Arc<crate::file::RoutedConfig>,
     metrics: Arc<Metrics>,
+    shared: Arc<crate::lean::SharedPool>,
     std_listeners: Vec<std::net::TcpListener>,
     admin: Option<std::net::TcpListener>,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -1280,8 +1284,9 @@ fn lean_worker(
         }
         // The routers new connections get; a reload replaces them, while
         // connections already open keep the one they started with.
-        let routers: Rc<std::cell::RefCell<Vec<Rc<crate::lean::Router>>>> =
-            Rc::new(std::cell::RefCell::new(build_routers(&cfg, &metrics, &log)));
+        let routers: Rc<std::cell::RefCell<Vec<Rc<crate::lean::Router>>>> = Rc::new(
+            std::cell::RefCell::new(build_routers(&cfg, &metrics, &shared, &log)),
+        );
         if let Some(admin) = admin {
             let admin = tokio::net::TcpListener::from_std(admin)?;
             tokio::task::spawn_local(serve_admin(admin, metrics.clone()));
@@ -1304,11 +1309,12 @@ fn lean_worker(
         }
         {
             let (routers, metrics, log) = (routers.clone(), metrics.clone(), log.clone());
+            let shared = shared.clone();
             tokio::task::spawn_local(async move {
                 while reloads.changed().await.is_ok() {
                     let next = reloads.borrow_and_update().clone();
                     if let Some(next) = next {
-                        *routers.borrow_mut() = build_routers(&next, &metrics, &log);
+                        *routers.borrow_mut() = build_routers(&next, &metrics, &shared, &log);
                     }
                 }
             });

@@ -1,0 +1,57 @@
+# Helpers shared by the proxy benchmarks (sourced, not run).
+
+# Installs what is missing of the Debian packages named.
+need_packages() {
+    local need=() p
+    for p in "$@"; do command -v "${p%%:*}" >/dev/null || need+=("${p##*:}"); done
+    if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
+}
+
+# CPU ticks (user + system) of a process, its threads and its children
+# (nginx's worker is a child of its master).
+ticks() {
+    local all=("$1" $(pgrep -P "$1" || true))
+    # shellcheck disable=SC2046
+    cat $(printf '/proc/%s/task/*/stat ' "${all[@]}") 2>/dev/null | awk '{s += $14 + $15} END {print s}'
+}
+HZ=$(getconf CLK_TCK)
+
+# wrk's latency (850.00us, 1.20ms, 2.00s) in ms.
+to_ms() {
+    python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s)",v); f={"us":0.001,"ms":1,"s":1000}[m.group(2)]; print(float(m.group(1))*f)' "$1"
+}
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
+
+# One wrk run against URL while measuring PID's CPU: prints
+# "requests/s p99-ms cpu-µs-per-request".
+measure() {
+    local pid=$1 url=$2 threads=$3 conns=$4 secs=$5 t0 t1 out reqs
+    t0=$(ticks "$pid")
+    out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$url")
+    t1=$(ticks "$pid")
+    reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+    echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") $(python3 -c "print(($t1 - $t0) / $HZ / $reqs * 1e6)")"
+}
+
+# A temporary directory ($DIR) and a list of started processes ($pids), both
+# cleaned up on exit.
+bench_dir() {
+    DIR=$(mktemp -d)
+    pids=()
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
+}
+
+# The backend: one nginx worker answering "ok" on the given ports; it never
+# closes a kept-alive connection during a run.
+start_backend() {
+    local listens="" port
+    for port in "$@"; do listens+="listen 127.0.0.1:$port; "; done
+    cat > "$DIR/backend.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/backend.pid; error_log $DIR/backend.err;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
+  server { $listens location / { return 200 "ok"; } } }
+CONF
+    nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
+}
