@@ -58,6 +58,7 @@ both_engines!(
     a_backend_hanging_up_is_retried_once_for_safe_requests_only,
     stalled_bodies_are_cut_off_after_the_body_timeout,
     a_request_head_sent_slowly_is_cut_off_after_the_header_timeout,
+    retired_backend_connections_leave_no_time_wait,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -1081,6 +1082,75 @@ fn a_request_head_sent_slowly_is_cut_off_after_the_header_timeout() {
     assert!(!got.contains(" 200 "), "{got}");
     assert!(backend.heads().is_empty(), "{:?}", backend.heads());
     assert_eq!(proxy.get("/").0, 200, "and the proxy goes on");
+}
+
+/// TIME_WAIT sockets on this host with `port` at either end (the test's
+/// own backend port: no other socket uses it).
+fn time_wait_on_port(port: u16) -> usize {
+    let mut n = 0;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port_of =
+                |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+            if f.len() > 3
+                && f[3] == "06"
+                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
+            {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// The proxy closes pooled backend connections only when they are idle (or
+/// broken), and does so with a reset: no TIME_WAIT toward the backend on
+/// either side, whether they are retired by `--max-requests` or by the idle
+/// timeout.
+fn retired_backend_connections_leave_no_time_wait() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--max-requests", "1"]);
+    for _ in 0..10 {
+        assert_eq!(proxy.get("/").0, 200);
+    }
+    assert_eq!(
+        backend.accepts.load(Ordering::SeqCst),
+        10,
+        "one connection per request"
+    );
+    let proxy = Proxy::start(&[backend.addr], &["--idle-timeout", "0.2"]);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = proxy.addr;
+            std::thread::spawn(move || {
+                exchange(
+                    addr,
+                    b"GET /sleep?ms=100 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+                )
+                .0
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), 200);
+    }
+    assert!(
+        backend.accepts.load(Ordering::SeqCst) > 11,
+        "several pooled connections"
+    );
+    // Swept within a second or so of going idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while proxy.metric("timewait_proxy_pool_idle_connections") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle connections were never closed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(time_wait_on_port(backend.addr.port()), 0);
 }
 
 fn max_lifetime_retires_old_connections() {

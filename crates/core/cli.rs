@@ -400,7 +400,7 @@ pub struct ProxyArgs {
     /// Close a backend connection after it has been open S seconds (default: never).
     #[arg(long, value_name = "S")]
     pub max_lifetime: Option<f64>,
-    /// Close a backend connection after N requests (default: never; each close is a TIME_WAIT).
+    /// Close a backend connection after N requests (default: never; each close means a new connection).
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
     /// Seconds to connect to a backend before answering 502.

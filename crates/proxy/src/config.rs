@@ -16,7 +16,8 @@ pub struct PoolConfig {
     /// connection the backend is closing (Node and Apache: 5 s).
     pub idle_timeout: Duration,
     /// Close a connection after this many requests (`None`: never — every
-    /// close is a TIME_WAIT somewhere).
+    /// close means a new connection, and a TIME_WAIT where a peer closes
+    /// with a FIN).
     pub max_requests_per_connection: Option<u64>,
     /// Close a connection after this long (`None`: never).
     pub max_lifetime: Option<Duration>,

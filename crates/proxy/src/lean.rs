@@ -1250,7 +1250,7 @@ impl Router {
 
 impl Lean {
     async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
-        let stream = crate::server::dial(addr, self.cfg.connect_timeout).await?;
+        let stream = crate::server::dial(addr, self.cfg.connect_timeout, true).await?;
         Metrics::inc(&self.metrics.upstream_connections_opened);
         Ok(UpConn {
             stream,
@@ -1583,6 +1583,8 @@ impl Lean {
         mut conn: UpConn,
         out: &[u8],
     ) -> Exchange {
+        // Ends like any TCP connection, not with a reset (see `dial`).
+        let _ = socket2::SockRef::from(&conn.stream).set_linger(None);
         let joined = async {
             client.write_all(out).await?;
             client.write_all(conn.rb.filled()).await?;

@@ -26,6 +26,19 @@ pub struct Conn<B> {
     pub requests: u64,
     /// When it was opened.
     pub born: Instant,
+    /// The task driving a pooled connection, stopped when the connection is
+    /// dropped: hyper would otherwise end it with a FIN (`shutdown`) before
+    /// closing, and the reset `dial` arranged would come too late to spare
+    /// this host a TIME_WAIT.
+    pub driver: Option<tokio::task::AbortHandle>,
+}
+
+impl<B> Drop for Conn<B> {
+    fn drop(&mut self) {
+        if let Some(task) = self.driver.take() {
+            task.abort();
+        }
+    }
 }
 
 struct Idle<B> {

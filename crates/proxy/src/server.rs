@@ -492,11 +492,15 @@ struct Worker {
 }
 
 impl Worker {
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn<ReqBody>, ProxyError> {
-        let stream = dial(addr, self.cfg.connect_timeout).await.map_err(|e| {
-            Metrics::inc(&self.metrics.connect_errors);
-            ProxyError::Connect(e.to_string())
-        })?;
+    /// A new backend connection; `pooled` unless it is for an `Upgrade`
+    /// (see [`dial`]).
+    async fn connect(&self, addr: SocketAddr, pooled: bool) -> Result<Conn<ReqBody>, ProxyError> {
+        let stream = dial(addr, self.cfg.connect_timeout, pooled)
+            .await
+            .map_err(|e| {
+                Metrics::inc(&self.metrics.connect_errors);
+                ProxyError::Connect(e.to_string())
+            })?;
         let (sender, conn) = client::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -506,7 +510,7 @@ impl Worker {
             })?;
         // Drives the connection, and keeps reading it while idle, so a
         // backend's close is noticed before the connection is reused.
-        tokio::task::spawn_local(async move {
+        let driver = tokio::task::spawn_local(async move {
             let _ = conn.with_upgrades().await;
         });
         Metrics::inc(&self.metrics.upstream_connections_opened);
@@ -514,6 +518,8 @@ impl Worker {
             sender,
             requests: 0,
             born: Instant::now(),
+            // An upgraded connection outlives its `Conn`: never stopped.
+            driver: pooled.then(|| driver.abort_handle()),
         })
     }
 
@@ -604,7 +610,7 @@ impl Worker {
                     Pooled::NoConnection(r) => req = r,
                 }
             }
-            let conn = match self.connect(addr).await {
+            let conn = match self.connect(addr, true).await {
                 Ok(c) => c,
                 Err(e) => {
                     up.failed(Instant::now(), &self.cfg);
@@ -751,7 +757,7 @@ impl Worker {
         };
         let i = self.upstreams.pick(&[], Instant::now());
         let up = &self.upstreams.list[i];
-        let mut conn = match self.connect(up.addr).await {
+        let mut conn = match self.connect(up.addr, false).await {
             Ok(c) => c,
             Err(e) => {
                 up.failed(Instant::now(), &self.cfg);
@@ -982,7 +988,17 @@ async fn drain(open: &Cell<usize>) {
 }
 
 /// A connection to a backend, within the connect timeout, with Nagle off.
-pub(crate) async fn dial(addr: SocketAddr, within: std::time::Duration) -> io::Result<TcpStream> {
+/// Connects to a backend. A pooled connection (`abortive`) is closed with a
+/// reset rather than a FIN (`SO_LINGER` 0, as HAProxy closes idle server
+/// connections): the proxy only closes such a connection when it is idle,
+/// abandoned or broken, and a FIN would leave a TIME_WAIT on this host's
+/// port toward the backend each time. An `Upgrade` connection, which ends
+/// with data in flight, closes normally.
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    within: std::time::Duration,
+    abortive: bool,
+) -> io::Result<TcpStream> {
     let stream = match timeout(within, TcpStream::connect(addr)).await {
         Ok(r) => r?,
         Err(_) => {
@@ -993,6 +1009,9 @@ pub(crate) async fn dial(addr: SocketAddr, within: std::time::Duration) -> io::R
         }
     };
     let _ = stream.set_nodelay(true);
+    if abortive {
+        let _ = stream.set_zero_linger();
+    }
     Ok(stream)
 }
 
