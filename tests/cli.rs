@@ -166,6 +166,43 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
             ],
             "--idle-timeout",
         ),
+        (
+            vec![
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--body-timeout",
+                "0",
+            ],
+            "--body-timeout",
+        ),
+        (
+            vec![
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--header-timeout",
+                "nan",
+            ],
+            "--header-timeout",
+        ),
+        (
+            vec![
+                "proxy",
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                "127.0.0.1:1",
+                "--engine",
+                "hyper",
+                "--shared-pool",
+            ],
+            "--shared-pool",
+        ),
     ] {
         let o = timewait(&args);
         assert_eq!(o.status.code(), Some(2), "{args:?}");
