@@ -39,7 +39,7 @@ measure() {
 bench_dir() {
     DIR=$(mktemp -d)
     pids=()
-    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; cpu_unlimit; rm -rf "$DIR"' EXIT
 }
 
 # The backend: one nginx worker answering "ok" on the given ports; it never
@@ -54,4 +54,34 @@ http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
   server { $listens location / { return 200 "ok"; } } }
 CONF
     nginx -c "$DIR/backend.conf" -e "$DIR/backend.err" & pids+=($!)
+}
+
+# Puts a process and its children in a cgroup of their own limited to
+# $PROXY_CPU CPUs (cgroup v2 cpu.max or v1 cfs quota, 10 ms periods), so
+# that the proxy, not the shared cores, is what limits requests/s. The
+# cgroups are removed on exit (bench_dir's trap runs cpu_unlimit).
+cpu_limit() {
+    local name=$1 pid=$2 period=10000 quota dir p
+    quota=$(python3 -c "print(int($PROXY_CPU * $period))")
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu > /sys/fs/cgroup/cgroup.subtree_control
+        dir=/sys/fs/cgroup/twbench-$name
+        mkdir -p "$dir"
+        echo "$quota $period" > "$dir/cpu.max"
+    else
+        dir=/sys/fs/cgroup/cpu/twbench-$name
+        mkdir -p "$dir"
+        echo "$period" > "$dir/cpu.cfs_period_us"
+        echo "$quota" > "$dir/cpu.cfs_quota_us"
+    fi
+    for p in "$pid" $(pgrep -P "$pid" || true); do echo "$p" > "$dir/cgroup.procs"; done
+    cgroups+=("$dir")
+}
+cgroups=()
+cpu_unlimit() {
+    local d
+    for d in "${cgroups[@]}"; do
+        # Emptied when its processes are killed; wait for that, then remove it.
+        for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
+    done
 }

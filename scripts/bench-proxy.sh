@@ -8,6 +8,8 @@
 # port, so they can be told apart).
 #
 # Usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (default 5 10 64)
+# PROXY_CPU=0.3 limits each proxy to 0.3 CPU (its own cgroup): the proxy, not
+# the cores it shares with wrk and the backend, then limits requests/s.
 # Both timewait engines run (--engine hyper and --engine lean).
 # Everything listens on 127.0.0.1; everything it starts is stopped on exit.
 set -euo pipefail
@@ -50,6 +52,9 @@ haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!); pid[haproxy]=$!
 target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!); pid[timewait-hyper]=$!
 target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!); pid[timewait-lean]=$!
 sleep 1
+if [[ -n "${PROXY_CPU:-}" ]]; then
+    for n in nginx haproxy timewait-hyper timewait-lean; do cpu_limit "$n" "${pid[$n]}"; done
+fi
 for port in 18081 18091 18101 18111; do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
 done
