@@ -59,6 +59,7 @@ both_engines!(
     stalled_bodies_are_cut_off_after_the_body_timeout,
     a_request_head_sent_slowly_is_cut_off_after_the_header_timeout,
     retired_backend_connections_leave_no_time_wait,
+    a_client_that_stops_reading_is_cut_off_after_the_body_timeout,
 );
 
 /// A running `timewait proxy`, killed when dropped.
@@ -782,6 +783,27 @@ fn oversized_heads_get_431() {
         2
     );
     assert_eq!(proxy.metric("timewait_proxy_refused_requests_total"), 0);
+}
+
+/// A client that stops reading a large answer (a slow-read attack) is cut
+/// off after the body timeout instead of holding the exchange and its
+/// backend connection.
+fn a_client_that_stops_reading_is_cut_off_after_the_body_timeout() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &["--body-timeout", "0.3"]);
+    let n = 200 * 1024 * 1024;
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    s.write_all(format!("GET /big?n={n} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes())
+        .unwrap();
+    // Read nothing while the buffers fill and the timeout passes.
+    std::thread::sleep(Duration::from_secs(3));
+    let (got, _) = read_until_closed(&mut s);
+    assert!(
+        got.len() < n / 2,
+        "{} of {n} bytes: the proxy kept sending to a client that did not read",
+        got.len()
+    );
+    assert_eq!(proxy.get("/").0, 200, "and the proxy goes on");
 }
 
 /// Two workers; new client connections land on either (`SO_REUSEPORT`).

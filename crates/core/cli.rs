@@ -412,9 +412,9 @@ pub struct ProxyArgs {
     /// Seconds a client has to send a whole request head (slowloris protection).
     #[arg(long, value_name = "S", default_value_t = 10.0)]
     pub header_timeout: f64,
-    /// Seconds a request or response body may stall (no byte from the sender)
-    /// before the exchange is cut off, like nginx's `client_body_timeout` and
-    /// `proxy_read_timeout`.
+    /// Seconds a request or response body may stall (no byte sent, or none
+    /// taken by the receiver) before the exchange is cut off, like nginx's
+    /// `client_body_timeout`, `proxy_read_timeout` and `send_timeout`.
     #[arg(long, value_name = "S", default_value_t = 60.0)]
     pub body_timeout: f64,
     /// Write a line per request to stdout: time (Unix ms), client, request line,

@@ -90,8 +90,8 @@ pub struct ProxyConfig {
     pub response_header_timeout: Duration,
     /// Time a client has to send a request's headers (slowloris protection).
     pub client_header_timeout: Duration,
-    /// Time a request or response body may stall (no byte) before the
-    /// exchange is cut off.
+    /// Time a request or response body may stall (no byte sent, or none
+    /// taken by the receiver) before the exchange is cut off.
     pub body_timeout: Duration,
     /// Most request headers accepted.
     pub max_headers: usize,

@@ -169,6 +169,32 @@ impl Deadline {
     }
 }
 
+/// `write_all`, cut off when the receiver takes no byte for the body timeout
+/// (like nginx's `send_timeout`): a client that stops reading cannot hold a
+/// backend connection. A write the socket buffer takes at once, the common
+/// case, arms nothing.
+async fn send(s: &mut TcpStream, mut buf: &[u8], dl: &mut Deadline) -> io::Result<()> {
+    while !buf.is_empty() {
+        match s.try_write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+        dl.set(Instant::now() + dl.body);
+        match dl.within(s.writable()).await {
+            Some(r) => r?,
+            None => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "receiver stalled"));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn invalid(msg: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.to_string())
 }
@@ -637,7 +663,7 @@ async fn copy_exact(
             .filled()
             .len()
             .min(usize::try_from(left).unwrap_or(usize::MAX));
-        dst.write_all(&rb.filled()[..take]).await?;
+        send(dst, &rb.filled()[..take], dl).await?;
         rb.consume(take);
         left -= take as u64;
     }
@@ -662,7 +688,7 @@ async fn copy_body(
             if rb.filled().is_empty() && rb.fill_body(src, dl).await? == 0 {
                 return Ok(());
             }
-            dst.write_all(rb.filled()).await?;
+            send(dst, rb.filled(), dl).await?;
             let n = rb.filled().len();
             rb.consume(n);
         },
@@ -687,21 +713,21 @@ async fn copy_body(
                     // Trailers are not forwarded.
                     while !rb.line(src, dl).await?.is_empty() {}
                     if to == Framing::Chunked {
-                        dst.write_all(b"0\r\n\r\n").await?;
+                        send(dst, b"0\r\n\r\n", dl).await?;
                     }
                     return Ok(());
                 }
                 if to == Framing::Chunked {
                     out.clear();
                     out.extend_from_slice(format!("{size:x}\r\n").as_bytes());
-                    dst.write_all(out).await?;
+                    send(dst, out, dl).await?;
                 }
                 copy_exact(rb, src, dst, size, dl).await?;
                 if !rb.line(src, dl).await?.is_empty() {
                     return Err(invalid("chunk data longer than its size"));
                 }
                 if to == Framing::Chunked {
-                    dst.write_all(b"\r\n").await?;
+                    send(dst, b"\r\n", dl).await?;
                 }
             }
         }
@@ -1336,7 +1362,7 @@ impl Lean {
             // Send the head (and the body, if any). If the head cannot be
             // written, the backend never got a whole request and no body
             // byte was taken from the client: any request may go again.
-            if conn.stream.write_all(head).await.is_err() {
+            if send(&mut conn.stream, head, dl).await.is_err() {
                 if self.retry_once(&mut retried, true) {
                     now = Instant::now();
                     continue;
@@ -1443,7 +1469,7 @@ impl Lean {
                 conn.rb.consume(n as usize);
                 framing = Framing::None;
             }
-            if client.write_all(out).await.is_err() {
+            if send(client, out, dl).await.is_err() {
                 // The client left: finish reading a small answer so the
                 // backend connection can be kept rather than closed.
                 if self.drain(&mut conn, framing).await && rinfo.upstream_keep_alive {

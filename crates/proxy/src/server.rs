@@ -79,6 +79,85 @@ impl Stall {
     }
 }
 
+/// A client connection whose writes fail once the client has taken no byte
+/// for the body timeout (like nginx's `send_timeout`): a client that stops
+/// reading cannot hold an exchange, and its backend connection, forever.
+pub struct SendLimit<S> {
+    inner: S,
+    stall: Stall,
+}
+
+impl<S> SendLimit<S> {
+    fn new(inner: S, limit: std::time::Duration) -> SendLimit<S> {
+        SendLimit {
+            inner,
+            stall: Stall::new(limit),
+        }
+    }
+
+    fn check(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(r) => {
+                self.stall.progressed();
+                Poll::Ready(r)
+            }
+            Poll::Pending if self.stall.expired(cx) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SendLimit<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for SendLimit<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.check(cx, r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.check(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
 fn stalled() -> BoxError {
     Box::new(io::Error::new(
         io::ErrorKind::TimedOut,
@@ -930,7 +1009,7 @@ fn worker(
                     .timer(TokioTimer::new())
                     .header_read_timeout(cfg.client_header_timeout)
                     .max_headers(cfg.max_headers)
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection(TokioIo::new(SendLimit::new(stream, cfg.body_timeout)), svc)
                     .with_upgrades();
                 tokio::pin!(conn);
                 tokio::select! {
