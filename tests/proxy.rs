@@ -1106,25 +1106,47 @@ fn a_request_head_sent_slowly_is_cut_off_after_the_header_timeout() {
     assert_eq!(proxy.get("/").0, 200, "and the proxy goes on");
 }
 
-/// TIME_WAIT sockets on this host with `port` at either end (the test's
-/// own backend port: no other socket uses it).
-fn time_wait_on_port(port: u16) -> usize {
-    let mut n = 0;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let text = std::fs::read_to_string(table).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let port_of =
-                |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
-            if f.len() > 3
-                && f[3] == "06"
-                && (port_of(f[1]) == Some(port) || port_of(f[2]) == Some(port))
-            {
-                n += 1;
-            }
+/// TIME_WAIT sockets on this host with `addr` at either end. The test gives
+/// its backend an address of its own in 127.0.0.0/8, so no other test's
+/// sockets can match (a port number alone could be another test's client
+/// port).
+fn time_wait_with(addr: SocketAddr) -> usize {
+    let SocketAddr::V4(v4) = addr else {
+        panic!("an IPv4 address: {addr}");
+    };
+    let needle = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(v4.ip().octets()),
+        v4.port()
+    );
+    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    text.lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 3 && f[3] == "06" && (f[1] == needle || f[2] == needle))
+        .count()
+}
+
+/// A backend on an address of 127.0.0.0/8 that no other test uses.
+fn backend_on_own_address() -> Backend {
+    let n = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+    for k in 0..64u32 {
+        let v = n.wrapping_add(k.wrapping_mul(7919));
+        let ip = std::net::Ipv4Addr::new(
+            127,
+            100 + (v % 100) as u8,
+            (v >> 8) as u8,
+            1 + (v >> 16) as u8 % 250,
+        );
+        if let Ok(l) = TcpListener::bind((ip, 0)) {
+            return Backend::start_on(l, None);
         }
     }
-    n
+    panic!("no free loopback address");
 }
 
 /// The proxy closes pooled backend connections only when they are idle (or
@@ -1132,7 +1154,7 @@ fn time_wait_on_port(port: u16) -> usize {
 /// either side, whether they are retired by `--max-requests` or by the idle
 /// timeout.
 fn retired_backend_connections_leave_no_time_wait() {
-    let backend = Backend::start(None);
+    let backend = backend_on_own_address();
     let proxy = Proxy::start(&[backend.addr], &["--max-requests", "1"]);
     for _ in 0..10 {
         assert_eq!(proxy.get("/").0, 200);
@@ -1172,7 +1194,7 @@ fn retired_backend_connections_leave_no_time_wait() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(time_wait_on_port(backend.addr.port()), 0);
+    assert_eq!(time_wait_with(backend.addr), 0);
 }
 
 fn max_lifetime_retires_old_connections() {
