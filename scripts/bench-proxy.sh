@@ -87,6 +87,10 @@ for _ in $(seq 1 "$ROUNDS"); do
 done
 sleep 10 # the idle timeouts after the last runs (timewait 4 s, HAProxy's purge 5 s)
 sample_all
+# What the backend made of the proxies' closes (resets included), at
+# nginx's default error_log level.
+echo "backend error log: $(wc -l < "$DIR/backend.err") lines"
+
 echo "| proxy | requests/s (median) | p99 latency ms (median) | proxy CPU µs per request (median) | new TIME_WAIT toward the backend during a run (max) | TIME_WAIT toward the backend, whole benchmark | all runs, requests/s |"
 echo "|---|---:|---:|---:|---:|---:|---|"
 for n in "${names[@]}"; do

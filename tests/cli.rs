@@ -96,6 +96,21 @@ fn wrap_json_is_a_list_with_the_article_rows() {
     assert_eq!(rows[2]["wrap_seconds"].as_f64().unwrap().round(), 1718.0);
 }
 
+/// `proxy` with a valid listener and backend, then `extra`.
+fn proxy_with(extra: &[&'static str]) -> Vec<&'static str> {
+    [
+        &[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--upstream",
+            "127.0.0.1:1",
+        ][..],
+        extra,
+    ]
+    .concat()
+}
+
 #[test]
 fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
     for (args, flag) in [
@@ -142,66 +157,17 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
             vec!["proxy", "--listen", "nowhere", "--upstream", "127.0.0.1:1"],
             "--listen",
         ),
+        (proxy_with(&["--workers", "0"]), "--workers"),
+        (proxy_with(&["--idle-timeout", "-1"]), "--idle-timeout"),
+        (proxy_with(&["--body-timeout", "0"]), "--body-timeout"),
+        (proxy_with(&["--header-timeout", "nan"]), "--header-timeout"),
         (
-            vec![
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-                "--workers",
-                "0",
-            ],
-            "--workers",
-        ),
-        (
-            vec![
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-                "--idle-timeout",
-                "-1",
-            ],
-            "--idle-timeout",
-        ),
-        (
-            vec![
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-                "--body-timeout",
-                "0",
-            ],
-            "--body-timeout",
-        ),
-        (
-            vec![
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-                "--header-timeout",
-                "nan",
-            ],
-            "--header-timeout",
-        ),
-        (
-            vec![
-                "proxy",
-                "--listen",
-                "127.0.0.1:0",
-                "--upstream",
-                "127.0.0.1:1",
-                "--engine",
-                "hyper",
-                "--shared-pool",
-            ],
+            proxy_with(&["--engine", "hyper", "--shared-pool"]),
             "--shared-pool",
+        ),
+        (
+            proxy_with(&["--engine", "hyper", "--access-log"]),
+            "--access-log",
         ),
     ] {
         let o = timewait(&args);

@@ -252,24 +252,30 @@ enum Name {
     Other,
 }
 
+/// The names [`Name::of`] recognises.
+const NAMES: [(&str, Name); 12] = [
+    ("te", Name::Te),
+    ("via", Name::Via),
+    ("expect", Name::Expect),
+    ("trailer", Name::Trailer),
+    ("upgrade", Name::Upgrade),
+    ("connection", Name::Connection),
+    ("keep-alive", Name::KeepAlive),
+    ("content-length", Name::ContentLength),
+    ("x-forwarded-for", Name::XForwardedFor),
+    ("proxy-connection", Name::ProxyConnection),
+    ("transfer-encoding", Name::TransferEncoding),
+    ("x-forwarded-proto", Name::XForwardedProto),
+];
+
 impl Name {
+    /// `eq_ignore_ascii_case` compares lengths first, so most names are
+    /// ruled out without looking at a byte.
     fn of(n: &str) -> Name {
-        let is = |x: &str| n.eq_ignore_ascii_case(x);
-        match n.len() {
-            2 if is("te") => Name::Te,
-            3 if is("via") => Name::Via,
-            6 if is("expect") => Name::Expect,
-            7 if is("trailer") => Name::Trailer,
-            7 if is("upgrade") => Name::Upgrade,
-            10 if is("connection") => Name::Connection,
-            10 if is("keep-alive") => Name::KeepAlive,
-            14 if is("content-length") => Name::ContentLength,
-            15 if is("x-forwarded-for") => Name::XForwardedFor,
-            16 if is("proxy-connection") => Name::ProxyConnection,
-            17 if is("transfer-encoding") => Name::TransferEncoding,
-            17 if is("x-forwarded-proto") => Name::XForwardedProto,
-            _ => Name::Other,
-        }
+        NAMES
+            .iter()
+            .find(|(known, _)| n.eq_ignore_ascii_case(known))
+            .map_or(Name::Other, |&(_, name)| name)
     }
 
     /// One of [`crate::headers::HOP_BY_HOP`].
@@ -1275,8 +1281,10 @@ impl Router {
 }
 
 impl Lean {
-    async fn connect(&self, addr: SocketAddr) -> io::Result<UpConn> {
-        let stream = crate::server::dial(addr, self.cfg.connect_timeout, true).await?;
+    /// A new backend connection: for the pool, or for an `Upgrade` (which
+    /// closes normally, see [`crate::server::dial`]).
+    async fn connect(&self, addr: SocketAddr, pooled: bool) -> io::Result<UpConn> {
+        let stream = crate::server::dial(addr, self.cfg.connect_timeout, pooled).await?;
         Metrics::inc(&self.metrics.upstream_connections_opened);
         Ok(UpConn {
             stream,
@@ -1322,7 +1330,7 @@ impl Lean {
             let reused = pooled.is_some();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => match self.connect(addr).await {
+                None => match self.connect(addr, !info.upgrade).await {
                     Ok(c) => c,
                     Err(e) => {
                         Metrics::inc(&self.metrics.connect_errors);
@@ -1609,8 +1617,6 @@ impl Lean {
         mut conn: UpConn,
         out: &[u8],
     ) -> Exchange {
-        // Ends like any TCP connection, not with a reset (see `dial`).
-        let _ = socket2::SockRef::from(&conn.stream).set_linger(None);
         let joined = async {
             client.write_all(out).await?;
             client.write_all(conn.rb.filled()).await?;

@@ -952,12 +952,7 @@ fn worker(
     admin: Option<std::net::TcpListener>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    on_worker_runtime(admin, metrics.clone(), async move {
         let upstreams = new_upstreams(&cfg, &metrics);
         let w = Rc::new(Worker {
             pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
@@ -965,11 +960,6 @@ fn worker(
             cfg: cfg.clone(),
             metrics: metrics.clone(),
         });
-        if let Some(admin) = admin {
-            let metrics = metrics.clone();
-            let admin = tokio::net::TcpListener::from_std(admin)?;
-            tokio::task::spawn_local(serve_admin(admin, metrics));
-        }
         {
             let pool = w.pool.clone();
             let every = (cfg.pool.idle_timeout / 2).max(std::time::Duration::from_millis(100));
@@ -982,56 +972,103 @@ fn worker(
             });
         }
         let open = Rc::new(Cell::new(0usize));
-        let mut stop = shutdown.clone();
-        loop {
-            let accepted = tokio::select! {
-                a = listener.accept() => a,
-                _ = stop.wait_for(|s| *s) => break,
-            };
-            let (stream, peer) = match accepted {
-                Ok(x) => x,
-                // Out of file descriptors and the like: wait, do not spin.
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            let w = w.clone();
-            let open = open.clone();
-            let mut stop = shutdown.clone();
-            open.set(open.get() + 1);
-            tokio::task::spawn_local(async move {
-                let cfg = w.cfg.clone();
-                let metrics = w.metrics.clone();
-                let svc = service_fn(move |req| w.clone().handle(peer, req));
-                let conn = server::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(cfg.client_header_timeout)
-                    .max_headers(cfg.max_headers)
-                    .serve_connection(TokioIo::new(SendLimit::new(stream, cfg.body_timeout)), svc)
-                    .with_upgrades();
-                tokio::pin!(conn);
-                tokio::select! {
-                    served = conn.as_mut() => {
-                        if let Err(e) = served {
-                            count_parse_refusal(&metrics, &e);
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
+        accept_until_stopped(
+            listener,
+            shutdown,
+            open.clone(),
+            |stream, peer, mut stop| {
+                let w = w.clone();
+                Some(async move {
+                    let cfg = w.cfg.clone();
+                    let metrics = w.metrics.clone();
+                    let svc = service_fn(move |req| w.clone().handle(peer, req));
+                    let conn = server::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(cfg.client_header_timeout)
+                        .max_headers(cfg.max_headers)
+                        .serve_connection(
+                            TokioIo::new(SendLimit::new(stream, cfg.body_timeout)),
+                            svc,
+                        )
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        served = conn.as_mut() => {
+                            if let Err(e) = served {
+                                count_parse_refusal(&metrics, &e);
+                            }
+                        }
+                        _ = stop.wait_for(|s| *s) => {
+                            // Finish the exchange in progress, then close.
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
                         }
                     }
-                    _ = stop.wait_for(|s| *s) => {
-                        // Finish the exchange in progress, then close.
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
-                open.set(open.get() - 1);
-            });
-        }
+                })
+            },
+        )
+        .await;
         // Draining: no new connections; wait for the open ones to finish.
-        drop(listener);
         drain(&open).await;
         Ok(())
     })
+}
+
+/// One worker's event loop: a current-thread runtime with a `LocalSet`
+/// (the worker's state is `Rc`, never shared), serving `/metrics` on
+/// `admin` if this worker has it, until `body` ends.
+fn on_worker_runtime(
+    admin: Option<std::net::TcpListener>,
+    metrics: Arc<Metrics>,
+    body: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        if let Some(admin) = admin {
+            let admin = tokio::net::TcpListener::from_std(admin)?;
+            tokio::task::spawn_local(serve_admin(admin, metrics));
+        }
+        body.await
+    })
+}
+
+/// Accepts connections (Nagle off) until shutdown is signalled, running
+/// what `serve` makes of each (`None`: drop it) as a task counted in `open`.
+async fn accept_until_stopped<F, S>(
+    listener: tokio::net::TcpListener,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    open: Rc<Cell<usize>>,
+    serve: S,
+) where
+    S: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Option<F>,
+    F: Future<Output = ()> + 'static,
+{
+    let mut stop = shutdown.clone();
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let Ok((stream, peer)) = accepted else {
+            // Out of file descriptors and the like: wait, do not spin.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(served) = serve(stream, peer, shutdown.clone()) else {
+            continue;
+        };
+        let open = open.clone();
+        open.set(open.get() + 1);
+        tokio::task::spawn_local(async move {
+            served.await;
+            open.set(open.get() - 1);
+        });
+    }
 }
 
 /// A request hyper could not parse gets its answer from hyper itself (431
@@ -1067,7 +1104,7 @@ async fn drain(open: &Cell<usize>) {
 }
 
 /// A connection to a backend, within the connect timeout, with Nagle off.
-/// Connects to a backend. A pooled connection (`abortive`) is closed with a
+/// A pooled connection (`abortive`) is closed with a
 /// reset rather than a FIN (`SO_LINGER` 0, as HAProxy closes idle server
 /// connections): the proxy only closes such a connection when it is idle,
 /// abandoned or broken, and a FIN would leave a TIME_WAIT on this host's
@@ -1363,11 +1400,7 @@ fn lean_worker(
     shutdown: tokio::sync::watch::Receiver<bool>,
     mut reloads: Reloads,
 ) -> io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    on_worker_runtime(admin, metrics.clone(), async move {
         let log = cfg
             .access_log
             .then(|| Rc::new(crate::lean::AccessLog::default()));
@@ -1385,10 +1418,6 @@ fn lean_worker(
         let routers: Rc<std::cell::RefCell<Vec<Rc<crate::lean::Router>>>> = Rc::new(
             std::cell::RefCell::new(build_routers(&cfg, &metrics, &shared, &log)),
         );
-        if let Some(admin) = admin {
-            let admin = tokio::net::TcpListener::from_std(admin)?;
-            tokio::task::spawn_local(serve_admin(admin, metrics.clone()));
-        }
         {
             // Sweep the current routers' pools (a reload brings new ones).
             let routers = routers.clone();
@@ -1422,30 +1451,15 @@ fn lean_worker(
         for (index, l) in std_listeners.into_iter().enumerate() {
             let listener = tokio::net::TcpListener::from_std(l)?;
             let routers = routers.clone();
-            let (open, mut stop) = (open.clone(), shutdown.clone());
-            accepting.push(tokio::task::spawn_local(async move {
-                loop {
-                    let accepted = tokio::select! {
-                        a = listener.accept() => a,
-                        _ = stop.wait_for(|s| *s) => break,
-                    };
-                    let Ok((stream, peer)) = accepted else {
-                        // Out of file descriptors and the like: wait, do not spin.
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    };
-                    let _ = stream.set_nodelay(true);
-                    let Some(router) = routers.borrow().get(index).cloned() else {
-                        continue;
-                    };
-                    let (open, stop) = (open.clone(), stop.clone());
-                    open.set(open.get() + 1);
-                    tokio::task::spawn_local(async move {
-                        router.serve(stream, peer, stop).await;
-                        open.set(open.get() - 1);
-                    });
-                }
-            }));
+            accepting.push(tokio::task::spawn_local(accept_until_stopped(
+                listener,
+                shutdown.clone(),
+                open.clone(),
+                move |stream, peer, stop| {
+                    let router = routers.borrow().get(index).cloned()?;
+                    Some(router.serve(stream, peer, stop))
+                },
+            )));
         }
         for a in accepting {
             let _ = a.await;
