@@ -1,11 +1,15 @@
-//! Counters shared by all workers (relaxed atomics: they are counts, not
-//! synchronisation), rendered in the Prometheus text format.
+//! Counters, one set per worker (relaxed atomics: they are counts, not
+//! synchronisation), summed over the workers when rendered in the
+//! Prometheus text format. Per worker, so that counting a request never
+//! moves a cache line between cores.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-/// Everything the proxy counts.
+/// Everything one worker counts (aligned so that two workers' counters
+/// never share a cache line).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct Metrics {
     /// Requests received from clients.
     pub requests: AtomicU64,
@@ -19,7 +23,9 @@ pub struct Metrics {
     pub upstream_requests: AtomicU64,
     /// Requests sent again after a pooled connection turned out closed.
     pub retries: AtomicU64,
-    /// Idle pooled connections (all workers).
+    /// Idle pooled connections: this worker's puts minus takes (summed over
+    /// the workers, the pools' size; one worker's share of a shared pool can
+    /// be negative).
     pub pool_idle: AtomicI64,
     /// Requests refused as malformed or ambiguous (400).
     pub refused: AtomicU64,
@@ -47,6 +53,51 @@ impl Metrics {
         {
             Metrics::inc(c);
         }
+    }
+
+    /// The workers' counters added up.
+    pub fn sum(all: &[std::sync::Arc<Metrics>]) -> Metrics {
+        let total = Metrics::default();
+        let add = |to: &AtomicU64, from: &AtomicU64| {
+            to.fetch_add(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        };
+        for m in all {
+            // Every field named: a counter added later cannot be left out.
+            let Metrics {
+                requests,
+                responses,
+                upstream_connections_opened,
+                upstream_reused,
+                upstream_requests,
+                retries,
+                pool_idle,
+                refused,
+                connect_errors,
+                upstream_errors,
+                upstream_timeouts,
+                ejections,
+            } = &**m;
+            add(&total.requests, requests);
+            for (to, from) in total.responses.iter().zip(responses) {
+                add(to, from);
+            }
+            add(
+                &total.upstream_connections_opened,
+                upstream_connections_opened,
+            );
+            add(&total.upstream_reused, upstream_reused);
+            add(&total.upstream_requests, upstream_requests);
+            add(&total.retries, retries);
+            total
+                .pool_idle
+                .fetch_add(pool_idle.load(Ordering::Relaxed), Ordering::Relaxed);
+            add(&total.refused, refused);
+            add(&total.connect_errors, connect_errors);
+            add(&total.upstream_errors, upstream_errors);
+            add(&total.upstream_timeouts, upstream_timeouts);
+            add(&total.ejections, ejections);
+        }
+        total
     }
 
     /// The Prometheus text exposition.

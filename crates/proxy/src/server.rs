@@ -949,10 +949,10 @@ fn worker(
     cfg: Arc<ProxyConfig>,
     metrics: Arc<Metrics>,
     std_listener: std::net::TcpListener,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<Admin>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> io::Result<()> {
-    on_worker_runtime(admin, metrics.clone(), async move {
+    on_worker_runtime(admin, async move {
         let upstreams = new_upstreams(&cfg, &metrics);
         let w = Rc::new(Worker {
             pool: Rc::new(Pool::new(cfg.pool.clone(), metrics.clone())),
@@ -1019,8 +1019,7 @@ fn worker(
 /// (the worker's state is `Rc`, never shared), serving `/metrics` on
 /// `admin` if this worker has it, until `body` ends.
 fn on_worker_runtime(
-    admin: Option<std::net::TcpListener>,
-    metrics: Arc<Metrics>,
+    admin: Option<Admin>,
     body: impl Future<Output = io::Result<()>>,
 ) -> io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -1028,9 +1027,9 @@ fn on_worker_runtime(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        if let Some(admin) = admin {
-            let admin = tokio::net::TcpListener::from_std(admin)?;
-            tokio::task::spawn_local(serve_admin(admin, metrics));
+        if let Some((listener, all)) = admin {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            tokio::task::spawn_local(serve_admin(listener, all));
         }
         body.await
     })
@@ -1131,7 +1130,10 @@ pub(crate) async fn dial(
     Ok(stream)
 }
 
-async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+/// The admin listener and every worker's counters, for `/metrics`.
+type Admin = (std::net::TcpListener, Arc<[Arc<Metrics>]>);
+
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<[Arc<Metrics>]>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -1142,7 +1144,7 @@ async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
                 let metrics = metrics.clone();
                 async move {
                     let (status, body) = match req.uri().path() {
-                        "/metrics" => (StatusCode::OK, metrics.render()),
+                        "/metrics" => (StatusCode::OK, Metrics::sum(&metrics).render()),
                         "/healthz" => (StatusCode::OK, "ok\n".to_string()),
                         _ => (
                             StatusCode::NOT_FOUND,
@@ -1188,9 +1190,9 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
         listeners: vec![listen],
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
-    let (cfg, metrics) = (Arc::new(cfg), Arc::new(Metrics::default()));
-    run_workers(listeners, admin, move |l, admin| {
-        worker(cfg.clone(), metrics.clone(), l, admin, rx.clone())
+    let cfg = Arc::new(cfg);
+    run_workers(listeners, admin, move |l, metrics, admin| {
+        worker(cfg.clone(), metrics, l, admin, rx.clone())
     })
 }
 
@@ -1199,16 +1201,18 @@ pub fn run(cfg: ProxyConfig, ready: impl FnOnce(Bound)) -> io::Result<()> {
 fn run_workers<L: Send + 'static>(
     listeners: Vec<L>,
     mut admin: Option<std::net::TcpListener>,
-    work: impl Fn(L, Option<std::net::TcpListener>) -> io::Result<()> + Clone + Send + 'static,
+    work: impl Fn(L, Arc<Metrics>, Option<Admin>) -> io::Result<()> + Clone + Send + 'static,
 ) -> io::Result<()> {
+    let all: Arc<[Arc<Metrics>]> = listeners.iter().map(|_| Arc::default()).collect();
     let handles: Vec<_> = listeners
         .into_iter()
         .enumerate()
         .map(|(i, l)| {
-            let (work, admin) = (work.clone(), admin.take());
+            let work = work.clone();
+            let (metrics, admin) = (all[i].clone(), admin.take().map(|a| (a, all.clone())));
             std::thread::Builder::new()
                 .name(format!("proxy-worker-{i}"))
-                .spawn(move || work(l, admin))
+                .spawn(move || work(l, metrics, admin))
         })
         .collect::<io::Result<_>>()?;
     join_all(handles)
@@ -1325,10 +1329,10 @@ pub fn run_routed(
         listeners: bound,
         admin: admin.as_ref().map(|a| a.local_addr()).transpose()?,
     });
-    let (cfg, metrics) = (Arc::new(cfg), Arc::new(Metrics::default()));
+    let cfg = Arc::new(cfg);
     let shared = Arc::new(crate::lean::SharedPool::default());
-    run_workers(listeners, admin, move |ls, admin| {
-        let (cfg, metrics, shared) = (cfg.clone(), metrics.clone(), shared.clone());
+    run_workers(listeners, admin, move |ls, metrics, admin| {
+        let (cfg, shared) = (cfg.clone(), shared.clone());
         lean_worker(cfg, metrics, shared, ls, admin, rx.clone(), reloads.clone())
     })
 }
@@ -1396,11 +1400,11 @@ fn lean_worker(
     metrics: Arc<Metrics>,
     shared: Arc<crate::lean::SharedPool>,
     std_listeners: Vec<std::net::TcpListener>,
-    admin: Option<std::net::TcpListener>,
+    admin: Option<Admin>,
     shutdown: tokio::sync::watch::Receiver<bool>,
     mut reloads: Reloads,
 ) -> io::Result<()> {
-    on_worker_runtime(admin, metrics.clone(), async move {
+    on_worker_runtime(admin, async move {
         let log = cfg
             .access_log
             .then(|| Rc::new(crate::lean::AccessLog::default()));
