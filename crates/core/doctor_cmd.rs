@@ -124,13 +124,12 @@ fn badge(st: &Style, s: Severity) -> String {
 
 fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold(&format!(
+    st.heading(
+        &mut o,
+        &format!(
             "timewait doctor — {} (Linux {}), namespace {}",
             r.hostname, r.kernel_release, r.namespace
-        ))
+        ),
     );
     let _ = writeln!(o, "  sockets: {}", render::state_list(&r.summary.states));
     let busiest = snap
@@ -321,10 +320,9 @@ fn render_tune(r: &TuneReport, t: &Target, st: &Style) -> String {
         );
         return o;
     }
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold(&format!(
+    st.heading(
+        &mut o,
+        &format!(
             "Sysctl changes doctor recommends for namespace {}{}",
             r.namespace,
             if r.applied {
@@ -332,7 +330,7 @@ fn render_tune(r: &TuneReport, t: &Target, st: &Style) -> String {
             } else {
                 " (dry run; --apply sets them)"
             }
-        ))
+        ),
     );
     for c in &r.changes {
         let _ = writeln!(o);

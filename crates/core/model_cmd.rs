@@ -52,10 +52,9 @@ pub fn run_rate(args: &RateArgs, style: &Style) -> Result<String, Failure> {
 
 fn render_rate(r: &RateReport, st: &Style) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold("Ceiling on new outgoing connections to one destination (model)")
+    st.heading(
+        &mut o,
+        "Ceiling on new outgoing connections to one destination (model)",
     );
     let _ = writeln!(o);
     let mut t = Table::new(&[("", Align::Left), ("", Align::Right), ("", Align::Left)]);
@@ -190,11 +189,7 @@ pub fn run_wrap(args: &WrapArgs, style: &Style) -> Result<String, Failure> {
 
 fn render_wrap(r: &WrapReport, st: &Style) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold("Sequence-number wrap time: 2^31 bytes / bandwidth")
-    );
+    st.heading(&mut o, "Sequence-number wrap time: 2^31 bytes / bandwidth");
     let _ = writeln!(o);
     let mut t = Table::new(&[
         ("link", Align::Left),
@@ -260,14 +255,13 @@ pub fn run_simulate(args: &SimulateArgs, style: &Style) -> Result<String, Failur
 
 fn render_simulate(i: &SimInput, r: &SimReport, st: &Style) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold(&format!(
+    st.heading(
+        &mut o,
+        &format!(
             "Simulated {} connect()/s for {} s (model prediction, not a measurement)",
             real(i.rate),
             real(i.duration_seconds)
-        ))
+        ),
     );
     let _ = writeln!(
         o,

@@ -43,6 +43,12 @@ impl Style {
         self.paint("1", s)
     }
 
+    /// A section title: its own line, in bold.
+    pub fn heading(&self, o: &mut String, title: &str) {
+        o.push_str(&self.bold(title));
+        o.push('\n');
+    }
+
     /// Secondary text.
     pub fn dim(&self, s: &str) -> String {
         self.paint("2", s)

@@ -232,10 +232,9 @@ fn pct(r: f64) -> String {
 
 fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Rates>) -> String {
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "{}",
-        st.bold(&format!(
+    st.heading(
+        &mut o,
+        &format!(
             "TCP sockets in namespace {} on {}, Linux {} (read via {})",
             r.namespace,
             r.hostname,
@@ -245,7 +244,7 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
                 timewait_census::snapshot::CensusSource::Proc =>
                     "/proc/net/tcp: netlink was unavailable",
             }
-        ))
+        ),
     );
     let _ = writeln!(o, "  states: {}", render::state_list(&r.states));
     let s = &r.settings;
@@ -293,14 +292,13 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
         GroupByArg::RemoteIp | GroupByArg::LocalIp => {
             let rows = tw.by_remote_ip.as_ref().or(tw.by_local_ip.as_ref());
             let _ = writeln!(o);
-            let _ = writeln!(
-                o,
-                "{}",
-                st.bold(if by == GroupByArg::RemoteIp {
+            st.heading(
+                &mut o,
+                if by == GroupByArg::RemoteIp {
                     "By remote address"
                 } else {
                     "By local address"
-                })
+                },
             );
             let mut t = Table::new(&[
                 ("address", Align::Left),
@@ -322,14 +320,13 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
         }
         GroupByArg::Destination => {
             let _ = writeln!(o);
-            let _ = writeln!(
-                o,
-                "{}",
-                st.bold(&format!(
+            st.heading(
+                &mut o,
+                &format!(
                     "Outgoing connections by destination ({} of {}, most ports in use first)",
                     int(tw.by_destination.len() as u64),
                     int(tw.destinations_total as u64)
-                ))
+                ),
             );
             if tw.by_destination.is_empty() {
                 let _ = writeln!(o, "  none");
@@ -384,10 +381,9 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
     }
     if tw.server_side.iter().any(|s| s.time_wait > 0) {
         let _ = writeln!(o);
-        let _ = writeln!(
-            o,
-            "{}",
-            st.bold("Server-side TIME_WAIT (this host closed first, as the server)")
+        st.heading(
+            &mut o,
+            "Server-side TIME_WAIT (this host closed first, as the server)",
         );
         let mut t = Table::new(&[
             ("local port", Align::Right),
