@@ -7,12 +7,12 @@ need_packages() {
     if ((${#need[@]})); then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; fi
 }
 
-# CPU ticks (user + system) of a process, its threads and its children
-# (nginx's worker is a child of its master).
+# CPU ticks of a process, its threads and its children (nginx's worker is
+# a child of its master): "user system".
 ticks() {
     local all=("$1" $(pgrep -P "$1" || true))
     # shellcheck disable=SC2046
-    cat $(printf '/proc/%s/task/*/stat ' "${all[@]}") 2>/dev/null | awk '{s += $14 + $15} END {print s}'
+    cat $(printf '/proc/%s/task/*/stat ' "${all[@]}") 2>/dev/null | awk '{u += $14; s += $15} END {print u, s}'
 }
 HZ=$(getconf CLK_TCK)
 
@@ -24,14 +24,15 @@ to_ms() {
 median() { python3 -c 'import statistics,sys; print(statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 
 # One wrk run against URL while measuring PID's CPU: prints
-# "requests/s p99-ms cpu-µs-per-request".
+# "requests/s p99-ms cpu-µs-per-request system-cpu-µs-per-request".
 measure() {
-    local pid=$1 url=$2 threads=$3 conns=$4 secs=$5 t0 t1 out reqs
-    t0=$(ticks "$pid")
+    local pid=$1 url=$2 threads=$3 conns=$4 secs=$5 u0 s0 u1 s1 out reqs
+    read -r u0 s0 < <(ticks "$pid")
     out=$(wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$url")
-    t1=$(ticks "$pid")
+    read -r u1 s1 < <(ticks "$pid")
     reqs=$(awk '/requests in/ {print $1}' <<<"$out")
-    echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")") $(python3 -c "print(($t1 - $t0) / $HZ / $reqs * 1e6)")"
+    echo "$(awk '/Requests\/sec/ {print $2}' <<<"$out") $(to_ms "$(awk '$1=="99%" {print $2}' <<<"$out")")" \
+        "$(python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ / $reqs * 1e6, ($s1 - $s0) / $HZ / $reqs * 1e6)")"
 }
 
 # A temporary directory ($DIR) and a list of started processes ($pids), both

@@ -28,7 +28,7 @@ done
 declare -A rps p99 cpu conns
 for _ in $(seq 1 "$ROUNDS"); do
     for n in "${names[@]}"; do
-        read -r r p c < <(measure "${pid[$n]}" "http://127.0.0.1:${front[$n]}/" 2 "$CONNS" "$SECS")
+        read -r r p c _ < <(measure "${pid[$n]}" "http://127.0.0.1:${front[$n]}/" 2 "$CONNS" "$SECS")
         rps[$n]+="$r "; p99[$n]+="$p "; cpu[$n]+="$c "
         conns[$n]=$(ss -Htn state established "( dport = :${back[$n]} )" | wc -l)
     done

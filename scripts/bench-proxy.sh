@@ -59,7 +59,7 @@ for port in 18081 18091 18101 18111; do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
 done
 
-declare -A rps p99 tw cpu
+declare -A rps p99 tw cpu sys
 names=(nginx haproxy timewait-hyper timewait-lean)
 declare -A front=([nginx]=18081 [haproxy]=18091 [timewait-hyper]=18101 [timewait-lean]=18111)
 declare -A back=([nginx]=18080 [haproxy]=18090 [timewait-hyper]=18100 [timewait-lean]=18110)
@@ -78,9 +78,9 @@ for _ in $(seq 1 "$ROUNDS"); do
         # that entered TIME_WAIT during this run (after minus before).
         filter="( dport = :${back[$n]} or sport = :${back[$n]} )"
         ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.before"
-        read -r r p c < <(measure "${pid[$n]}" "http://127.0.0.1:${front[$n]}/" 1 "$CONNS" "$SECS")
+        read -r r p c k < <(measure "${pid[$n]}" "http://127.0.0.1:${front[$n]}/" 1 "$CONNS" "$SECS")
         ss -Htan state time-wait "$filter" | awk '{print $3, $4}' | sort > "$DIR/tw.after"
-        rps[$n]+="$r "; p99[$n]+="$p "; cpu[$n]+="$c "
+        rps[$n]+="$r "; p99[$n]+="$p "; cpu[$n]+="$c "; sys[$n]+="$k "
         tw[$n]+="$(comm -13 "$DIR/tw.before" "$DIR/tw.after" | wc -l) "
         sample_all
     done
@@ -91,12 +91,12 @@ sample_all
 # nginx's default error_log level.
 echo "backend error log: $(wc -l < "$DIR/backend.err") lines"
 
-echo "| proxy | requests/s (median) | p99 latency ms (median) | proxy CPU µs per request (median) | new TIME_WAIT toward the backend during a run (max) | TIME_WAIT toward the backend, whole benchmark | all runs, requests/s |"
-echo "|---|---:|---:|---:|---:|---:|---|"
+echo "| proxy | requests/s (median) | p99 latency ms (median) | proxy CPU µs per request (median) | of which system (median) | new TIME_WAIT toward the backend during a run (max) | TIME_WAIT toward the backend, whole benchmark | all runs, requests/s |"
+echo "|---|---:|---:|---:|---:|---:|---:|---|"
 for n in "${names[@]}"; do
     # shellcheck disable=SC2086
-    printf "| %s | %.0f | %.2f | %.2f | %s | %s | %s |\n" "$n" "$(median ${rps[$n]})" "$(median ${p99[$n]})" \
-        "$(median ${cpu[$n]})" "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" \
+    printf "| %s | %.0f | %.2f | %.2f | %.2f | %s | %s | %s |\n" "$n" "$(median ${rps[$n]})" "$(median ${p99[$n]})" \
+        "$(median ${cpu[$n]})" "$(median ${sys[$n]})" "$(tr ' ' '\n' <<<"${tw[$n]}" | sort -n | tail -1)" \
         "$(sort -u "$DIR/tw-all.$n" | wc -l)" "${rps[$n]}"
 done
 # shellcheck disable=SC2086
