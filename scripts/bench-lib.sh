@@ -86,3 +86,19 @@ cpu_unlimit() {
         for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.2; done
     done
 }
+
+# nginx as the article fixes it (upstream keepalive, HTTP/1.1, Connection
+# ""), one worker, listening on port $1 in front of the backend on port $2;
+# its master's pid in $nginx_pid.
+start_nginx_proxy() {
+    cat > "$DIR/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
+events { worker_connections 4096; }
+http { access_log off;
+  upstream backend { server 127.0.0.1:$2; keepalive 128; }
+  server { listen 127.0.0.1:$1;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
+CONF
+    nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
+    nginx_pid=$!
+}

@@ -21,15 +21,6 @@ cargo build --release --quiet --bin timewait
 bench_dir
 # The backend, one port per proxy.
 start_backend 18080 18090 18100 18110
-# nginx with the article's fix: keepalive, HTTP/1.1, Connection "".
-cat > "$DIR/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream backend { server 127.0.0.1:18080; keepalive 128; }
-  server { listen 127.0.0.1:18081;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
 cat > "$DIR/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -47,7 +38,7 @@ backend b
   server s1 127.0.0.1:18090
 CONF
 declare -A pid
-nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!); pid[nginx]=$!
+start_nginx_proxy 18081 18080; pid[nginx]=$nginx_pid
 haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!); pid[haproxy]=$!
 target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!); pid[timewait-hyper]=$!
 target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!); pid[timewait-lean]=$!

@@ -13,15 +13,7 @@ need_packages nginx wrk strace curl
 cargo build --release --quiet --bin timewait
 bench_dir
 start_backend 18280 18290
-cat > "$DIR/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream backend { server 127.0.0.1:18280; keepalive 128; }
-  server { listen 127.0.0.1:18281;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!); nginx_pid=$!
+start_nginx_proxy 18281 18280
 target/release/timewait proxy --listen 127.0.0.1:18291 --upstream 127.0.0.1:18290 --workers 1 > /dev/null & pids+=($!); tw_pid=$!
 sleep 1
 for port in 18281 18291; do curl -fsS "http://127.0.0.1:$port/" >/dev/null; done
