@@ -7,3 +7,4 @@ mod harness;
 mod model_vs_kernel;
 mod proxy;
 mod status;
+mod unknown_values;

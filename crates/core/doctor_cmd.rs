@@ -2,42 +2,17 @@
 //! report (and, for tune, the sysctl changes the findings carry).
 
 use std::fmt::Write as _;
-use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
-use timewait_census::Snapshot;
-use timewait_doctor::{DoctorInput, Finding, Severity, SysctlChange, diagnose};
-use timewait_host::sysctl::{CONF_NAME, write_conf, write_runtime};
-use timewait_host::{Target, collect};
+use timewait_doctor::{DoctorReport, Severity, TuneReport, plan};
+use timewait_host::sysctl::{CONF_DIR, CONF_NAME, apply};
+use timewait_host::{Target, collect, default_nginx_config};
+use timewait_snapshot::Snapshot;
 
 use crate::cli::{DoctorArgs, TuneArgs};
 use crate::render::{self, Style, int};
 use crate::status_cmd::{read_snapshot, target, via};
 use crate::{Done, Failure};
-
-const NGINX_DEFAULT: &str = "/etc/nginx/nginx.conf";
-
-#[derive(Serialize)]
-struct Summary {
-    sockets: u64,
-    states: std::collections::BTreeMap<String, u64>,
-    time_wait: u64,
-    destinations: usize,
-}
-
-#[derive(Serialize)]
-struct DoctorReport<'a> {
-    hostname: &'a str,
-    kernel_release: &'a str,
-    namespace: &'a str,
-    taken_at_unix_ms: u64,
-    interval_seconds: Option<f64>,
-    summary: Summary,
-    nginx: Option<String>,
-    worst_severity: Option<Severity>,
-    findings: &'a [Finding],
-}
 
 /// Takes the snapshot(s) doctor and tune judge.
 fn observe(
@@ -65,46 +40,22 @@ pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
         Some(path) => (read_snapshot(path)?, None),
         None => observe(&target(&args.target), via(&args.target), args.interval)?,
     };
-    let findings = diagnose(&DoctorInput {
-        now: &now,
-        earlier: earlier.as_ref(),
-    });
-    let nginx = nginx_note(args);
-    let worst = findings.iter().map(|f| f.severity).max();
-    let interval_seconds = earlier
-        .as_ref()
-        .map(|e| now.taken_at_unix_ms.saturating_sub(e.taken_at_unix_ms) as f64 / 1000.0);
-    let report = DoctorReport {
-        hostname: &now.hostname,
-        kernel_release: &now.kernel_release,
-        namespace: &now.namespace,
-        taken_at_unix_ms: now.taken_at_unix_ms,
-        interval_seconds,
-        summary: Summary {
-            sockets: now.census.sockets,
-            states: now.census.states.clone(),
-            time_wait: now.census.states.get("TIME_WAIT").copied().unwrap_or(0),
-            destinations: now.census.destinations.len(),
-        },
-        nginx,
-        worst_severity: worst,
-        findings: &findings,
-    };
+    let report = DoctorReport::new(&now, earlier.as_ref(), nginx_note(args));
     let text = if args.json {
         render::json(&report)?
     } else {
-        render_doctor(&report, &now, style)
+        render_doctor(&report, style)
     };
     Ok(Done {
         text,
-        code: worst.map_or(0, Severity::exit_code),
+        code: report.exit_code(),
     })
 }
 
 fn nginx_note(args: &DoctorArgs) -> Option<String> {
     let path = match &args.nginx {
         Some(p) => p.clone(),
-        None if args.from.is_none() && Path::new(NGINX_DEFAULT).exists() => NGINX_DEFAULT.into(),
+        None if args.from.is_none() => default_nginx_config()?,
         None => return None,
     };
     Some(format!(
@@ -122,7 +73,7 @@ fn badge(st: &Style, s: Severity) -> String {
     }
 }
 
-fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
+fn render_doctor(r: &DoctorReport, st: &Style) -> String {
     let mut o = String::new();
     st.heading(
         &mut o,
@@ -132,22 +83,15 @@ fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
         ),
     );
     let _ = writeln!(o, "  sockets: {}", render::state_list(&r.summary.states));
-    let busiest = snap
-        .census
-        .destinations
-        .iter()
-        .max_by_key(|d| d.in_range)
-        .map(|d| {
-            format!(
-                "{} → {}:{} holds {} ports",
-                d.local_ip,
-                d.remote_ip,
-                d.remote_port,
-                int(d.in_range)
-            )
-        });
-    if let Some(b) = busiest {
-        let _ = writeln!(o, "  busiest destination: {b}");
+    if let Some(b) = &r.summary.busiest {
+        let _ = writeln!(
+            o,
+            "  busiest destination: {} → {}:{} holds {} ports",
+            b.local_ip,
+            b.remote_ip,
+            b.remote_port,
+            int(b.ports)
+        );
     }
     if let Some(dt) = r.interval_seconds {
         let _ = writeln!(o, "  sampled twice, {dt:.1} s apart");
@@ -173,7 +117,7 @@ fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
         count(Severity::Warning),
         count(Severity::Info)
     );
-    for f in r.findings {
+    for f in &r.findings {
         let _ = writeln!(o);
         let _ = writeln!(
             o,
@@ -218,88 +162,25 @@ fn render_doctor(r: &DoctorReport, snap: &Snapshot, st: &Style) -> String {
     o
 }
 
-/// The changes all findings recommend, one per sysctl, leaving out those
-/// already in effect. For the same sysctl the most severe finding's value
-/// wins (findings come sorted by severity).
-pub fn planned_changes(findings: &[Finding]) -> Vec<(SysctlChange, Vec<&'static str>)> {
-    let mut out: Vec<(SysctlChange, Vec<&'static str>)> = Vec::new();
-    for f in findings {
-        for c in &f.sysctl_changes {
-            if c.current.as_deref() == Some(c.recommended.as_str()) {
-                continue;
-            }
-            match out.iter_mut().find(|(x, _)| x.name == c.name) {
-                Some((_, why)) => {
-                    if !why.contains(&f.code) {
-                        why.push(f.code);
-                    }
-                }
-                None => out.push((c.clone(), vec![f.code])),
-            }
-        }
-    }
-    out
-}
-
-#[derive(Serialize)]
-struct TuneReport<'a> {
-    namespace: &'a str,
-    applied: bool,
-    changes: Vec<TuneChange>,
-    persisted_to: Option<String>,
-}
-
-#[derive(Serialize)]
-struct TuneChange {
-    name: String,
-    current: Option<String>,
-    recommended: String,
-    because: Vec<&'static str>,
-    after: Option<String>,
-}
-
 /// `timewait tune`.
 pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
-    if args.apply && !nix::unistd::geteuid().is_root() {
-        return Err(Failure::Runtime(anyhow::anyhow!(
-            "tune --apply needs root (it writes /proc/sys and /etc/sysctl.d); nothing was changed. `timewait tune` without --apply shows the changes"
-        )));
-    }
     let t = target(&args.target);
     let snap = collect(&t, via(&args.target), true)?;
-    let findings = diagnose(&DoctorInput {
-        now: &snap,
-        earlier: None,
-    });
-    let plan = planned_changes(&findings);
-    let mut changes: Vec<TuneChange> = plan
-        .iter()
-        .map(|(c, why)| TuneChange {
-            name: c.name.clone(),
-            current: c.current.clone(),
-            recommended: c.recommended.clone(),
-            because: why.clone(),
-            after: None,
-        })
-        .collect();
+    let mut changes = plan(&DoctorReport::new(&snap, None, None).findings);
     let mut persisted_to = None;
-    if args.apply && !changes.is_empty() {
+    if args.apply {
         let pairs: Vec<(String, String)> = changes
             .iter()
             .map(|c| (c.name.clone(), c.recommended.clone()))
             .collect();
-        let after = write_runtime(&t, &pairs)?;
-        for (c, (_, now)) in changes.iter_mut().zip(after) {
+        let applied = apply(&t, &pairs)?;
+        for (c, (_, now)) in changes.iter_mut().zip(applied.after) {
             c.after = Some(now);
         }
-        if t == Target::Current {
-            let path = write_conf(Path::new("/etc/sysctl.d"), &pairs)
-                .map_err(|e| Failure::Runtime(anyhow::anyhow!("/etc/sysctl.d/{CONF_NAME}: {e}")))?;
-            persisted_to = Some(path.display().to_string());
-        }
+        persisted_to = applied.persisted_to.map(|p| p.display().to_string());
     }
     let report = TuneReport {
-        namespace: &snap.namespace,
+        namespace: snap.namespace.clone(),
         applied: args.apply,
         changes,
         persisted_to,
@@ -373,16 +254,11 @@ fn render_tune(r: &TuneReport, t: &Target, st: &Style) -> String {
     } else {
         let _ = writeln!(o, "As commands:");
         for c in &r.changes {
-            let sc = SysctlChange {
-                name: c.name.clone(),
-                current: None,
-                recommended: c.recommended.clone(),
-            };
-            let _ = writeln!(o, "  {}", sc.command());
+            let _ = writeln!(o, "  {}", c.sysctl().command());
         }
-        let _ = writeln!(o, "To keep them across reboots, /etc/sysctl.d/{CONF_NAME}:");
+        let _ = writeln!(o, "To keep them across reboots, {CONF_DIR}/{CONF_NAME}:");
         for c in &r.changes {
-            let _ = writeln!(o, "  {} = {}", c.name, c.recommended);
+            let _ = writeln!(o, "  {}", c.sysctl().conf_line());
         }
     }
     o

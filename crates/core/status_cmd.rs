@@ -1,17 +1,16 @@
 //! `timewait status` and `timewait snapshot`: observe (host crate) →
-//! snapshot → analyse (census crate) → render. `--from` skips the first step,
+//! snapshot → analyse (analysis crate) → render. `--from` skips the first step,
 //! so an offline analysis runs exactly the code a live one does.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use timewait_census::Snapshot;
-use timewait_census::status::{GroupBy, StatusReport, analyse};
+use timewait_analysis::rates::{Rates, rates};
+use timewait_analysis::{GroupBy, Reading, StatusReport, analyse};
 use timewait_host::{HostError, Target, Via, collect};
-use timewait_kernel::counters;
+use timewait_snapshot::{CensusSource, Snapshot};
 
 use crate::Failure;
 use crate::cli::{GroupByArg, SnapshotArgs, StatusArgs, TargetArgs, ViaArg};
@@ -39,6 +38,9 @@ impl From<HostError> for Failure {
             HostError::NoSuchNetns(_) | HostError::NoSuchPid(_) | HostError::BadNetnsName(_) => {
                 Failure::Usage(e.to_string())
             }
+            HostError::NotRoot(_) => Failure::Runtime(anyhow::anyhow!(
+                "{e}. `timewait tune` without --apply shows the changes"
+            )),
             other => Failure::Runtime(other.into()),
         }
     }
@@ -129,68 +131,6 @@ fn render_once(
     Ok(render_status(report, args.by, style, rates))
 }
 
-/// Changes between two refreshes, per second.
-#[derive(Debug, Clone, serde::Serialize)]
-struct Rates {
-    interval_seconds: f64,
-    time_wait_per_second: f64,
-    /// TcpExt TW: sockets entering TIME_WAIT per second.
-    entering_time_wait_per_second: Option<f64>,
-    /// Tcp ActiveOpens: connect()s per second.
-    active_opens_per_second: Option<f64>,
-    #[serde(skip)]
-    by_destination: HashMap<(IpAddr, IpAddr, u16), f64>,
-}
-
-fn counter(snap: &Snapshot, file: &'static str, table: &str, name: &str) -> Option<i64> {
-    counters::parse(file, snap.files.get(file)?)
-        .ok()?
-        .get(table, name)
-}
-
-fn rates(prev: &(Snapshot, StatusReport), now: &(Snapshot, StatusReport)) -> Rates {
-    let dt = (now
-        .0
-        .taken_at_unix_ms
-        .saturating_sub(prev.0.taken_at_unix_ms) as f64
-        / 1000.0)
-        .max(1e-3);
-    let per_s = |a: i64, b: i64| (b - a) as f64 / dt;
-    let delta = |file, table, name| {
-        Some(per_s(
-            counter(&prev.0, file, table, name)?,
-            counter(&now.0, file, table, name)?,
-        ))
-    };
-    let before: HashMap<_, _> = prev
-        .0
-        .census
-        .destinations
-        .iter()
-        .map(|d| ((d.local_ip, d.remote_ip, d.remote_port), d.time_wait as i64))
-        .collect();
-    let by_destination = now
-        .0
-        .census
-        .destinations
-        .iter()
-        .map(|d| {
-            let key = (d.local_ip, d.remote_ip, d.remote_port);
-            (
-                key,
-                per_s(before.get(&key).copied().unwrap_or(0), d.time_wait as i64),
-            )
-        })
-        .collect();
-    Rates {
-        interval_seconds: dt,
-        time_wait_per_second: per_s(prev.1.time_wait.total as i64, now.1.time_wait.total as i64),
-        entering_time_wait_per_second: delta("netstat", "TcpExt", "TW"),
-        active_opens_per_second: delta("snmp", "Tcp", "ActiveOpens"),
-        by_destination,
-    }
-}
-
 fn watch(
     t: &Target,
     v: Via,
@@ -201,15 +141,14 @@ fn watch(
 ) -> Result<String, Failure> {
     let interval = Duration::from_secs_f64(secs);
     let clear = std::io::IsTerminal::is_terminal(&std::io::stdout()) && !args.json;
-    let mut prev: Option<(Snapshot, StatusReport)> = None;
+    let mut prev: Option<Snapshot> = None;
     let mut n = 0u64;
     loop {
         let started = Instant::now();
         let snap = collect(t, v, false)?;
         let report = analyse(&snap, by, args.top);
-        let now = (snap, report);
-        let r = prev.as_ref().map(|p| rates(p, &now));
-        let mut frame = render_once(&now.1, args, style, r.as_ref())?;
+        let r = prev.as_ref().map(|p| rates(p, &snap));
+        let mut frame = render_once(&report, args, style, r.as_ref())?;
         if clear {
             frame.insert_str(0, "\x1b[2J\x1b[H");
         }
@@ -217,7 +156,7 @@ fn watch(
         if render::stdout_closed() {
             return Ok(String::new());
         }
-        prev = Some(now);
+        prev = Some(snap);
         n += 1;
         if args.count.is_some_and(|c| n >= c) {
             return Ok(String::new());
@@ -240,9 +179,8 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
             r.hostname,
             r.kernel_release,
             match r.census_source {
-                timewait_census::snapshot::CensusSource::Netlink => "netlink sock_diag",
-                timewait_census::snapshot::CensusSource::Proc =>
-                    "/proc/net/tcp: netlink was unavailable",
+                CensusSource::Netlink => "netlink sock_diag",
+                CensusSource::Proc => "/proc/net/tcp: netlink was unavailable",
             }
         ),
     );
@@ -252,13 +190,14 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
         o,
         "  ports: ip_local_port_range {} → {} usable per destination; {} held by bind()/listeners; tcp_tw_reuse={}, tcp_timestamps={}, TIME_WAIT {} s",
         s.port_range,
-        int(s.usable_ports.into()),
-        int(s.bind_held_in_range),
-        s.tw_reuse.value(),
+        s.usable_ports.map(|&u| int(u.into())),
+        s.bind_held_in_range.map(|&b| int(b)),
+        s.tw_reuse,
         s.timestamps,
-        real(s.time_wait_seconds),
+        s.time_wait_seconds.map(|&t| real(t)),
     );
-    if let (Some(tw), Some(max)) = (s.sockstat_time_wait, s.max_tw_buckets) {
+    if let (Reading::Known(tw), Reading::Known(max)) = (&s.sockstat_time_wait, &s.max_tw_buckets) {
+        let (tw, max) = (*tw, *max);
         let _ = writeln!(
             o,
             "  TIME_WAIT table: {} of tcp_max_tw_buckets {} ({})",
@@ -313,7 +252,7 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
                     int(a.destinations),
                     int(a.time_wait),
                     int(a.established),
-                    pct(a.min_headroom_ratio),
+                    a.min_headroom_ratio.map_or_else(unknown, pct),
                 ]);
             }
             o.push_str(&t.render(st, "  "));
@@ -348,14 +287,18 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
                 }
                 let mut t = Table::new(&cols);
                 for d in &tw.by_destination {
-                    let headroom = pct(d.headroom_ratio);
+                    let headroom = d.headroom_ratio.map_or_else(unknown, pct);
                     let mut row = vec![
                         d.local_ip.to_string(),
                         remote(d.remote_ip, d.remote_port),
                         int(d.time_wait),
                         int(d.established),
-                        format!("{} / {}", int(d.ports_in_use), int(d.usable_ports.into())),
-                        if d.headroom_ratio < 0.1 {
+                        format!(
+                            "{} / {}",
+                            d.ports_in_use.map_or_else(unknown, int),
+                            d.usable_ports.map_or_else(unknown, |u| int(u.into()))
+                        ),
+                        if d.headroom_ratio.is_some_and(|h| h < 0.1) {
                             st.red(&headroom)
                         } else {
                             headroom
@@ -363,11 +306,18 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
                         int(d.expiring.within_10s),
                         int(d.expiring.within_30s),
                         int(d.expiring.within_60s),
-                        format!(
-                            "{}{}",
-                            real(d.max_new_connections_per_second),
-                            if d.reuse_applies { " (reuse)" } else { "" }
-                        ),
+                        match d.max_new_connections_per_second {
+                            Some(r) => format!(
+                                "{}{}",
+                                real(r),
+                                if d.reuse_applies == Some(true) {
+                                    " (reuse)"
+                                } else {
+                                    ""
+                                }
+                            ),
+                            None => unknown(),
+                        },
                     ];
                     if let Some(rt) = rates {
                         let key = (d.local_ip, d.remote_ip, d.remote_port);
@@ -406,12 +356,21 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
     }
     if !r.problems.is_empty() {
         let _ = writeln!(o);
-        let _ = writeln!(o, "{}", st.bold("Could not read"));
+        let _ = writeln!(
+            o,
+            "{}",
+            st.bold("Could not read or understand (shown as unknown)")
+        );
         for p in &r.problems {
             let _ = writeln!(o, "  {}: {}", p.what, p.error);
         }
     }
     o
+}
+
+/// A number that depends on a value that could not be read.
+fn unknown() -> String {
+    "unknown".into()
 }
 
 fn remote(ip: IpAddr, port: u16) -> String {

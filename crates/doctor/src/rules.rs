@@ -1,11 +1,12 @@
 //! The rules. Each is a pure function of the context and returns zero or
 //! more findings; `diagnose` runs them all and sorts by severity.
 
-use timewait_census::Snapshot;
-use timewait_census::status::{DestinationRow, GroupBy, StatusReport, analyse};
-use timewait_kernel::counters;
+use timewait_analysis::rates::interval_seconds;
+use timewait_analysis::status::DestinationRow;
+use timewait_analysis::{GroupBy, StatusReport, analyse};
 use timewait_model::ports::{ConnectPorts, PortRange, ReservedPorts, TwReuse, is_loopback};
 use timewait_model::wrap::{Bandwidth, wrap_seconds};
+use timewait_snapshot::{Cause, Problem, Snapshot};
 
 use crate::finding::{Finding, SYSCTL_DOCS, Severity, SysctlChange};
 use crate::kernel_version::KernelVersion;
@@ -45,16 +46,7 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn interval_seconds(&self) -> Option<f64> {
         let (_, e) = self.earlier.as_ref()?;
-        let dt = self.snap.taken_at_unix_ms.checked_sub(e.taken_at_unix_ms)? as f64 / 1000.0;
-        (dt > 0.0).then_some(dt)
-    }
-
-    fn counter(snap: &Snapshot, table: &str, name: &str) -> Option<i64> {
-        ["netstat", "snmp"].into_iter().find_map(|f| {
-            counters::parse(f, snap.files.get(f)?)
-                .ok()?
-                .get(table, name)
-        })
+        interval_seconds(e, self.snap)
     }
 
     fn change(&self, name: &str, recommended: impl Into<String>) -> SysctlChange {
@@ -82,9 +74,15 @@ impl Ctx<'_> {
         }
     }
 
+    /// Widening the range to 1024-65535, reserving the listening ports
+    /// inside it; nothing when the range or the reserved list is unknown
+    /// (widening blindly could hand a service's port to connect()).
     fn wide_range_changes(&self) -> Vec<SysctlChange> {
         let s = &self.report.settings;
-        if (s.port_range.low, s.port_range.high) == WIDE_RANGE {
+        let (Some(range), Some(current)) = (s.port_range.known(), s.reserved_ports.known()) else {
+            return vec![];
+        };
+        if (range.low, range.high) == WIDE_RANGE {
             return vec![];
         }
         let mut v = vec![self.change(
@@ -92,7 +90,6 @@ impl Ctx<'_> {
             format!("{} {}", WIDE_RANGE.0, WIDE_RANGE.1),
         )];
         // Services listening inside the new range keep their ports across restarts.
-        let current: ReservedPorts = s.reserved_ports.parse().unwrap_or_default();
         let mut listening: Vec<u16> = self
             .snap
             .census
@@ -103,7 +100,7 @@ impl Ctx<'_> {
             .collect();
         listening.dedup();
         if !listening.is_empty() {
-            let mut list = s.reserved_ports.clone();
+            let mut list = current.to_string();
             for p in listening {
                 if !list.is_empty() {
                     list.push(',');
@@ -180,11 +177,14 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
     let s = &ctx.report.settings;
     let mut out = Vec::new();
     for d in &ctx.report.time_wait.by_destination {
-        let usable = u64::from(d.usable_ports);
+        let (Some(usable), Some(ports_in_use)) = (d.usable_ports, d.ports_in_use) else {
+            continue;
+        };
+        let usable = u64::from(usable);
         if usable == 0 {
             continue;
         }
-        let used = d.ports_in_use as f64 / usable as f64;
+        let used = ports_in_use as f64 / usable as f64;
         let severity = if used >= EXHAUSTION_CRITICAL {
             Severity::Critical
         } else if used >= EXHAUSTION_WARNING {
@@ -192,28 +192,29 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
         } else {
             continue;
         };
-        let free = usable.saturating_sub(d.ports_in_use);
+        let free = usable.saturating_sub(ports_in_use);
+        let sustainable = match (d.max_new_connections_per_second, d.reuse_applies) {
+            (Some(r), Some(true)) => format!("{r:.1}/s with tcp_tw_reuse"),
+            (Some(r), _) => format!("{r:.1}/s (no reuse)"),
+            (None, _) => {
+                "unknown (it needs tcp_tw_reuse, tcp_timestamps and the TIME_WAIT length)".into()
+            }
+        };
         let mut evidence = format!(
             "{}: {} of {} usable ports in use ({}): {} TIME_WAIT, {} ESTABLISHED, {} other, {} held by listeners/bind() in {}.\n\
              TIME_WAIT timers free {} ports within 10 s and {} within 60 s.\n\
-             Sustainable rate of new connections toward it (model): {:.1}/s{}.",
+             Sustainable rate of new connections toward it (model): {sustainable}.",
             dest(d),
-            int(d.ports_in_use),
+            int(ports_in_use),
             int(usable),
             pct(used),
             int(d.time_wait),
             int(d.established),
             int(d.other),
-            int(s.bind_held_in_range),
+            s.bind_held_in_range.map(|&b| int(b)),
             s.port_range,
             int(d.expiring.within_10s),
             int(d.expiring.within_60s),
-            d.max_new_connections_per_second,
-            if d.reuse_applies {
-                " with tcp_tw_reuse"
-            } else {
-                " (no reuse)"
-            },
         );
         if free == 0 {
             evidence.push_str("\nExhausted now: connect() toward it fails with EADDRNOTAVAIL (\"Cannot assign requested address\").");
@@ -227,8 +228,9 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
                     (p.local_ip, p.remote_ip, p.remote_port)
                         == (d.local_ip, d.remote_ip, d.remote_port)
                 })
-                .map_or(0, |p| p.ports_in_use);
-            let growth = (d.ports_in_use as f64 - prev as f64) / dt;
+                .and_then(|p| p.ports_in_use)
+                .unwrap_or(0);
+            let growth = (ports_in_use as f64 - prev as f64) / dt;
             if growth > 0.0 && free > 0 {
                 evidence.push_str(&format!(
                     "\nPorts in use grew {growth:.1}/s over the last {dt:.1} s: at that rate the {} free ports last about {:.0} s.",
@@ -247,7 +249,7 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
              `keepalive N;` in the upstream, `proxy_http_version 1.1;` and `proxy_set_header Connection \"\";`).",
             d.remote_ip
         );
-        if !d.reuse_applies && s.timestamps != 0 {
+        if d.reuse_applies == Some(false) && s.timestamps.known().is_some_and(|&t| t != 0) {
             fix.push_str("\nMeanwhile let connect() reuse TIME_WAIT ports: sysctl -w net.ipv4.tcp_tw_reuse=1.");
             changes.push(ctx.change("net.ipv4.tcp_tw_reuse", "1"));
         }
@@ -305,14 +307,15 @@ fn busiest<'a>(
         .time_wait
         .by_destination
         .iter()
-        .filter(|d| filter(d) && d.usable_ports > 0)
-        .map(|d| (d, d.time_wait as f64 / f64::from(d.usable_ports)))
+        .filter_map(|d| Some((d, d.usable_ports.filter(|&u| u > 0)?)))
+        .filter(|(d, _)| filter(d))
+        .map(|(d, usable)| (d, d.time_wait as f64 / f64::from(usable)))
         .max_by(|a, b| a.1.total_cmp(&b.1))
 }
 
 fn tw_reuse_off(ctx: &Ctx) -> Vec<Finding> {
     let s = &ctx.report.settings;
-    if s.tw_reuse != TwReuse::Off {
+    if !s.tw_reuse.is(&TwReuse::Off) {
         return vec![];
     }
     let top = busiest(ctx, |_| true);
@@ -327,7 +330,7 @@ fn tw_reuse_off(ctx: &Ctx) -> Vec<Finding> {
             dest(d),
             int(d.time_wait),
             pct(r),
-            int(d.usable_ports.into())
+            d.usable_ports.map_or("unknown".into(), |u| int(u.into()))
         ));
     }
     let mut fix = "sysctl -w net.ipv4.tcp_tw_reuse=1 — reuse applies only to outgoing connections and only when both ends use TCP timestamps, which keep old segments out of the new connection.".to_string();
@@ -350,7 +353,7 @@ fn tw_reuse_off(ctx: &Ctx) -> Vec<Finding> {
 
 fn tw_reuse_loopback_only(ctx: &Ctx) -> Vec<Finding> {
     let s = &ctx.report.settings;
-    if s.tw_reuse != TwReuse::LoopbackOnly {
+    if !s.tw_reuse.is(&TwReuse::LoopbackOnly) {
         return vec![];
     }
     let Some((d, r)) = busiest(ctx, |d| !is_loopback(d.remote_ip)) else {
@@ -369,7 +372,7 @@ fn tw_reuse_loopback_only(ctx: &Ctx) -> Vec<Finding> {
             dest(d),
             int(d.time_wait),
             pct(r),
-            int(d.usable_ports.into())
+            d.usable_ports.map_or("unknown".into(), |u| int(u.into()))
         ),
         fix: format!(
             "sysctl -w net.ipv4.tcp_tw_reuse=1 (outgoing connections only; needs timestamps at both ends). {}",
@@ -381,7 +384,7 @@ fn tw_reuse_loopback_only(ctx: &Ctx) -> Vec<Finding> {
 }
 
 fn timestamps_off(ctx: &Ctx) -> Vec<Finding> {
-    if ctx.report.settings.timestamps != 0 {
+    if !ctx.report.settings.timestamps.is(&0) {
         return vec![];
     }
     let gig = wrap_seconds(Bandwidth {
@@ -405,10 +408,17 @@ fn timestamps_off(ctx: &Ctx) -> Vec<Finding> {
 
 fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
     let s = &ctx.report.settings;
-    let range: PortRange = s.port_range;
-    let reserved: ReservedPorts = s.reserved_ports.parse().unwrap_or_default();
+    let (Some(&range), Some(reserved), Some(&usable)) = (
+        s.port_range.known(),
+        s.reserved_ports.known(),
+        s.usable_ports.known(),
+    ) else {
+        return vec![];
+    };
+    let range: PortRange = range;
+    let reserved: ReservedPorts = reserved.clone();
     let in_range = reserved.count_in(range);
-    let narrow = s.usable_ports < DEFAULT_USABLE;
+    let narrow = usable < DEFAULT_USABLE;
     let reserved_heavy = f64::from(in_range) > 0.10 * f64::from(range.len());
     if !narrow && !reserved_heavy {
         return vec![];
@@ -425,12 +435,15 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
         "net.ipv4.ip_local_port_range = {range}: {} ports, of which {} are reserved (ip_local_reserved_ports), leaving {} usable per destination",
         int(range.len().into()),
         int(in_range.into()),
-        int(s.usable_ports.into())
+        int(usable.into())
     );
+    let per_second = match s.time_wait_seconds.known() {
+        Some(t) => format!("{:.1}", f64::from(usable) / t),
+        None => "unknown".into(),
+    };
     evidence.push_str(&format!(
-        " — {:.1} new connections/s per destination at most without reuse ({} / {} s); the kernel default gives {} usable, {} to {} would give {}.",
-        f64::from(s.usable_ports) / s.time_wait_seconds,
-        int(s.usable_ports.into()),
+        " — {per_second} new connections/s per destination at most without reuse ({} / {} s); the kernel default gives {} usable, {} to {} would give {}.",
+        int(usable.into()),
         s.time_wait_seconds,
         int(DEFAULT_USABLE.into()),
         WIDE_RANGE.0,
@@ -443,7 +456,7 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
         severity: Severity::Warning,
         title: format!(
             "Only {} usable ephemeral ports per destination",
-            int(s.usable_ports.into())
+            int(usable.into())
         ),
         evidence,
         fix: if changes.is_empty() {
@@ -465,14 +478,23 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
 
 fn raised_buckets(ctx: &Ctx) -> Option<SysctlChange> {
     let s = &ctx.report.settings;
-    let max = s.max_tw_buckets?;
-    let tw = s.sockstat_time_wait.unwrap_or(ctx.report.time_wait.total);
+    let max = *s.max_tw_buckets.known()?;
+    let tw = s
+        .sockstat_time_wait
+        .known()
+        .copied()
+        .unwrap_or(ctx.report.time_wait.total);
     let target = (max.max(tw) * 2).max(1024).next_multiple_of(1024);
     Some(ctx.change("net.ipv4.tcp_max_tw_buckets", target.to_string()))
 }
 
 fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
-    let now = Ctx::counter(ctx.snap, "TcpExt", "TCPTimeWaitOverflow").unwrap_or(0);
+    // Without /proc/net/netstat the counter is unknown: only the kernel log
+    // can show an overflow then (the collection problem says so).
+    let now = ctx
+        .snap
+        .counter("TcpExt", "TCPTimeWaitOverflow")
+        .unwrap_or(0);
     let logged: Vec<&String> = ctx
         .snap
         .kernel_log
@@ -483,13 +505,22 @@ fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
         return vec![];
     }
     let s = &ctx.report.settings;
-    let tw = s.sockstat_time_wait.unwrap_or(ctx.report.time_wait.total);
+    let tw = s
+        .sockstat_time_wait
+        .known()
+        .copied()
+        .unwrap_or(ctx.report.time_wait.total);
     let fill = s
         .max_tw_buckets
-        .filter(|&m| m > 0)
-        .map(|m| tw as f64 / m as f64);
+        .known()
+        .filter(|&&m| m > 0)
+        .map(|&m| tw as f64 / m as f64);
     let growing = ctx.interval_seconds().and_then(|dt| {
-        let before = Ctx::counter(ctx.earlier.as_ref()?.1, "TcpExt", "TCPTimeWaitOverflow")?;
+        let before = ctx
+            .earlier
+            .as_ref()?
+            .1
+            .counter("TcpExt", "TCPTimeWaitOverflow")?;
         Some(((now - before) as f64 / dt, dt))
     });
     let severity = match (growing, fill) {
@@ -506,7 +537,7 @@ fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
         evidence.push_str(&format!(
             "\nThe table now holds {} of tcp_max_tw_buckets {} ({}).",
             int(tw),
-            int(s.max_tw_buckets.unwrap_or(0)),
+            s.max_tw_buckets.map(|&m| int(m)),
             pct(f)
         ));
     }
@@ -547,7 +578,7 @@ fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
 
 fn tw_buckets_near_limit(ctx: &Ctx) -> Vec<Finding> {
     let s = &ctx.report.settings;
-    let (Some(max), Some(tw)) = (s.max_tw_buckets, s.sockstat_time_wait) else {
+    let (Some(&max), Some(&tw)) = (s.max_tw_buckets.known(), s.sockstat_time_wait.known()) else {
         return vec![];
     };
     let fill = if max == 0 {
@@ -586,10 +617,16 @@ fn tw_buckets_near_limit(ctx: &Ctx) -> Vec<Finding> {
 }
 
 fn tw_recycle_enabled(ctx: &Ctx) -> Vec<Finding> {
-    let Some(v) = ctx.snap.sysctl("net.ipv4.tcp_tw_recycle") else {
+    let Some(&v) = ctx
+        .report
+        .settings
+        .tw_recycle
+        .as_ref()
+        .and_then(|r| r.known())
+    else {
         return vec![];
     };
-    if v.trim() == "0" {
+    if v == 0 {
         return vec![];
     }
     vec![Finding {
@@ -600,7 +637,7 @@ fn tw_recycle_enabled(ctx: &Ctx) -> Vec<Finding> {
             "net.ipv4.tcp_tw_recycle = {} (kernel {}). It drops SYNs whose timestamp is older than the last one seen from the same address; \
              clients behind one NAT have unrelated clocks, so their connections fail at random. Random per-connection timestamp offsets \
              (4.10) broke it for everyone, and Linux 4.12 removed it.",
-            v.trim(),
+            v,
             ctx.snap.kernel_release
         ),
         fix: "sysctl -w net.ipv4.tcp_tw_recycle=0 — use tcp_tw_reuse=1 (outgoing only) and keep-alive instead.".into(),
@@ -610,11 +647,7 @@ fn tw_recycle_enabled(ctx: &Ctx) -> Vec<Finding> {
 }
 
 fn fin_timeout_misread(ctx: &Ctx) -> Vec<Finding> {
-    let Some(v) = ctx
-        .snap
-        .sysctl("net.ipv4.tcp_fin_timeout")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    else {
+    let Some(&v) = ctx.report.settings.fin_timeout_seconds.known() else {
         return vec![];
     };
     if v >= 60 {
@@ -647,7 +680,14 @@ fn server_side_time_wait(ctx: &Ctx) -> Vec<Finding> {
         .take(5)
         .map(|s| format!("port {}: {}", s.local_port, int(s.time_wait)))
         .collect();
-    let max = ctx.report.settings.max_tw_buckets.unwrap_or(u64::MAX);
+    // With the table size unknown, only the absolute threshold applies.
+    let max = ctx
+        .report
+        .settings
+        .max_tw_buckets
+        .known()
+        .copied()
+        .unwrap_or(u64::MAX);
     let heavy = total >= SERVER_SIDE_WARNING || total as f64 >= 0.1 * max as f64;
     vec![Finding {
         code: "server-side-time-wait",
@@ -667,16 +707,17 @@ fn server_side_time_wait(ctx: &Ctx) -> Vec<Finding> {
 }
 
 fn tw_timeout_available(ctx: &Ctx) -> Vec<Finding> {
-    let Some(v) = ctx.snap.sysctl("net.ipv4.tcp_tw_timeout") else {
+    let s = &ctx.report.settings;
+    if !s.tw_timeout_sysctl {
         return vec![];
-    };
+    }
     vec![Finding {
         code: "tw-timeout-available",
         severity: Severity::Info,
         title: "This kernel can change the TIME_WAIT length (tcp_tw_timeout)".into(),
         evidence: format!(
             "net.ipv4.tcp_tw_timeout = {} s exists here (Alibaba Cloud Linux 2/3; not upstream). TIME_WAIT lasts that long, and the rates in this report use it.",
-            v.trim()
+            s.time_wait_seconds
         ),
         fix: "Shortening TIME_WAIT trades away the protection against late segments; prefer keep-alive and tcp_tw_reuse=1. If you lower it, keep it well above the longest RTT.".into(),
         docs: "https://www.alibabacloud.com/help/en/ecs/user-guide/change-the-tcp-time-wait-timeout-period",
@@ -684,22 +725,112 @@ fn tw_timeout_available(ctx: &Ctx) -> Vec<Finding> {
     }]
 }
 
+/// What each value that can be unreadable is needed for: the one place
+/// that says which checks a missing value leaves undone.
+const NEEDED_BY: &[(&str, &[&str])] = &[
+    (
+        "net.ipv4.ip_local_port_range",
+        &[
+            "port-exhaustion-risk",
+            "port-range-narrow",
+            "the sustainable rates",
+        ],
+    ),
+    (
+        "net.ipv4.ip_local_reserved_ports",
+        &[
+            "port-exhaustion-risk",
+            "port-range-narrow",
+            "the sustainable rates",
+        ],
+    ),
+    (
+        "net.ipv4.tcp_tw_reuse",
+        &[
+            "tw-reuse-off",
+            "tw-reuse-loopback-only",
+            "the sustainable rates",
+        ],
+    ),
+    (
+        "net.ipv4.tcp_timestamps",
+        &["timestamps-off", "the sustainable rates"],
+    ),
+    (
+        "net.ipv4.tcp_tw_reuse_delay",
+        &["the sustainable rates with reuse"],
+    ),
+    ("net.ipv4.tcp_tw_timeout", &["the sustainable rates"]),
+    (
+        "net.ipv4.tcp_max_tw_buckets",
+        &[
+            "tw-buckets-near-limit",
+            "how full the table is for tw-bucket-overflow",
+        ],
+    ),
+    ("net.ipv4.tcp_fin_timeout", &["fin-timeout-misread"]),
+    ("net.ipv4.tcp_tw_recycle", &["tw-recycle-enabled"]),
+    ("sockstat", &["tw-buckets-near-limit"]),
+    ("netstat", &["tw-bucket-overflow (TCPTimeWaitOverflow)"]),
+    (
+        "kernel log (/dev/kmsg)",
+        &["tw-bucket-overflow's kernel log lines (the only sign on kernels before 4.10)"],
+    ),
+    (
+        "tcp",
+        &["the IPv4 sockets of the /proc census: port-exhaustion-risk, server-side-time-wait"],
+    ),
+    (
+        "tcp6",
+        &["the IPv6 sockets of the /proc census: port-exhaustion-risk, server-side-time-wait"],
+    ),
+];
+
+/// The advice for a problem, by its cause: "run as root" only where
+/// permission was refused.
+fn problem_fix(p: &Problem) -> String {
+    match p.cause {
+        Cause::Permission if p.what.starts_with("kernel log") => {
+            "Run as root (reading /dev/kmsg needs CAP_SYSLOG) to see kernel log lines such as \"time wait bucket table overflow\".".into()
+        }
+        Cause::Permission => format!("Run as root to read {}.", p.what),
+        Cause::Malformed => format!(
+            "{} does not hold what the kernel prints, so it is shown as unknown rather than guessed. \
+             If the snapshot was edited or comes from a patched kernel, take it again with `timewait snapshot` on that host.",
+            p.what
+        ),
+        Cause::Missing => format!(
+            "{} was not there: check that /proc is mounted for this namespace, or take the snapshot again with this version of `timewait snapshot`.",
+            p.what
+        ),
+        _ => "Check that /proc is mounted for this namespace and readable.".into(),
+    }
+}
+
 fn collection_problems(ctx: &Ctx) -> Vec<Finding> {
     ctx.report
         .problems
         .iter()
         .map(|p| {
-            let minor = p.what.starts_with("kernel log");
+            let minor = p.what.starts_with("kernel log")
+                || (p.what == "netlink sock_diag" && p.error.contains("instead"));
+            let mut evidence = format!("{}: {}", p.what, p.error);
+            if let Some((_, checks)) = NEEDED_BY.iter().find(|(w, _)| *w == p.what) {
+                evidence.push_str(&format!("\nNot checked without it: {}.", checks.join(", ")));
+            }
             Finding {
                 code: "collection-problem",
-                severity: if minor { Severity::Info } else { Severity::Warning },
-                title: format!("Could not read {}", p.what),
-                evidence: format!("{}: {}", p.what, p.error),
-                fix: if minor {
-                    "Run as root (reading /dev/kmsg needs CAP_SYSLOG) to see kernel log lines such as \"time wait bucket table overflow\".".into()
+                severity: if minor {
+                    Severity::Info
                 } else {
-                    "Run as root, or check that /proc is mounted for this namespace; findings that need this value may be missing.".into()
+                    Severity::Warning
                 },
+                title: match p.cause {
+                    Cause::Malformed => format!("Could not understand {}", p.what),
+                    _ => format!("Could not read {}", p.what),
+                },
+                evidence,
+                fix: problem_fix(p),
                 docs: SYSCTL_DOCS,
                 sysctl_changes: vec![],
             }

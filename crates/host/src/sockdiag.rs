@@ -1,5 +1,7 @@
-//! One NETLINK_SOCK_DIAG dump: send an `inet_diag_req_v2`, receive answers
-//! until `NLMSG_DONE`, hand each message's raw payload to the caller.
+//! The live NETLINK_SOCK_DIAG socket: send one request, hand each received
+//! datagram's bytes to the caller until it has seen the end of the dump.
+//! What the bytes mean (messages, `NLMSG_DONE`, errors, sockets) is decided
+//! by the private `decode` module, which tests replay recorded datagrams through.
 //! The receive buffer is reused: nothing is allocated per socket.
 
 use std::os::fd::AsRawFd;
@@ -10,38 +12,36 @@ use nix::sys::socket::{
     setsockopt, socket, sockopt,
 };
 use timewait_kernel::inet_diag::{encode_request, encode_request_with_bytecode};
-use timewait_kernel::netlink::{self, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY};
+use timewait_kernel::netlink::{self, SOCK_DIAG_BY_FAMILY};
 
 use crate::HostError;
+use crate::decode::DumpWalk;
 
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
 /// The kernel fills at most 32 KiB per answer; a larger buffer costs nothing.
 const RECV_BUFFER: usize = 64 * 1024;
 
-/// Dumps TCP sockets of `family` in `states` (a bit per state number),
-/// calling `on_message` with each `inet_diag_msg` payload.
-pub fn dump(family: u8, states: u32, on_message: impl FnMut(&[u8])) -> Result<(), HostError> {
-    dump_filtered(family, states, None, on_message)
-}
-
-/// [`dump`] with the kernel running a filter program (see
-/// `timewait_kernel::inet_diag::bytecode_local_ports`) on every socket.
-pub fn dump_filtered(
+/// Sends a dump request for TCP sockets of `family` in `states` (a bit per
+/// state number), optionally with a kernel-side filter program, and calls
+/// `datagram` with each answer until it returns `false` or the socket has
+/// nothing more (which the caller judges: a dump must end in `NLMSG_DONE`).
+pub(crate) fn receive(
     family: u8,
     states: u32,
     bytecode: Option<&[u8]>,
-    mut on_message: impl FnMut(&[u8]),
+    datagram: &mut dyn FnMut(&[u8]) -> bool,
 ) -> Result<(), HostError> {
-    let err = |what: &str, e: Errno| HostError::Netlink(format!("{what}: {}", e.desc()));
+    let err = |op: &'static str| move |errno: Errno| HostError::Netlink { op, errno };
     let fd = socket(
         AddressFamily::Netlink,
         SockType::Raw,
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkSockDiag,
     )
-    .map_err(|e| err("socket", e))?;
-    // A big socket buffer lets the kernel run ahead of us; failure is harmless.
+    .map_err(err("socket"))?;
+    // A big socket buffer lets the kernel run ahead of us; without it the
+    // dump is only slower, so a refusal is not worth reporting.
     let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
     let request = netlink::encode(
         SOCK_DIAG_BY_FAMILY,
@@ -58,31 +58,37 @@ pub fn dump_filtered(
         &NetlinkAddr::new(0, 0),
         MsgFlags::empty(),
     )
-    .map_err(|e| err("send", e))?;
+    .map_err(err("send"))?;
     let mut buf = vec![0u8; RECV_BUFFER];
     loop {
-        let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-            Ok(0) => {
-                return Err(HostError::Netlink(
-                    "the kernel closed the dump early".into(),
-                ));
+        match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(0) => return Ok(()),
+            Ok(n) => {
+                if !datagram(&buf[..n]) {
+                    return Ok(());
+                }
             }
-            Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(err("recv", e)),
-        };
-        for m in netlink::messages(&buf[..n]) {
-            let m = m.map_err(|e| HostError::Netlink(e.to_string()))?;
-            match m.kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => match m.error_code() {
-                    Some(0) => {}
-                    Some(code) => return Err(err("dump", Errno::from_raw(-code))),
-                    None => return Err(HostError::Netlink("truncated error message".into())),
-                },
-                SOCK_DIAG_BY_FAMILY => on_message(m.payload),
-                _ => {}
-            }
+            Err(e) => return Err(err("recv")(e)),
         }
     }
+}
+
+/// Dumps TCP sockets of `family` in `states`, calling `on_message` with
+/// each `inet_diag_msg` payload.
+pub fn dump(family: u8, states: u32, on_message: impl FnMut(&[u8])) -> Result<(), HostError> {
+    dump_filtered(family, states, None, on_message)
+}
+
+/// [`dump`] with the kernel running a filter program (see
+/// `timewait_kernel::inet_diag::bytecode_local_ports`) on every socket.
+pub fn dump_filtered(
+    family: u8,
+    states: u32,
+    bytecode: Option<&[u8]>,
+    on_message: impl FnMut(&[u8]),
+) -> Result<(), HostError> {
+    let mut walk = DumpWalk::new(on_message);
+    receive(family, states, bytecode, &mut |d| walk.datagram(d))?;
+    walk.finish()
 }

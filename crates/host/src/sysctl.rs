@@ -1,5 +1,6 @@
 //! Writing sysctls: at runtime in a namespace, and persistently in
-//! `/etc/sysctl.d/`. Only the values given are touched.
+//! `/etc/sysctl.d/`. Only the values given are touched. [`apply`] is what
+//! `timewait tune --apply` does; the two steps are public for tests.
 
 use std::fs;
 use std::io::Write;
@@ -10,6 +11,50 @@ use crate::netns::{Target, in_namespace};
 
 /// The file `timewait tune --apply` owns.
 pub const CONF_NAME: &str = "90-timewait.conf";
+/// Where persistent sysctl settings live.
+pub const CONF_DIR: &str = "/etc/sysctl.d";
+
+/// What [`apply`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Each sysctl set, with the value the kernel reports afterwards.
+    pub after: Vec<(String, String)>,
+    /// The file written to keep them across reboots: only for the host's
+    /// own namespace (a namespace's sysctls are not read from
+    /// `/etc/sysctl.d`).
+    pub persisted_to: Option<PathBuf>,
+}
+
+/// Sets each `(name, value)` in the target namespace, then, for the
+/// current namespace, writes them to `/etc/sysctl.d/90-timewait.conf`
+/// (see [`write_conf`]). Refuses without root before touching anything.
+pub fn apply(target: &Target, changes: &[(String, String)]) -> Result<Applied, HostError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(HostError::NotRoot("tune --apply"));
+    }
+    if changes.is_empty() {
+        return Ok(Applied {
+            after: vec![],
+            persisted_to: None,
+        });
+    }
+    let after = write_runtime(target, changes)?;
+    let persisted_to = match target {
+        Target::Current => {
+            Some(
+                write_conf(Path::new(CONF_DIR), changes).map_err(|e| HostError::Io {
+                    what: format!("{CONF_DIR}/{CONF_NAME}"),
+                    source: e,
+                })?,
+            )
+        }
+        Target::Netns(_) | Target::Pid(_) => None,
+    };
+    Ok(Applied {
+        after,
+        persisted_to,
+    })
+}
 
 /// Sets each `(name, value)` in the target namespace and reads it back.
 /// Returns the value the kernel reports afterwards for each.

@@ -270,6 +270,13 @@ impl TwReuse {
     }
 }
 
+impl fmt::Display for TwReuse {
+    /// The sysctl value (`0`, `1` or `2`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value().fmt(f)
+    }
+}
+
 impl From<TwReuse> for u8 {
     fn from(r: TwReuse) -> u8 {
         r.value()

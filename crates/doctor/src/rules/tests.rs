@@ -2,10 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use timewait_census::Snapshot;
-use timewait_census::aggregate::{Aggregator, SocketView};
-use timewait_census::snapshot::{CensusSource, FORMAT, Problem, VERSION};
 use timewait_model::PortRange;
+use timewait_snapshot::aggregate::{Aggregator, SocketView};
+use timewait_snapshot::snapshot::{CensusSource, FORMAT, VERSION};
 
 use super::*;
 
@@ -89,9 +88,10 @@ impl Host {
     }
 
     fn snapshot(&self) -> Snapshot {
+        // As the collector does: an unreadable range classifies with the default.
         let range: PortRange = self.sysctls["net.ipv4.ip_local_port_range"]
             .parse()
-            .unwrap();
+            .unwrap_or(timewait_model::ports::DEFAULT_PORT_RANGE);
         let mut agg = Aggregator::new(range, self.listening.clone());
         for s in &self.sockets {
             agg.add(s);
@@ -423,20 +423,59 @@ fn aliyun_tw_timeout_is_noted_and_used() {
 fn collection_problems_are_findings() {
     let mut h = Host::new();
     h.problems = vec![
-        Problem {
-            what: "kernel log (/dev/kmsg)".into(),
-            error: "Permission denied".into(),
-        },
-        Problem {
-            what: "netstat".into(),
-            error: "Permission denied".into(),
-        },
+        Problem::new(
+            "kernel log (/dev/kmsg)",
+            Cause::Permission,
+            "Permission denied",
+        ),
+        Problem::new("netstat", Cause::Permission, "Permission denied"),
     ];
     let f = h.findings();
-    let sev: Vec<Severity> = f
+    let found: Vec<&Finding> = f
         .iter()
         .filter(|f| f.code == "collection-problem")
-        .map(|f| f.severity)
         .collect();
+    let sev: Vec<Severity> = found.iter().map(|f| f.severity).collect();
     assert_eq!(sev, [Severity::Warning, Severity::Info]);
+    assert!(found[0].fix.starts_with("Run as root"), "{}", found[0].fix);
+    assert!(
+        found[0]
+            .evidence
+            .contains("Not checked without it: tw-bucket-overflow"),
+        "{}",
+        found[0].evidence
+    );
+}
+
+#[test]
+fn a_malformed_value_is_named_and_not_advised_as_root() {
+    let f = Host::new().set("net.ipv4.tcp_tw_reuse", "7").findings();
+    let p = find(&f, "collection-problem");
+    assert_eq!(p.title, "Could not understand net.ipv4.tcp_tw_reuse");
+    assert!(
+        p.evidence
+            .starts_with("net.ipv4.tcp_tw_reuse: \"7\" is not 0, 1 or 2"),
+        "{}",
+        p.evidence
+    );
+    assert!(p.evidence.contains("tw-reuse-off, tw-reuse-loopback-only"));
+    assert!(!p.fix.contains("root"), "{}", p.fix);
+    // Neither reuse rule guesses a value for it.
+    assert!(!codes(&f).contains(&"tw-reuse-off"));
+    assert!(!codes(&f).contains(&"tw-reuse-loopback-only"));
+}
+
+#[test]
+fn an_unknown_range_skips_the_port_rules_instead_of_assuming_the_default() {
+    let f = Host::new()
+        .set("net.ipv4.ip_local_port_range", "40000")
+        .sockets(200, 6, "10.0.0.2", 80, 40000)
+        .findings();
+    assert!(!codes(&f).contains(&"port-exhaustion-risk"));
+    assert!(!codes(&f).contains(&"port-range-narrow"));
+    assert!(
+        find(&f, "collection-problem")
+            .evidence
+            .contains("Not checked without it: port-exhaustion-risk")
+    );
 }

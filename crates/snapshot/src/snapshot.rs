@@ -1,7 +1,8 @@
 //! The versioned snapshot: everything the analysis reads, as one JSON
 //! document. Raw sysctl values and `/proc/net` files are kept as text, so the
 //! analysis of a snapshot re-parses exactly what the live run parsed and
-//! gives identical results on another machine.
+//! gives identical results on another machine. The sockets are kept as the
+//! aggregated [`Census`] (memory bounded by destinations), not as the dump.
 
 use std::collections::BTreeMap;
 
@@ -51,13 +52,56 @@ pub const KERNEL_LOG_PATTERNS: &[&str] = &[
     "too many orphaned sockets",
 ];
 
-/// Something that could not be collected: it is reported, never dropped.
+/// Something that could not be collected or understood: it is reported,
+/// never dropped, and never replaced by a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// What was being read.
+    /// What was being read (a sysctl's dotted name, a `/proc/net` file, …).
     pub what: String,
-    /// Why it failed.
+    /// Why it failed, or what was read and what was expected.
     pub error: String,
+    /// The kind of failure, which decides the advice given for it.
+    /// (Snapshots written before this field existed read as `other`.)
+    #[serde(default)]
+    pub cause: Cause,
+}
+
+impl Problem {
+    /// A problem of `cause` with `what` and `error`.
+    pub fn new(what: impl Into<String>, cause: Cause, error: impl Into<String>) -> Problem {
+        Problem {
+            what: what.into(),
+            error: error.into(),
+            cause,
+        }
+    }
+}
+
+/// Why something could not be read or understood.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Cause {
+    /// Not allowed to read it (needs root or a capability).
+    Permission,
+    /// It does not exist (on this kernel, or in this snapshot).
+    Missing,
+    /// It was read, but its value is not what the kernel prints.
+    Malformed,
+    /// Any other failure (an I/O error, an unexpected answer).
+    #[default]
+    Other,
+}
+
+impl Cause {
+    /// The cause of an I/O error.
+    pub fn of(e: &std::io::Error) -> Cause {
+        match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Cause::Permission,
+            std::io::ErrorKind::NotFound => Cause::Missing,
+            _ => Cause::Other,
+        }
+    }
 }
 
 /// Where the socket census came from.
@@ -143,6 +187,22 @@ impl Snapshot {
     pub fn sysctl(&self, name: &str) -> Option<&str> {
         self.sysctls.get(name).map(String::as_str)
     }
+
+    /// A counter of `/proc/net/netstat` or `/proc/net/snmp` (`TcpExt`
+    /// `TCPTimeWaitOverflow`, `Tcp` `ActiveOpens`, …): `None` when neither
+    /// file was read or holds it.
+    pub fn counter(&self, table: &str, name: &str) -> Option<i64> {
+        ["netstat", "snmp"].into_iter().find_map(|f| {
+            timewait_kernel::counters::parse(f, self.files.get(f)?)
+                .ok()?
+                .get(table, name)
+        })
+    }
+
+    /// The collection problem recorded for `what`, if any.
+    pub fn problem(&self, what: &str) -> Option<&Problem> {
+        self.problems.iter().find(|p| p.what == what)
+    }
 }
 
 #[cfg(test)]
@@ -180,5 +240,33 @@ mod tests {
             Err(SnapshotError::Version(99))
         ));
         assert!(Snapshot::from_json("not json").is_err());
+    }
+
+    #[test]
+    fn problems_without_a_cause_read_as_other() {
+        let mut s = minimal();
+        s.problems
+            .push(Problem::new("sockstat", Cause::Permission, "denied"));
+        let old = s
+            .to_json()
+            .replace(",\n      \"cause\": \"permission\"", "");
+        assert!(!old.contains("cause"), "{old}");
+        let back = Snapshot::from_json(&old).unwrap();
+        assert_eq!(back.problems[0].cause, Cause::Other);
+        assert_eq!(Snapshot::from_json(&s.to_json()).unwrap(), s);
+    }
+
+    #[test]
+    fn counters_come_from_netstat_or_snmp() {
+        let mut s = minimal();
+        s.files.insert(
+            "netstat".into(),
+            "TcpExt: TW TCPTimeWaitOverflow\nTcpExt: 5 7\n".into(),
+        );
+        s.files
+            .insert("snmp".into(), "Tcp: ActiveOpens\nTcp: 11\n".into());
+        assert_eq!(s.counter("TcpExt", "TCPTimeWaitOverflow"), Some(7));
+        assert_eq!(s.counter("Tcp", "ActiveOpens"), Some(11));
+        assert_eq!(s.counter("Tcp", "PassiveOpens"), None);
     }
 }

@@ -1,156 +1,18 @@
 //! The analysis behind `timewait status`, from a [`Snapshot`] alone.
+//!
+//! A number that depends on an unknown setting is `None` (JSON `null`);
+//! the setting's problem says why.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Serialize;
-use timewait_kernel::sockstat;
-use timewait_model::ports::{
-    ConnectPorts, DEFAULT_PORT_RANGE, PortRange, ReservedPorts, TwReuse, is_loopback,
-};
-use timewait_model::rate::{DEFAULT_REUSE_DELAY_MS, LINUX_TIME_WAIT_SECONDS, RateInput, rate};
+use timewait_model::ports::is_loopback;
+use timewait_model::rate::{RateInput, rate};
+use timewait_snapshot::aggregate::{DestinationTally, ServerSide};
+use timewait_snapshot::{CensusSource, Problem, Snapshot};
 
-use crate::aggregate::{DestinationTally, ServerSide};
-use crate::snapshot::{Problem, Snapshot};
-
-/// The namespace's settings that bear on ports, read from the snapshot.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Settings {
-    /// `ip_local_port_range`, as `LOW-HIGH`.
-    #[serde(serialize_with = "as_display")]
-    pub port_range: PortRange,
-    /// `ip_local_reserved_ports`, in the kernel's syntax.
-    pub reserved_ports: String,
-    /// Ports one `connect()` can pick toward one destination.
-    pub usable_ports: u32,
-    /// Ports in the range held by `bind()` or listeners.
-    pub bind_held_in_range: u64,
-    /// `tcp_tw_reuse`.
-    pub tw_reuse: TwReuse,
-    /// `tcp_timestamps`.
-    pub timestamps: u8,
-    /// `tcp_tw_reuse_delay` (1000 where the kernel has no such sysctl).
-    pub reuse_delay_ms: u32,
-    /// TIME_WAIT length: 60, or Alibaba's `tcp_tw_timeout`.
-    pub time_wait_seconds: f64,
-    /// `tcp_max_tw_buckets`.
-    pub max_tw_buckets: Option<u64>,
-    /// TIME_WAIT sockets in the namespace per `/proc/net/sockstat`.
-    pub sockstat_time_wait: Option<u64>,
-}
-
-fn as_display<S: serde::Serializer>(v: &PortRange, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-/// Reads the settings, noting each value that is missing or unreadable.
-pub fn settings(snap: &Snapshot) -> (Settings, Vec<Problem>) {
-    let mut problems = Vec::new();
-    let mut get = |name: &str, required: bool| -> Option<String> {
-        let v = snap.sysctl(name).map(str::to_string);
-        if v.is_none() && required {
-            problems.push(Problem {
-                what: name.to_string(),
-                error: "not in the snapshot; the kernel default is assumed".into(),
-            });
-        }
-        v
-    };
-    let raw_range = get("net.ipv4.ip_local_port_range", true);
-    let raw_reserved = get("net.ipv4.ip_local_reserved_ports", true);
-    let raw_reuse = get("net.ipv4.tcp_tw_reuse", true);
-    let raw_ts = get("net.ipv4.tcp_timestamps", true);
-    let raw_delay = get("net.ipv4.tcp_tw_reuse_delay", false);
-    let raw_tw = get("net.ipv4.tcp_tw_timeout", false);
-    let raw_max = get("net.ipv4.tcp_max_tw_buckets", true);
-    let mut parse = |name: &str, raw: Option<String>| -> Option<String> {
-        raw.filter(|r| {
-            let ok = !r.trim().is_empty() || name.ends_with("reserved_ports");
-            if !ok {
-                problems.push(Problem {
-                    what: name.into(),
-                    error: "empty value".into(),
-                });
-            }
-            ok
-        })
-    };
-    let raw_range = parse("net.ipv4.ip_local_port_range", raw_range);
-    let mut bad = Vec::new();
-    let port_range = raw_range
-        .map(|r| {
-            r.parse::<PortRange>().unwrap_or_else(|e| {
-                bad.push(("net.ipv4.ip_local_port_range", e.to_string()));
-                DEFAULT_PORT_RANGE
-            })
-        })
-        .unwrap_or(DEFAULT_PORT_RANGE);
-    let reserved = raw_reserved
-        .map(|r| {
-            r.parse::<ReservedPorts>().unwrap_or_else(|e| {
-                bad.push(("net.ipv4.ip_local_reserved_ports", e.to_string()));
-                ReservedPorts::none()
-            })
-        })
-        .unwrap_or_default();
-    let tw_reuse = raw_reuse
-        .map(|r| {
-            r.parse::<TwReuse>().unwrap_or_else(|e| {
-                bad.push(("net.ipv4.tcp_tw_reuse", e.to_string()));
-                TwReuse::LoopbackOnly
-            })
-        })
-        .unwrap_or(TwReuse::LoopbackOnly);
-    let mut number = |name: &'static str, raw: Option<String>| -> Option<u64> {
-        raw.and_then(|r| match r.trim().parse::<u64>() {
-            Ok(v) => Some(v),
-            Err(_) => {
-                bad.push((name, format!("{r:?} is not a number")));
-                None
-            }
-        })
-    };
-    let timestamps = number("net.ipv4.tcp_timestamps", raw_ts).map_or(1, |v| v.min(255) as u8);
-    let reuse_delay_ms = number("net.ipv4.tcp_tw_reuse_delay", raw_delay)
-        .map_or(DEFAULT_REUSE_DELAY_MS, |v| v.clamp(1, 60_000) as u32);
-    let time_wait_seconds = number("net.ipv4.tcp_tw_timeout", raw_tw)
-        .filter(|&v| v > 0)
-        .map_or(LINUX_TIME_WAIT_SECONDS, |v| v as f64);
-    let max_tw_buckets = number("net.ipv4.tcp_max_tw_buckets", raw_max);
-    for (what, error) in bad {
-        problems.push(Problem {
-            what: what.into(),
-            error,
-        });
-    }
-    let sockstat_time_wait = match snap.files.get("sockstat").map(|t| sockstat::parse(t)) {
-        Some(Ok(t)) => Some(t.tw),
-        Some(Err(e)) => {
-            problems.push(Problem {
-                what: "sockstat".into(),
-                error: e.to_string(),
-            });
-            None
-        }
-        None => None,
-    };
-    let ports = ConnectPorts::new(port_range, reserved.clone());
-    (
-        Settings {
-            port_range,
-            reserved_ports: reserved.to_string(),
-            usable_ports: ports.usable(),
-            bind_held_in_range: snap.census.bind_held_in_range,
-            tw_reuse,
-            timestamps,
-            reuse_delay_ms,
-            time_wait_seconds,
-            max_tw_buckets,
-            sockstat_time_wait,
-        },
-        problems,
-    )
-}
+use crate::settings::{Settings, settings};
 
 /// TIME_WAIT timers by how soon they fire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -179,19 +41,31 @@ pub struct DestinationRow {
     /// Sockets in other states.
     pub other: u64,
     /// Ephemeral ports unavailable toward it: its own sockets in the range
-    /// plus ports held by `bind()`/listeners.
-    pub ports_in_use: u64,
+    /// plus ports held by `bind()`/listeners (unknown with the range).
+    pub ports_in_use: Option<u64>,
     /// Ports one `connect()` can pick (range minus reserved).
-    pub usable_ports: u32,
+    pub usable_ports: Option<u32>,
     /// Share of usable ports still free toward it (0 = exhausted).
-    pub headroom_ratio: f64,
+    pub headroom_ratio: Option<f64>,
     /// When its TIME_WAIT timers fire.
     pub expiring: Expiring,
     /// Whether `tcp_tw_reuse` applies toward it.
-    pub reuse_applies: bool,
+    pub reuse_applies: Option<bool>,
     /// Model: sustainable new connections per second toward it, with the
     /// ports its open connections and binds leave free.
-    pub max_new_connections_per_second: f64,
+    pub max_new_connections_per_second: Option<f64>,
+}
+
+impl DestinationRow {
+    /// `(local ip, remote ip, remote port)`.
+    pub fn key(&self) -> (IpAddr, IpAddr, u16) {
+        (self.local_ip, self.remote_ip, self.remote_port)
+    }
+
+    /// Share of usable ports in use, when known.
+    pub fn used_ratio(&self) -> Option<f64> {
+        self.headroom_ratio.map(|h| 1.0 - h)
+    }
 }
 
 /// Destinations folded by one address.
@@ -205,8 +79,9 @@ pub struct AddressRow {
     pub time_wait: u64,
     /// Sockets in ESTABLISHED.
     pub established: u64,
-    /// The smallest headroom among its destinations.
-    pub min_headroom_ratio: f64,
+    /// The smallest headroom among its destinations (unknown when no
+    /// destination's is known).
+    pub min_headroom_ratio: Option<f64>,
 }
 
 /// How to group.
@@ -251,7 +126,7 @@ pub struct StatusReport {
     /// Kernel release.
     pub kernel_release: String,
     /// `netlink` or `proc`.
-    pub census_source: crate::snapshot::CensusSource,
+    pub census_source: CensusSource,
     /// When the snapshot was taken.
     pub taken_at_unix_ms: u64,
     /// Sockets seen.
@@ -271,22 +146,20 @@ pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
     let (settings, mut problems) = settings(snap);
     let ceilings = Ceilings::new(&settings);
     problems.splice(0..0, snap.problems.iter().cloned());
-    let mut rows: Vec<DestinationRow> = snap
+    let mut rows: Vec<(u64, DestinationRow)> = snap
         .census
         .destinations
         .iter()
-        .map(|d| row(d, &settings, &ceilings))
+        .map(|d| (d.in_range, row(d, &settings, &ceilings)))
         .collect();
-    rows.sort_by(|a, b| {
-        b.ports_in_use
-            .cmp(&a.ports_in_use)
-            .then(b.time_wait.cmp(&a.time_wait))
-            .then((a.local_ip, a.remote_ip, a.remote_port).cmp(&(
-                b.local_ip,
-                b.remote_ip,
-                b.remote_port,
-            )))
+    // Ports in use differ from `in_range` by the same bound-port count for
+    // every destination, so this order holds even when that count is unknown.
+    rows.sort_by(|(ia, a), (ib, b)| {
+        ib.cmp(ia).then(b.time_wait.cmp(&a.time_wait)).then(
+            (a.local_ip, a.remote_ip, a.remote_port).cmp(&(b.local_ip, b.remote_ip, b.remote_port)),
+        )
     });
+    let mut rows: Vec<DestinationRow> = rows.into_iter().map(|(_, r)| r).collect();
     let fold = |key: fn(&DestinationRow) -> IpAddr| -> Vec<AddressRow> {
         let mut m: BTreeMap<IpAddr, AddressRow> = BTreeMap::new();
         for r in &rows {
@@ -295,12 +168,15 @@ pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
                 destinations: 0,
                 time_wait: 0,
                 established: 0,
-                min_headroom_ratio: 1.0,
+                min_headroom_ratio: None,
             });
             e.destinations += 1;
             e.time_wait += r.time_wait;
             e.established += r.established;
-            e.min_headroom_ratio = e.min_headroom_ratio.min(r.headroom_ratio);
+            e.min_headroom_ratio = match (e.min_headroom_ratio, r.headroom_ratio) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
         let mut v: Vec<AddressRow> = m.into_values().collect();
         v.sort_by(|a, b| b.time_wait.cmp(&a.time_wait).then(a.ip.cmp(&b.ip)));
@@ -340,36 +216,31 @@ pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
 
 /// The model's ceiling per destination depends on the destination only
 /// through the loopback rule of `tcp_tw_reuse=2`: computed once per analysis,
-/// not once per destination.
+/// not once per destination. `None` where a setting it needs is unknown.
 struct Ceilings {
-    remote: (bool, f64),
-    loopback: (bool, f64),
+    remote: Option<(bool, f64)>,
+    loopback: Option<(bool, f64)>,
 }
 
 impl Ceilings {
     fn new(s: &Settings) -> Ceilings {
         let at = |destination: IpAddr| {
             let input = RateInput {
-                ports: ConnectPorts::new(
-                    s.port_range,
-                    s.reserved_ports.parse().unwrap_or_default(),
-                ),
-                time_wait_seconds: s.time_wait_seconds,
-                tw_reuse: s.tw_reuse,
-                timestamps: s.timestamps.min(2),
+                ports: s.connect_ports()?,
+                time_wait_seconds: *s.time_wait_seconds.known()?,
+                tw_reuse: *s.tw_reuse.known()?,
+                timestamps: *s.timestamps.known()?,
                 destination: Some(destination),
                 destinations: 1,
                 source_ips: 1,
-                reuse_delay_ms: s.reuse_delay_ms,
+                reuse_delay_ms: *s.reuse_delay_ms.known()?,
             };
-            match rate(&input) {
-                Ok(r) => (
-                    r.reuse.applies,
-                    r.max_new_connections_per_second_with_reuse
-                        .unwrap_or(r.max_new_connections_per_second),
-                ),
-                Err(_) => (false, 0.0),
-            }
+            let r = rate(&input).ok()?;
+            Some((
+                r.reuse.applies,
+                r.max_new_connections_per_second_with_reuse
+                    .unwrap_or(r.max_new_connections_per_second),
+            ))
         };
         Ceilings {
             remote: at(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
@@ -379,26 +250,35 @@ impl Ceilings {
 }
 
 fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings) -> DestinationRow {
-    let usable = u64::from(s.usable_ports);
-    let ports_in_use = d.in_range + s.bind_held_in_range;
-    let free = usable.saturating_sub(ports_in_use);
-    let headroom_ratio = if usable == 0 {
-        0.0
-    } else {
-        free as f64 / usable as f64
-    };
-    let (reuse_applies, ceiling) = if is_loopback(d.remote_ip) {
+    let usable = s.usable_ports.known().copied();
+    let bound = s.bind_held_in_range.known().copied();
+    let ports_in_use = bound.map(|b| d.in_range + b);
+    let headroom_ratio = usable.zip(ports_in_use).map(|(usable, used)| {
+        let usable = u64::from(usable);
+        if usable == 0 {
+            0.0
+        } else {
+            usable.saturating_sub(used) as f64 / usable as f64
+        }
+    });
+    let ceiling = if is_loopback(d.remote_ip) {
         ceilings.loopback
     } else {
         ceilings.remote
     };
     // Ports held by open connections and binds do not cycle through TIME_WAIT.
-    let cycling = usable.saturating_sub(d.established + d.other + s.bind_held_in_range);
-    let per_port = if usable == 0 {
-        0.0
-    } else {
-        ceiling / usable as f64
-    };
+    let max_new = usable
+        .zip(bound)
+        .zip(ceiling)
+        .map(|((usable, bound), (_, c))| {
+            let usable = u64::from(usable);
+            let cycling = usable.saturating_sub(d.established + d.other + bound);
+            if usable == 0 {
+                0.0
+            } else {
+                c / usable as f64 * cycling as f64
+            }
+        });
     DestinationRow {
         local_ip: d.local_ip,
         remote_ip: d.remote_ip,
@@ -407,23 +287,26 @@ fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings) -> DestinationRo
         established: d.established,
         other: d.other,
         ports_in_use,
-        usable_ports: s.usable_ports,
+        usable_ports: usable,
         headroom_ratio,
         expiring: Expiring {
             within_10s: d.expiring_10s,
             within_30s: d.expiring_30s,
             within_60s: d.expiring_60s,
         },
-        reuse_applies,
-        max_new_connections_per_second: per_port * cycling as f64,
+        reuse_applies: ceiling.map(|(applies, _)| applies),
+        max_new_connections_per_second: max_new,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use timewait_model::ports::{DEFAULT_PORT_RANGE, PortRange};
+    use timewait_snapshot::snapshot::{FORMAT, VERSION};
+    use timewait_snapshot::{Aggregator, SocketView};
+
     use super::*;
-    use crate::aggregate::{Aggregator, SocketView};
-    use crate::snapshot::{CensusSource, FORMAT, VERSION};
+    use crate::settings::Reading;
 
     fn snap_with(sysctls: &[(&str, &str)], sockets: &[(u8, u16, &str, u16)]) -> Snapshot {
         let range: PortRange = sysctls
@@ -472,6 +355,7 @@ mod tests {
             ("net.ipv4.tcp_tw_reuse", reuse.to_string()),
             ("net.ipv4.tcp_timestamps", "1".into()),
             ("net.ipv4.tcp_max_tw_buckets", "131072".into()),
+            ("net.ipv4.tcp_fin_timeout", "60".into()),
         ]
     }
 
@@ -489,12 +373,12 @@ mod tests {
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         let d = &r.time_wait.by_destination[0];
         assert_eq!((d.time_wait, d.established), (40, 1));
-        assert_eq!(d.usable_ports, 100);
-        assert_eq!(d.ports_in_use, 42); // 41 sockets + the listener's port
-        assert!((d.headroom_ratio - 0.58).abs() < 1e-9);
+        assert_eq!(d.usable_ports, Some(100));
+        assert_eq!(d.ports_in_use, Some(42)); // 41 sockets + the listener's port
+        assert!((d.headroom_ratio.unwrap() - 0.58).abs() < 1e-9);
         // 100 usable - 1 established - 1 bound = 98 ports cycling every 60 s.
-        assert!((d.max_new_connections_per_second - 98.0 / 60.0).abs() < 1e-9);
-        assert_eq!(r.settings.sockstat_time_wait, Some(3));
+        assert!((d.max_new_connections_per_second.unwrap() - 98.0 / 60.0).abs() < 1e-9);
+        assert_eq!(r.settings.sockstat_time_wait, Reading::Known(3));
     }
 
     #[test]
@@ -504,7 +388,26 @@ mod tests {
         let whats: Vec<&str> = r.problems.iter().map(|p| p.what.as_str()).collect();
         assert!(whats.contains(&"net.ipv4.ip_local_port_range"));
         assert!(whats.contains(&"net.ipv4.tcp_tw_reuse"));
-        assert_eq!(r.settings.port_range, DEFAULT_PORT_RANGE);
+        assert!(r.settings.port_range.known().is_none());
+    }
+
+    #[test]
+    fn numbers_that_need_an_unknown_setting_are_unknown() {
+        let sys = all_sysctls("32768\t60999", "9");
+        let sys: Vec<(&str, &str)> = sys.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = analyse(
+            &snap_with(&sys, &[(6, 33000, "10.0.0.1", 80)]),
+            GroupBy::Destination,
+            20,
+        );
+        let d = &r.time_wait.by_destination[0];
+        // The range is known, so ports and headroom are; the rate needs tcp_tw_reuse.
+        assert_eq!(d.ports_in_use, Some(1));
+        assert!(d.headroom_ratio.is_some());
+        assert_eq!(d.max_new_connections_per_second, None);
+        assert_eq!(d.reuse_applies, None);
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert_eq!(r.problems[0].what, "net.ipv4.tcp_tw_reuse");
     }
 
     #[test]
@@ -522,10 +425,10 @@ mod tests {
         let r = analyse(&snap_with(&sys, &socks), GroupBy::RemoteIp, 20);
         assert_eq!(r.time_wait.by_destination[0].remote_port, 6379);
         assert!(
-            r.time_wait.by_destination[0].reuse_applies,
+            r.time_wait.by_destination[0].reuse_applies == Some(true),
             "loopback with tcp_tw_reuse=2"
         );
-        assert!(!r.time_wait.by_destination[1].reuse_applies);
+        assert_eq!(r.time_wait.by_destination[1].reuse_applies, Some(false));
         let by_ip = r.time_wait.by_remote_ip.unwrap();
         assert_eq!(
             (
