@@ -10,7 +10,6 @@
 # Usage: scripts/bench-proxy.sh [ROUNDS] [SECONDS] [CONNECTIONS]   (default 5 10 64)
 # PROXY_CPU=0.3 limits each proxy to 0.3 CPU (its own cgroup): the proxy, not
 # the cores it shares with wrk and the backend, then limits requests/s.
-# Both timewait engines run (--engine hyper and --engine lean).
 # Everything listens on 127.0.0.1; everything it starts is stopped on exit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +19,7 @@ need_packages nginx haproxy wrk curl ss:iproute2
 cargo build --release --quiet --bin timewait
 bench_dir
 # The backend, one port per proxy.
-start_backend 18080 18090 18100 18110
+start_backend 18080 18090 18100
 cat > "$DIR/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -40,20 +39,19 @@ CONF
 declare -A pid
 start_nginx_proxy 18081 18080; pid[nginx]=$nginx_pid
 haproxy -f "$DIR/haproxy.cfg" -q & pids+=($!); pid[haproxy]=$!
-target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 --engine hyper > "$DIR/tw.out" & pids+=($!); pid[timewait-hyper]=$!
-target/release/timewait proxy --listen 127.0.0.1:18111 --upstream 127.0.0.1:18110 --workers 1 --engine lean > "$DIR/tw-lean.out" & pids+=($!); pid[timewait-lean]=$!
+target/release/timewait proxy --listen 127.0.0.1:18101 --upstream 127.0.0.1:18100 --workers 1 > "$DIR/tw.out" & pids+=($!); pid[timewait]=$!
 sleep 1
 if [[ -n "${PROXY_CPU:-}" ]]; then
-    for n in nginx haproxy timewait-hyper timewait-lean; do cpu_limit "$n" "${pid[$n]}"; done
+    for n in nginx haproxy timewait; do cpu_limit "$n" "${pid[$n]}"; done
 fi
-for port in 18081 18091 18101 18111; do
+for port in 18081 18091 18101; do
     curl -fsS "http://127.0.0.1:$port/" >/dev/null 2>&1 || { echo "proxy on :$port is not answering" >&2; exit 1; }
 done
 
 declare -A rps p99 tw cpu sys
-names=(nginx haproxy timewait-hyper timewait-lean)
-declare -A front=([nginx]=18081 [haproxy]=18091 [timewait-hyper]=18101 [timewait-lean]=18111)
-declare -A back=([nginx]=18080 [haproxy]=18090 [timewait-hyper]=18100 [timewait-lean]=18110)
+names=(nginx haproxy timewait)
+declare -A front=([nginx]=18081 [haproxy]=18091 [timewait]=18101)
+declare -A back=([nginx]=18080 [haproxy]=18090 [timewait]=18100)
 # Every TIME_WAIT 4-tuple toward each backend port seen at any sample: runs
 # are shorter than TIME_WAIT's 60 s, so none escapes. This also counts the
 # idle connections a proxy closes between its runs (its idle timeout).
@@ -91,10 +89,10 @@ for n in "${names[@]}"; do
         "$(sort -u "$DIR/tw-all.$n" | wc -l)" "${rps[$n]}"
 done
 # shellcheck disable=SC2086
-python3 - "$(median ${rps[timewait-lean]})" "$(median ${rps[timewait-hyper]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" \
-    "$(median ${cpu[timewait-lean]})" "$(median ${cpu[nginx]})" "$(median ${cpu[haproxy]})" <<'PY'
+python3 - "$(median ${rps[timewait]})" "$(median ${rps[nginx]})" "$(median ${rps[haproxy]})" \
+    "$(median ${cpu[timewait]})" "$(median ${cpu[nginx]})" "$(median ${cpu[haproxy]})" <<'PY'
 import sys
-lean, hyp, n, h, clean, cn, ch = map(float, sys.argv[1:])
-print(f"\nlean engine: {lean/n:.2f}x nginx, {lean/h:.2f}x haproxy; hyper engine: {hyp/n:.2f}x nginx, {hyp/h:.2f}x haproxy (requests/s)")
-print(f"CPU per request: lean engine {clean/cn:.2f}x nginx's, {clean/ch:.2f}x haproxy's")
+tw, n, h, ctw, cn, ch = map(float, sys.argv[1:])
+print(f"\ntimewait: {tw/n:.2f}x nginx, {tw/h:.2f}x haproxy (requests/s)")
+print(f"CPU per request: nginx spends {cn/ctw:.2f}x timewait's, haproxy {ch/ctw:.2f}x")
 PY

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System calls per proxied request, nginx (the article's keepalive fix)
-# against timewait (lean engine), counted by `strace -c -f` while wrk sends
+# against timewait, counted by `strace -c -f` while wrk sends
 # a few seconds of requests through each. Backs the claim in BENCHMARKS.md
 # that both make the minimum of one read and one write per side.
 #

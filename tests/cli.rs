@@ -161,13 +161,23 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
         (proxy_with(&["--idle-timeout", "-1"]), "--idle-timeout"),
         (proxy_with(&["--body-timeout", "0"]), "--body-timeout"),
         (proxy_with(&["--header-timeout", "nan"]), "--header-timeout"),
+        (proxy_with(&["--max-fails", "0"]), "--max-fails"),
+        (proxy_with(&["--max-requests", "0"]), "--max-requests"),
+        (proxy_with(&["--max-connections", "0"]), "--max-connections"),
+        (proxy_with(&["--max-lifetime", "86401"]), "--max-lifetime"),
         (
-            proxy_with(&["--engine", "hyper", "--shared-pool"]),
-            "--shared-pool",
+            vec!["proxy", "-c", "/nonexistent/proxy.toml", "--keepalive", "8"],
+            "--keepalive",
         ),
         (
-            proxy_with(&["--engine", "hyper", "--access-log"]),
-            "--access-log",
+            vec![
+                "proxy",
+                "-c",
+                "/nonexistent/proxy.toml",
+                "--header-timeout",
+                "3",
+            ],
+            "--header-timeout",
         ),
     ] {
         let o = timewait(&args);

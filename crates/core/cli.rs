@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use timewait_model::ports::{PortRange, ReservedPorts, TwReuse};
 use timewait_model::wrap::Bandwidth;
+use timewait_proxy::config::defaults;
 
 /// Makes TCP TIME_WAIT trouble visible, explains it with numbers, and removes it.
 ///
@@ -365,29 +366,32 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "ADDR")]
     pub upstream: Vec<String>,
     /// Worker threads, each with its own listener and connection pool.
-    #[arg(long, value_name = "N", default_value_t = 1)]
+    #[arg(long, value_name = "N", default_value_t = defaults::WORKERS)]
     pub workers: usize,
     /// How to choose a backend.
     #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
     pub balance: BalanceArg,
-    /// HTTP/1.1 implementation: the lean httparse path (default), or hyper.
-    #[arg(long, value_enum, default_value_t = EngineArg::Lean)]
-    pub engine: EngineArg,
     /// Failures in a row after which a backend is left alone for --fail-timeout.
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_FAILS)]
     pub max_fails: u32,
     /// Seconds a failing backend is left alone before it is tried again.
-    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::FAIL_TIMEOUT)]
     pub fail_timeout: f64,
     /// Configuration file: listeners, routes by host and path prefix to named
-    /// upstream groups, header rules (see the proxy's module docs for the format).
-    #[arg(short = 'c', long, value_name = "FILE.toml", conflicts_with_all = ["listen", "upstream", "admin", "workers", "access_log"])]
+    /// upstream groups, header rules (see the proxy's module docs for the
+    /// format). Every setting is then the file's: no other flag may be given.
+    #[arg(short = 'c', long, value_name = "FILE.toml", conflicts_with_all = [
+        "listen", "upstream", "workers", "balance", "max_fails", "fail_timeout", "admin",
+        "keepalive", "shared_pool", "idle_timeout", "max_lifetime", "max_requests",
+        "connect_timeout", "response_timeout", "header_timeout", "body_timeout",
+        "access_log", "max_headers", "max_connections", "via",
+    ])]
     pub config: Option<PathBuf>,
     /// Serve /metrics and /healthz on this address.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
     /// Idle connections kept per backend and worker (nginx's `keepalive N`).
-    #[arg(long, value_name = "N", default_value_t = 128)]
+    #[arg(long, value_name = "N", default_value_t = defaults::KEEPALIVE)]
     pub keepalive: usize,
     /// One pool of idle backend connections for all workers instead of one
     /// per worker: `--keepalive` then bounds them per backend in all. Each
@@ -395,7 +399,7 @@ pub struct ProxyArgs {
     #[arg(long)]
     pub shared_pool: bool,
     /// Close idle backend connections after S seconds; keep it below the backends' own keep-alive timeout.
-    #[arg(long, value_name = "S", default_value_t = 4.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::IDLE_TIMEOUT)]
     pub idle_timeout: f64,
     /// Close a backend connection after it has been open S seconds (default: never).
     #[arg(long, value_name = "S")]
@@ -404,38 +408,36 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "N")]
     pub max_requests: Option<u64>,
     /// Seconds to connect to a backend before answering 502.
-    #[arg(long, value_name = "S", default_value_t = 2.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::CONNECT_TIMEOUT)]
     pub connect_timeout: f64,
     /// Seconds for a backend to start answering before 504.
-    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::RESPONSE_TIMEOUT)]
     pub response_timeout: f64,
     /// Seconds a client has to send a whole request head (slowloris protection).
-    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::HEADER_TIMEOUT)]
     pub header_timeout: f64,
     /// Seconds a request or response body may stall (no byte sent, or none
     /// taken by the receiver) before the exchange is cut off, like nginx's
     /// `client_body_timeout`, `proxy_read_timeout` and `send_timeout`.
-    #[arg(long, value_name = "S", default_value_t = 60.0)]
+    #[arg(long, value_name = "S", default_value_t = defaults::BODY_TIMEOUT)]
     pub body_timeout: f64,
     /// Write a line per request to stdout: time (Unix ms), client, request line,
     /// status, backend, milliseconds.
     #[arg(long)]
     pub access_log: bool,
     /// Most headers a request may carry (more: 431); at most 128.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = defaults::MAX_HEADERS)]
     pub max_headers: usize,
+    /// Client connections each worker serves at once (default: from the
+    /// open-files limit, which the proxy raises to its hard limit, leaving
+    /// room for a backend connection per client and the idle pool). Past it
+    /// the longest-idle keep-alive connection is closed to admit a new
+    /// client; with none idle, new clients wait in the accept queue.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Add `Via: 1.1 NAME` to requests and responses.
     #[arg(long, value_name = "NAME")]
     pub via: Option<String>,
-}
-
-/// `proxy --engine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum EngineArg {
-    /// hyper on both sides.
-    Hyper,
-    /// httparse; each client connection's task drives its backend connection.
-    Lean,
 }
 
 /// `proxy --balance`.

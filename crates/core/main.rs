@@ -73,7 +73,7 @@ fn main() -> ExitCode {
             // or subcommand also shows the usage line.
             let brief = matches!(
                 e.kind(),
-                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::ArgumentConflict
             );
             let shown = if brief {
                 text.lines().next().unwrap_or_default()

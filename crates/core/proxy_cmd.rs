@@ -1,14 +1,14 @@
-//! `timewait proxy`: flags → validated [`ProxyConfig`] → run.
+//! `timewait proxy`: flags or `-c FILE` → the one validated
+//! [`Config`] → run.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use timewait_proxy::ProxyConfig;
-use timewait_proxy::config::{Balance, Engine, PoolConfig};
-use timewait_proxy::file::RoutedConfig;
+use timewait_proxy::config::{self, Balance, Config, Invalid, PoolConfig};
+use timewait_proxy::headers::ForwardingRules;
 
 use crate::Failure;
-use crate::cli::{BalanceArg, EngineArg, ProxyArgs};
+use crate::cli::{BalanceArg, ProxyArgs};
 
 fn addr(flag: &str, s: &str) -> Result<SocketAddr, Failure> {
     s.to_socket_addrs()
@@ -17,18 +17,17 @@ fn addr(flag: &str, s: &str) -> Result<SocketAddr, Failure> {
         .ok_or_else(|| Failure::Usage(format!("{flag} {s}: resolves to no address")))
 }
 
-fn seconds(flag: &str, v: f64, max: f64) -> Result<Duration, Failure> {
-    if v.is_finite() && v > 0.0 && v <= max {
-        Ok(Duration::from_secs_f64(v))
-    } else {
-        Err(Failure::Usage(format!(
-            "{flag}: must be seconds above 0 and at most {max}, got {v}"
-        )))
-    }
+/// A setting out of range, named as the flag (`idle_timeout` → `--idle-timeout`).
+fn flag_error(e: Invalid) -> Failure {
+    Failure::Usage(format!("--{}: {}", e.field.replace('_', "-"), e.message))
+}
+
+fn seconds(field: &'static str, v: f64) -> Result<Duration, Failure> {
+    config::seconds(field, v).map_err(flag_error)
 }
 
 /// Validates the flags into a configuration; does no I/O but name lookups.
-pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
+pub fn config(a: &ProxyArgs) -> Result<Config, Failure> {
     let listen = a
         .listen
         .as_deref()
@@ -44,106 +43,68 @@ pub fn config(a: &ProxyArgs) -> Result<ProxyConfig, Failure> {
         .iter()
         .map(|u| addr("--upstream", u))
         .collect::<Result<Vec<_>, _>>()?;
-    if a.workers == 0 || a.workers > 1024 {
-        return Err(Failure::Usage(format!(
-            "--workers: must be between 1 and 1024, got {}",
-            a.workers
-        )));
-    }
-    if a.max_requests == Some(0) {
-        return Err(Failure::Usage("--max-requests: must be at least 1".into()));
-    }
-    if a.max_fails == 0 {
-        return Err(Failure::Usage("--max-fails: must be at least 1".into()));
-    }
-    let mut cfg = ProxyConfig::new(listen, upstreams);
+    let mut cfg = Config::single(listen, upstreams);
     cfg.workers = a.workers;
-    cfg.balance = match a.balance {
+    cfg.admin = a.admin.as_deref().map(|s| addr("--admin", s)).transpose()?;
+    cfg.access_log = a.access_log;
+    cfg.max_connections = a.max_connections;
+    let l = &mut cfg.listeners[0];
+    l.header_timeout = seconds("header_timeout", a.header_timeout)?;
+    l.max_headers = a.max_headers;
+    l.routes[0].forwarding = std::sync::Arc::new(ForwardingRules {
+        via: a.via.clone(),
+        ..ForwardingRules::default()
+    });
+    let g = &mut cfg.groups[0];
+    g.balance = match a.balance {
         BalanceArg::RoundRobin => Balance::RoundRobin,
         BalanceArg::LeastConn => Balance::LeastConn,
     };
-    cfg.max_fails = a.max_fails;
-    cfg.engine = match a.engine {
-        EngineArg::Hyper => Engine::Hyper,
-        EngineArg::Lean => Engine::Lean,
-    };
-    cfg.fail_timeout = seconds("--fail-timeout", a.fail_timeout, 3600.0)?;
-    cfg.admin = a.admin.as_deref().map(|s| addr("--admin", s)).transpose()?;
-    cfg.pool = PoolConfig {
+    g.max_fails = a.max_fails;
+    g.fail_timeout = seconds("fail_timeout", a.fail_timeout)?;
+    g.pool = PoolConfig {
         max_idle_per_upstream: a.keepalive,
-        idle_timeout: seconds("--idle-timeout", a.idle_timeout, 3600.0)?,
+        idle_timeout: seconds("idle_timeout", a.idle_timeout)?,
         max_requests_per_connection: a.max_requests,
         max_lifetime: a
             .max_lifetime
-            .map(|v| seconds("--max-lifetime", v, 86_400.0))
+            .map(|v| seconds("max_lifetime", v))
             .transpose()?,
         shared: a.shared_pool,
     };
-    cfg.connect_timeout = seconds("--connect-timeout", a.connect_timeout, 600.0)?;
-    cfg.response_header_timeout = seconds("--response-timeout", a.response_timeout, 3600.0)?;
-    cfg.client_header_timeout = seconds("--header-timeout", a.header_timeout, 3600.0)?;
-    cfg.body_timeout = seconds("--body-timeout", a.body_timeout, 3600.0)?;
-    cfg.forwarding.via = a.via.clone();
-    if !(1..=128).contains(&a.max_headers) {
-        return Err(Failure::Usage(format!(
-            "--max-headers: must be between 1 and 128, got {}",
-            a.max_headers
-        )));
-    }
-    cfg.max_headers = a.max_headers;
-    if a.access_log && a.engine == EngineArg::Hyper {
-        return Err(Failure::Usage(
-            "--access-log: the access log is written by the lean engine; drop --engine hyper"
-                .into(),
-        ));
-    }
-    cfg.access_log = a.access_log;
-    if a.shared_pool && a.engine == EngineArg::Hyper {
-        return Err(Failure::Usage(
-            "--shared-pool: the shared pool is the lean engine's; drop --engine hyper".into(),
-        ));
-    }
+    g.connect_timeout = seconds("connect_timeout", a.connect_timeout)?;
+    g.response_timeout = seconds("response_timeout", a.response_timeout)?;
+    g.body_timeout = seconds("body_timeout", a.body_timeout)?;
+    cfg.validate().map_err(flag_error)?;
     Ok(cfg)
 }
 
 /// Reads `-c FILE`: exit 2 with `file:line` when it is wrong.
-fn routed(a: &ProxyArgs, path: &std::path::Path) -> Result<RoutedConfig, Failure> {
-    if a.engine == EngineArg::Hyper {
-        return Err(Failure::Usage(
-            "-c: configuration files run on the lean engine; drop --engine hyper".into(),
-        ));
-    }
+fn from_file(path: &std::path::Path) -> Result<Config, Failure> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| Failure::Usage(format!("-c {}: {e}", path.display())))?;
-    timewait_proxy::file::parse(&path.display().to_string(), &text)
+    timewait_proxy::config_file::parse(&path.display().to_string(), &text)
         .map_err(|e| Failure::Usage(e.to_string()))
 }
 
-/// Runs until killed. Prints the bound addresses first (scripts wait for that line).
+/// Runs until stopped. Prints the bound addresses first (scripts wait for that line).
 pub fn run_proxy(a: &ProxyArgs) -> Result<String, Failure> {
-    if let Some(path) = &a.config {
-        let cfg = routed(a, path)?;
-        let groups: Vec<String> = cfg
-            .groups
-            .iter()
-            .flat_map(|g| g.upstreams.iter().map(ToString::to_string))
-            .collect();
-        let workers = cfg.workers;
-        timewait_proxy::server::run_routed(cfg, Some(path.clone()), |b| {
-            announce(&b, workers, &groups)
-        })
-        .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
-        return Ok(String::new());
-    }
-    let cfg = config(a)?;
-    let upstreams: Vec<String> = cfg.upstreams.iter().map(ToString::to_string).collect();
+    let (cfg, reload_from) = match &a.config {
+        Some(path) => (from_file(path)?, Some(path.clone())),
+        None => (config(a)?, None),
+    };
+    let upstreams: Vec<String> = cfg
+        .groups
+        .iter()
+        .flat_map(|g| g.servers.iter().map(ToString::to_string))
+        .collect();
     let workers = cfg.workers;
-    timewait_proxy::run(cfg, |b| announce(&b, workers, &upstreams))
+    timewait_proxy::run(cfg, reload_from, |b| announce(&b, workers, &upstreams))
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("proxy: {e}")))?;
     Ok(String::new())
 }
 
-fn announce(b: &timewait_proxy::server::Bound, workers: usize, upstreams: &[String]) {
+fn announce(b: &timewait_proxy::Bound, workers: usize, upstreams: &[String]) {
     let admin = b
         .admin
         .map_or(String::new(), |a| format!(", admin http://{a}/metrics"));
@@ -152,9 +113,11 @@ fn announce(b: &timewait_proxy::server::Bound, workers: usize, upstreams: &[Stri
     seen.sort();
     seen.dedup();
     let _ = crate::render::emit(&format!(
-        "timewait proxy: listening on {} ({} worker(s)), upstreams {}{}\n",
+        "timewait proxy: listening on {} ({} worker(s), up to {} connections each; open files {}), upstreams {}{}\n",
         listeners.join(" "),
         workers,
+        b.max_connections,
+        b.nofile,
         seen.join(", "),
         admin
     ));

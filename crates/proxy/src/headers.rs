@@ -1,19 +1,115 @@
-//! Gateway header rules (RFC 9110 §7.6.1, RFC 9112 §6, §11), pure.
+//! Gateway header rules (RFC 9110 §7.6.1, RFC 9112 §6, §11), and the one
+//! table of the header names the proxy acts on. Pure.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Version};
+use http::header::{HeaderName, HeaderValue};
 
 /// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
-/// plus the non-standard `Keep-Alive` and `Proxy-Connection`).
+/// plus the non-standard `Keep-Alive` and `Proxy-Connection`). `Trailer` is
+/// not one of them: it is forwarded with a chunked body, whose trailer
+/// fields go along (see the private `h1::head` module).
 pub const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The header names the proxy acts on, recognised once per header line
+/// (by length, then one case-insensitive comparison) instead of comparing
+/// every line against every list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    /// `Connection`.
+    Connection,
+    /// `Keep-Alive`.
+    KeepAlive,
+    /// `Proxy-Connection`.
+    ProxyConnection,
+    /// `TE`.
+    Te,
+    /// `Trailer`.
+    Trailer,
+    /// `Transfer-Encoding`.
+    TransferEncoding,
+    /// `Upgrade`.
+    Upgrade,
+    /// `Content-Length`.
+    ContentLength,
+    /// `Expect`.
+    Expect,
+    /// `Host`.
+    Host,
+    /// `Via`.
+    Via,
+    /// `X-Forwarded-For`.
+    XForwardedFor,
+    /// `X-Forwarded-Proto`.
+    XForwardedProto,
+    /// Any other.
+    Other,
+}
+
+/// The names [`Name::of`] recognises.
+const NAMES: [(&str, Name); 13] = [
+    ("te", Name::Te),
+    ("via", Name::Via),
+    ("host", Name::Host),
+    ("expect", Name::Expect),
+    ("trailer", Name::Trailer),
+    ("upgrade", Name::Upgrade),
+    ("connection", Name::Connection),
+    ("keep-alive", Name::KeepAlive),
+    ("content-length", Name::ContentLength),
+    ("x-forwarded-for", Name::XForwardedFor),
+    ("proxy-connection", Name::ProxyConnection),
+    ("transfer-encoding", Name::TransferEncoding),
+    ("x-forwarded-proto", Name::XForwardedProto),
+];
+
+impl Name {
+    /// `eq_ignore_ascii_case` compares lengths first, so most names are
+    /// ruled out without looking at a byte.
+    pub fn of(n: &str) -> Name {
+        NAMES
+            .iter()
+            .find(|(known, _)| n.eq_ignore_ascii_case(known))
+            .map_or(Name::Other, |&(_, name)| name)
+    }
+
+    /// One of [`HOP_BY_HOP`].
+    pub fn hop_by_hop(self) -> bool {
+        matches!(
+            self,
+            Name::Connection
+                | Name::KeepAlive
+                | Name::ProxyConnection
+                | Name::Te
+                | Name::TransferEncoding
+                | Name::Upgrade
+        )
+    }
+
+    /// A field that frames or routes a message and so may not arrive as a
+    /// trailer field (RFC 9110 §6.5.1); such trailer lines are dropped.
+    pub fn forbidden_in_trailer(self) -> bool {
+        self.hop_by_hop()
+            || matches!(
+                self,
+                Name::ContentLength | Name::Host | Name::Trailer | Name::Expect
+            )
+    }
+}
+
+/// The comma-separated tokens of a header value.
+pub fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(v)
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
 
 /// Why a request is refused before it reaches a backend (400, and the
 /// client connection is closed: its framing can no longer be trusted).
@@ -51,9 +147,9 @@ pub struct RequestFraming {
     pub has_host: bool,
 }
 
-/// Checks a request's framing headers, given as `(name, value)` pairs: the
-/// one rule set both engines apply (hyper's `HeaderMap` through
-/// [`check_request`], the lean engine's `httparse` headers directly).
+/// Checks a request's framing headers, given as `(name, value)` pairs.
+/// (Whitespace before a colon, obs-fold and bare CR are refused by the
+/// HTTP parser before headers reach this.)
 pub fn check_fields<'a>(
     http10: bool,
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
@@ -104,35 +200,6 @@ pub fn check_fields<'a>(
     }
 }
 
-/// [`check_fields`] over a parsed request's headers. (Whitespace before a
-/// colon, obs-fold and bare CR are refused by the HTTP parser before
-/// headers reach us.)
-pub fn check_request(version: Version, headers: &HeaderMap) -> Result<(), Refusal> {
-    let http10 = version < Version::HTTP_11;
-    check_fields(
-        http10,
-        headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())),
-    )
-    .map(|_| ())
-}
-
-/// Removes hop-by-hop headers and every header named in `Connection`.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
-    }
-}
-
 /// How the proxy identifies itself and the client to the backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardingRules {
@@ -157,84 +224,9 @@ impl Default for ForwardingRules {
     }
 }
 
-/// Builds the upstream request headers from the client's: hop-by-hop removed
-/// (so the client's `Connection: close` never reaches the backend), the
-/// client address appended to `X-Forwarded-For`, then the configured rules.
-/// The upstream request is always HTTP/1.1 with a persistent connection.
-pub fn upstream_request_headers(
-    mut headers: HeaderMap,
-    client_ip: std::net::IpAddr,
-    rules: &ForwardingRules,
-) -> HeaderMap {
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::EXPECT); // answered here: the backend gets the body or nothing
-    let xff = HeaderName::from_static("x-forwarded-for");
-    let client = client_ip.to_string();
-    let value = match headers.get_all(&xff).iter().count() {
-        0 => HeaderValue::from_str(&client).ok(),
-        _ => {
-            let mut list: Vec<&str> = headers
-                .get_all(&xff)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            list.push(&client);
-            HeaderValue::from_str(&list.join(", ")).ok()
-        }
-    };
-    if let Some(v) = value {
-        headers.insert(xff, v);
-    }
-    if let Some(proto) = &rules.forwarded_proto
-        && let Ok(v) = HeaderValue::from_str(proto)
-    {
-        headers.insert(HeaderName::from_static("x-forwarded-proto"), v);
-    }
-    if let Some(via) = &rules.via {
-        append_via(&mut headers, via);
-    }
-    for name in &rules.remove {
-        headers.remove(name);
-    }
-    for (name, value) in &rules.set {
-        headers.insert(name.clone(), value.clone());
-    }
-    headers
-}
-
-/// Strips a response's hop-by-hop headers (and adds `Via` if configured).
-pub fn downstream_response_headers(headers: &mut HeaderMap, rules: &ForwardingRules) {
-    strip_hop_by_hop(headers);
-    if let Some(via) = &rules.via {
-        append_via(headers, via);
-    }
-}
-
-fn append_via(headers: &mut HeaderMap, via: &str) {
-    let prior: Vec<String> = headers
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
-        .collect();
-    let mut list = prior.join(", ");
-    if !list.is_empty() {
-        list.push_str(", ");
-    }
-    list.push_str("1.1 ");
-    list.push_str(via);
-    if let Ok(v) = HeaderValue::from_str(&list) {
-        headers.insert(header::VIA, v);
-    }
-}
-
-/// Whether a request may be sent again after a failure in which the backend
-/// may have seen part of it (RFC 9110 §9.2.2), provided it has no body.
-pub fn is_idempotent(method: &Method) -> bool {
-    idempotent(method.as_str())
-}
-
-/// [`is_idempotent`] by method name, for the lean engine's parsed heads.
+/// Whether RFC 9110 (§9.2.1, §9.2.2) calls a method safe or idempotent:
+/// only such a request may be sent again after a failure in which the
+/// backend may have seen part of it.
 pub fn idempotent(method: &str) -> bool {
     matches!(
         method,
@@ -246,108 +238,84 @@ pub fn idempotent(method: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for (k, v) in pairs {
-            m.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        m
+    fn check(http10: bool, pairs: &[(&str, &str)]) -> Result<RequestFraming, Refusal> {
+        check_fields(http10, pairs.iter().map(|(n, v)| (*n, v.as_bytes())))
     }
 
     #[test]
     fn refuses_smuggling_vectors() {
-        let v = Version::HTTP_11;
-        let ok = map(&[("host", "a"), ("content-length", "5")]);
-        assert_eq!(check_request(v, &ok), Ok(()));
-        let both = map(&[
+        let ok = check(false, &[("host", "a"), ("content-length", "5")]).unwrap();
+        assert_eq!(
+            (ok.content_length, ok.chunked, ok.has_host),
+            (Some(5), false, true)
+        );
+        let both = [
             ("host", "a"),
             ("content-length", "5"),
             ("transfer-encoding", "chunked"),
-        ]);
-        assert_eq!(check_request(v, &both), Err(Refusal::LengthAndEncoding));
-        let differ = map(&[
+        ];
+        assert_eq!(check(false, &both), Err(Refusal::LengthAndEncoding));
+        let differ = [
             ("host", "a"),
             ("content-length", "5"),
             ("content-length", "6"),
-        ]);
-        assert_eq!(check_request(v, &differ), Err(Refusal::ConflictingLength));
-        let same = map(&[("host", "a"), ("content-length", "5, 5")]);
-        assert_eq!(check_request(v, &same), Ok(()));
-        let signed = map(&[("host", "a"), ("content-length", "+5")]);
-        assert_eq!(check_request(v, &signed), Err(Refusal::BadLength));
-        let te = map(&[("host", "a"), ("transfer-encoding", "chunked, gzip")]);
-        assert_eq!(check_request(v, &te), Err(Refusal::BadEncoding));
-        let hosts = map(&[("host", "a"), ("host", "b")]);
-        assert_eq!(check_request(v, &hosts), Err(Refusal::DuplicateHost));
-        assert_eq!(check_request(v, &map(&[])), Err(Refusal::MissingHost));
-        assert_eq!(check_request(Version::HTTP_10, &map(&[])), Ok(()));
+        ];
+        assert_eq!(check(false, &differ), Err(Refusal::ConflictingLength));
+        assert!(check(false, &[("host", "a"), ("content-length", "5, 5")]).is_ok());
+        let signed = [("host", "a"), ("content-length", "+5")];
+        assert_eq!(check(false, &signed), Err(Refusal::BadLength));
+        let te = [("host", "a"), ("transfer-encoding", "chunked, gzip")];
+        assert_eq!(check(false, &te), Err(Refusal::BadEncoding));
+        let hosts = [("host", "a"), ("host", "b")];
+        assert_eq!(check(false, &hosts), Err(Refusal::DuplicateHost));
+        assert_eq!(check(false, &[]), Err(Refusal::MissingHost));
+        assert!(check(true, &[]).is_ok());
         // Codings on several lines are one list: its last one must be chunked.
-        let split = map(&[
+        let split = [
             ("host", "a"),
             ("transfer-encoding", "gzip"),
             ("transfer-encoding", "chunked"),
-        ]);
-        assert_eq!(check_request(v, &split), Ok(()));
-        let wrong = map(&[
+        ];
+        assert!(check(false, &split).is_ok());
+        let wrong = [
             ("host", "a"),
             ("transfer-encoding", "chunked"),
             ("transfer-encoding", "gzip"),
-        ]);
-        assert_eq!(check_request(v, &wrong), Err(Refusal::BadEncoding));
-        let fields = [("Host", &b"a"[..]), ("Content-Length", b"7")];
-        let f = check_fields(false, fields.iter().copied()).unwrap();
-        assert_eq!(
-            (f.content_length, f.chunked, f.has_host),
-            (Some(7), false, true)
-        );
+        ];
+        assert_eq!(check(false, &wrong), Err(Refusal::BadEncoding));
     }
 
     #[test]
-    fn strips_hop_by_hop_and_connection_named_headers() {
-        let mut h = map(&[
-            ("connection", "close, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "trailers"),
-            ("upgrade", "h2c"),
-            ("proxy-connection", "keep-alive"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut h);
-        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(names, ["x-kept"]);
+    fn names_are_recognised_in_any_case_and_hop_by_hop_matches_the_list() {
+        for n in HOP_BY_HOP {
+            assert!(Name::of(n).hop_by_hop(), "{n}");
+            assert!(Name::of(&n.to_ascii_uppercase()).hop_by_hop(), "{n}");
+        }
+        for (n, k) in [
+            ("Content-Length", Name::ContentLength),
+            ("X-FORWARDED-FOR", Name::XForwardedFor),
+            ("x-forwarded-proto", Name::XForwardedProto),
+            ("Via", Name::Via),
+            ("Expect", Name::Expect),
+            ("Trailer", Name::Trailer),
+            ("Content-Lengths", Name::Other),
+            ("Connectio", Name::Other),
+            ("", Name::Other),
+        ] {
+            assert_eq!(Name::of(n), k, "{n}");
+            assert!(!k.hop_by_hop(), "{n}");
+        }
+        assert!(Name::Trailer.forbidden_in_trailer() && Name::ContentLength.forbidden_in_trailer());
+        assert!(!Name::Other.forbidden_in_trailer());
     }
 
     #[test]
-    fn builds_upstream_headers() {
-        let h = map(&[
-            ("host", "example.com"),
-            ("connection", "close"),
-            ("x-forwarded-for", "203.0.113.9"),
-            ("expect", "100-continue"),
-        ]);
-        let rules = ForwardingRules {
-            via: Some("timewait".into()),
-            set: vec![(
-                HeaderName::from_static("x-real-ip"),
-                HeaderValue::from_static("set"),
-            )],
-            remove: vec![HeaderName::from_static("x-drop")],
-            ..ForwardingRules::default()
-        };
-        let out = upstream_request_headers(h, "192.0.2.1".parse().unwrap(), &rules);
-        assert!(
-            out.get("connection").is_none(),
-            "the client's close is not forwarded"
-        );
-        assert!(out.get("expect").is_none());
-        assert_eq!(out["x-forwarded-for"], "203.0.113.9, 192.0.2.1");
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["via"], "1.1 timewait");
-        assert_eq!(out["host"], "example.com");
-        assert_eq!(out["x-real-ip"], "set");
+    fn only_safe_or_idempotent_methods_may_be_repeated() {
+        for m in ["GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"] {
+            assert!(idempotent(m), "{m}");
+        }
+        for m in ["POST", "PATCH", "CONNECT", "get"] {
+            assert!(!idempotent(m), "{m}");
+        }
     }
 }

@@ -6,6 +6,8 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::error::{Kind, ProxyError, Side};
+
 /// Everything one worker counts (aligned so that two workers' counters
 /// never share a cache line).
 #[derive(Debug, Default)]
@@ -37,6 +39,13 @@ pub struct Metrics {
     pub upstream_timeouts: AtomicU64,
     /// Times a backend was left alone after failing `max_fails` times.
     pub ejections: AtomicU64,
+    /// Failed requests by kind (see [`crate::error::Kind`]).
+    pub(crate) failures: [AtomicU64; Kind::ALL.len()],
+    /// `accept()` failures (out of file descriptors and the like).
+    pub accept_errors: AtomicU64,
+    /// Idle keep-alive client connections closed to make room for new
+    /// clients at `max_connections`.
+    pub idle_clients_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -52,6 +61,21 @@ impl Metrics {
             .get(usize::from(status / 100).wrapping_sub(1))
         {
             Metrics::inc(c);
+        }
+    }
+
+    /// Counts a request that failed for good (a retried attempt is counted
+    /// in `retries` instead).
+    pub(crate) fn failure(&self, e: &ProxyError) {
+        Metrics::inc(&self.failures[e.kind.index()]);
+        match e.kind {
+            Kind::ResponseTimeout | Kind::RequestBodyStalled => {
+                Metrics::inc(&self.upstream_timeouts)
+            }
+            Kind::SendRequest | Kind::NoResponse | Kind::BadResponse | Kind::ResponseBody => {
+                Metrics::inc(&self.upstream_errors)
+            }
+            _ => {}
         }
     }
 
@@ -76,6 +100,9 @@ impl Metrics {
                 upstream_errors,
                 upstream_timeouts,
                 ejections,
+                failures,
+                accept_errors,
+                idle_clients_closed,
             } = &**m;
             add(&total.requests, requests);
             for (to, from) in total.responses.iter().zip(responses) {
@@ -96,6 +123,11 @@ impl Metrics {
             add(&total.upstream_errors, upstream_errors);
             add(&total.upstream_timeouts, upstream_timeouts);
             add(&total.ejections, ejections);
+            for (to, from) in total.failures.iter().zip(failures) {
+                add(to, from);
+            }
+            add(&total.accept_errors, accept_errors);
+            add(&total.idle_clients_closed, idle_clients_closed);
         }
         total
     }
@@ -104,7 +136,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut o = String::new();
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "requests_total",
                 "Requests received from clients.",
@@ -155,6 +187,16 @@ impl Metrics {
                 "Backends left alone after repeated failures.",
                 &self.ejections,
             ),
+            (
+                "accept_errors_total",
+                "Failed accepts (such as running out of file descriptors).",
+                &self.accept_errors,
+            ),
+            (
+                "idle_clients_closed_total",
+                "Idle keep-alive client connections closed to admit new clients at max_connections.",
+                &self.idle_clients_closed,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(o, "# HELP timewait_proxy_{name} {help}");
@@ -171,6 +213,23 @@ impl Metrics {
                 o,
                 "timewait_proxy_responses_total{{class=\"{}xx\"}} {}",
                 i + 1,
+                g(c)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP timewait_proxy_failures_total Requests that failed, by the side that failed and what failed."
+        );
+        let _ = writeln!(o, "# TYPE timewait_proxy_failures_total counter");
+        for (k, c) in Kind::ALL.iter().zip(&self.failures) {
+            let side = match k.side() {
+                Side::Upstream => "upstream",
+                Side::Downstream => "downstream",
+            };
+            let _ = writeln!(
+                o,
+                "timewait_proxy_failures_total{{side=\"{side}\",kind=\"{}\"}} {}",
+                k.label(),
                 g(c)
             );
         }

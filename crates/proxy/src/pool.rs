@@ -1,128 +1,175 @@
-//! Idle upstream connections, per upstream address, for one worker.
-//!
-//! One worker's pool is used by one thread only, so it needs no lock
-//! (`RefCell`). Taking returns the most recently used connection (its
-//! backend is the least likely to have timed it out). Closed connections
-//! are skipped: hyper's connection task keeps reading an idle connection,
-//! so a backend's FIN marks it closed before anyone tries to reuse it.
+//! Idle backend connections of one upstream group, over the generic
+//! `timewait-pool`: this worker's own (no lock), or the process's shared
+//! pool (`shared_pool`), where a parked connection leaves every worker's
+//! event loop so that any worker can take it. The idle gauge in `/metrics`
+//! follows every change.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
-use hyper::client::conn::http1::SendRequest;
+use timewait_pool::{Limits, Pool, Pooled, SharedPool};
+use tokio::net::TcpStream;
 
 use crate::config::PoolConfig;
+use crate::h1::io::ReadBuf;
 use crate::metrics::Metrics;
 
-/// One upstream connection, between requests.
-pub struct Conn<B> {
-    /// Sends requests on it.
-    pub sender: SendRequest<B>,
-    /// Requests it has carried.
-    pub requests: u64,
-    /// When it was opened.
-    pub born: Instant,
-    /// The task driving a pooled connection, stopped when the connection is
-    /// dropped: hyper would otherwise end it with a FIN (`shutdown`) before
-    /// closing, and the reset `dial` arranged would come too late to spare
-    /// this host a TIME_WAIT.
-    pub driver: Option<tokio::task::AbortHandle>,
+/// A backend connection between requests.
+pub(crate) struct UpConn {
+    pub(crate) stream: TcpStream,
+    pub(crate) rb: ReadBuf,
 }
 
-impl<B> Drop for Conn<B> {
-    fn drop(&mut self) {
-        if let Some(task) = self.driver.take() {
-            task.abort();
+/// A connection parked in the shared pool, out of any event loop.
+pub(crate) struct Parked {
+    stream: std::net::TcpStream,
+    rb: ReadBuf,
+}
+
+/// The shared pools of a process, one per upstream group, keyed by backend.
+pub(crate) type Shared = Arc<SharedPool<SocketAddr, Parked>>;
+
+/// Whether an idle backend connection still looks usable: nothing unread,
+/// and not readable (nothing, not even a FIN, arrived since it went idle).
+/// No system call unless the runtime saw it become readable.
+fn looks_alive(c: &UpConn) -> bool {
+    if !c.rb.filled().is_empty() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    match c.stream.poll_read_ready(&mut cx) {
+        Poll::Pending => true,
+        Poll::Ready(Err(_)) => false,
+        Poll::Ready(Ok(())) => {
+            let mut b = [0u8; 1];
+            matches!(c.stream.try_read(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
         }
     }
 }
 
-struct Idle<B> {
-    conn: Conn<B>,
-    since: Instant,
+/// A parked connection: nothing may have arrived while it was parked.
+fn parked_alive(p: &Parked) -> bool {
+    p.rb.filled().is_empty()
+        && matches!(p.stream.peek(&mut [0u8; 1]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock)
 }
 
-/// Idle connections by upstream address.
-pub struct Pool<B> {
-    idle: RefCell<HashMap<SocketAddr, Vec<Idle<B>>>>,
-    cfg: PoolConfig,
+/// The pool limits of a group.
+pub(crate) fn limits(p: &PoolConfig) -> Limits {
+    Limits {
+        max_idle_per_key: p.max_idle_per_upstream,
+        idle_timeout: p.idle_timeout,
+        max_requests: p.max_requests_per_connection,
+        max_lifetime: p.max_lifetime,
+    }
+}
+
+enum Store {
+    /// By backend index in the group.
+    Local(RefCell<Pool<usize, UpConn>>),
+    Shared(Shared),
+}
+
+/// One group's idle backend connections, for one worker.
+pub(crate) struct BackendPool {
+    store: Store,
     metrics: Arc<Metrics>,
 }
 
-impl<B> Pool<B> {
-    /// An empty pool.
-    pub fn new(cfg: PoolConfig, metrics: Arc<Metrics>) -> Pool<B> {
-        Pool {
-            idle: RefCell::new(HashMap::new()),
-            cfg,
-            metrics,
-        }
+impl BackendPool {
+    /// This worker's own pool, or a view of `shared`.
+    pub(crate) fn new(
+        cfg: &PoolConfig,
+        metrics: Arc<Metrics>,
+        shared: Option<Shared>,
+    ) -> BackendPool {
+        let store = match shared {
+            Some(s) => Store::Shared(s),
+            None => Store::Local(RefCell::new(Pool::new(limits(cfg)))),
+        };
+        BackendPool { store, metrics }
     }
 
-    fn usable(&self, c: &Conn<B>, since: Instant, now: Instant) -> bool {
-        !c.sender.is_closed()
-            && now.duration_since(since) < self.cfg.idle_timeout
-            && self
-                .cfg
-                .max_lifetime
-                .is_none_or(|l| now.duration_since(c.born) < l)
+    /// Runs `f` on the pool and moves the idle gauge by what it changed.
+    fn counted<K: std::hash::Hash + Eq, C, R>(
+        &self,
+        pool: &mut Pool<K, C>,
+        f: impl FnOnce(&mut Pool<K, C>) -> R,
+    ) -> R {
+        let before = pool.idle() as i64;
+        let r = f(pool);
+        self.metrics
+            .pool_idle
+            .fetch_add(pool.idle() as i64 - before, Ordering::Relaxed);
+        r
     }
 
-    /// The most recently used live connection to `addr`, if any, and how
-    /// long it was idle.
-    pub fn take(&self, addr: SocketAddr, now: Instant) -> Option<(Conn<B>, std::time::Duration)> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
-        while let Some(i) = list.pop() {
-            self.metrics.pool_idle.fetch_sub(1, Ordering::Relaxed);
-            if self.usable(&i.conn, i.since, now) {
-                return Some((i.conn, now.duration_since(i.since)));
+    /// The most recently used live connection to backend `i` (`addr`).
+    pub(crate) fn take(&self, i: usize, addr: SocketAddr, now: Instant) -> Option<Pooled<UpConn>> {
+        match &self.store {
+            Store::Local(p) => self.counted(&mut p.borrow_mut(), |p| p.take(&i, now, looks_alive)),
+            Store::Shared(s) => {
+                let p = s.with(|p| self.counted(p, |p| p.take(&addr, now, parked_alive)))?;
+                let Pooled {
+                    conn: Parked { stream, rb },
+                    born,
+                    requests,
+                } = p;
+                // A socket that cannot join this worker's event loop is
+                // closed (dropped) like any dead connection.
+                let stream = TcpStream::from_std(stream).ok()?;
+                Some(Pooled {
+                    conn: UpConn { stream, rb },
+                    born,
+                    requests,
+                })
             }
-            // Dropping the sender closes the connection.
         }
-        None
     }
 
-    /// Gives a connection back after a complete exchange. It is closed
-    /// instead if it is dead, worn out, or the pool for `addr` is full (then
-    /// the least recently used one goes).
-    pub fn put(&self, addr: SocketAddr, conn: Conn<B>, now: Instant) {
-        if conn.sender.is_closed()
-            || self
-                .cfg
-                .max_requests_per_connection
-                .is_some_and(|m| conn.requests >= m)
-            || self
-                .cfg
-                .max_lifetime
-                .is_some_and(|l| now.duration_since(conn.born) >= l)
-            || self.cfg.max_idle_per_upstream == 0
-        {
-            return;
+    /// Gives back a connection after a complete exchange (its request
+    /// already counted); the pool closes it if it is worn out or not kept.
+    pub(crate) fn put(&self, i: usize, addr: SocketAddr, c: Pooled<UpConn>, now: Instant) {
+        match &self.store {
+            Store::Local(p) => {
+                self.counted(&mut p.borrow_mut(), |p| p.put(i, c, now));
+            }
+            Store::Shared(s) => {
+                let Pooled {
+                    conn: UpConn { stream, rb },
+                    born,
+                    requests,
+                } = c;
+                // Out of this worker's event loop; one that cannot leave it
+                // is closed instead.
+                let Ok(stream) = stream.into_std() else {
+                    return;
+                };
+                let parked = Pooled {
+                    conn: Parked { stream, rb },
+                    born,
+                    requests,
+                };
+                s.with(|p| self.counted(p, |p| p.put(addr, parked, now)));
+            }
         }
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
-        if list.len() >= self.cfg.max_idle_per_upstream {
-            list.remove(0);
-            self.metrics.pool_idle.fetch_sub(1, Ordering::Relaxed);
-        }
-        list.push(Idle { conn, since: now });
-        self.metrics.pool_idle.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Closes connections idle for too long or closed by their backend.
-    pub fn sweep(&self, now: Instant) {
-        let mut idle = self.idle.borrow_mut();
-        for list in idle.values_mut() {
-            let before = list.len();
-            list.retain(|i| self.usable(&i.conn, i.since, now));
-            self.metrics
-                .pool_idle
-                .fetch_sub((before - list.len()) as i64, Ordering::Relaxed);
+    /// Closes connections idle too long, worn out, or closed by their
+    /// backend.
+    pub(crate) fn sweep(&self, now: Instant) {
+        match &self.store {
+            Store::Local(p) => {
+                self.counted(&mut p.borrow_mut(), |p| p.sweep(now, looks_alive));
+            }
+            Store::Shared(s) => {
+                s.with(|p| self.counted(p, |p| p.sweep(now, parked_alive)));
+            }
         }
     }
 }

@@ -1,11 +1,14 @@
-//! `timewait proxy -c FILE.toml`: several listeners, routes by host and path
-//! prefix to named upstream groups, and header rules whose merging is
-//! explicit. Parsing and route matching are pure; errors name `file:line`.
+//! `timewait proxy -c FILE.toml` → the one [`Config`]: several listeners,
+//! routes by host and path prefix to named upstream groups, and header
+//! rules whose merging is explicit. TOML only: the values go through the
+//! same defaults, ranges and [`Config::validate`] as the flags. Pure;
+//! errors name `file:line`.
 //!
 //! ```toml
 //! workers = 2
 //! admin = "127.0.0.1:9809"
 //! access_log = true              # a line per request on stdout
+//! max_connections = 10000        # per worker; default from the fd limit
 //!
 //! [headers]                      # apply to every route unless it says otherwise
 //! set = { "X-Proxy" = "edge-1" }
@@ -15,6 +18,8 @@
 //!
 //! [[listener]]
 //! listen = "0.0.0.0:8080"
+//! header_timeout = 10.0          # seconds for a whole request head
+//! max_headers = 100              # more: 431
 //!
 //! [[listener.route]]
 //! path_prefix = "/api/"
@@ -38,20 +43,20 @@
 //! servers = ["10.0.0.7:8000"]
 //! ```
 //!
-//! For a request, the routes of its listener whose host matches (exact
-//! beats wildcard beats none given) and whose path prefix starts its path
-//! compete; the most specific host, then the longest prefix, wins. No match
-//! is a 404.
+//! Routes that name the same upstream share its pool and its health state;
+//! each route has its own header rules. See [`crate::route`] for which
+//! route a request takes.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::time::Duration;
+use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
-use crate::config::{Balance, PoolConfig, ProxyConfig};
+use crate::config::{self, Balance, Config, Group, Invalid, Listener, PoolConfig, defaults};
 use crate::headers::ForwardingRules;
+use crate::route::{HostMatch, Route};
 
 /// Why a configuration file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -72,6 +77,7 @@ struct FileConfig {
     admin: Option<String>,
     #[serde(default)]
     access_log: bool,
+    max_connections: Option<usize>,
     #[serde(default)]
     headers: HeaderRules,
     #[serde(default)]
@@ -97,6 +103,8 @@ struct HeaderRules {
 #[serde(deny_unknown_fields)]
 struct FileListener {
     listen: String,
+    header_timeout: Option<f64>,
+    max_headers: Option<usize>,
     #[serde(default)]
     route: Vec<FileRoute>,
 }
@@ -128,121 +136,6 @@ struct FileUpstream {
     shared_pool: Option<bool>,
 }
 
-/// How a route matches the Host header.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostMatch {
-    /// Any host.
-    Any,
-    /// This host exactly (case-insensitive, port ignored).
-    Exact(String),
-    /// A subdomain of this domain (`*.example.com` matches `a.example.com`).
-    Suffix(String),
-}
-
-impl HostMatch {
-    fn matches(&self, host: Option<&str>) -> bool {
-        let host = host.map(strip_port);
-        match self {
-            HostMatch::Any => true,
-            HostMatch::Exact(e) => host.is_some_and(|h| h.eq_ignore_ascii_case(e)),
-            // Bytes, not str slices: a non-ASCII Host must not split a character.
-            HostMatch::Suffix(s) => host.is_some_and(|h| {
-                let (h, s) = (h.as_bytes(), s.as_bytes());
-                h.len() > s.len() + 1
-                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-                    && h[h.len() - s.len() - 1] == b'.'
-            }),
-        }
-    }
-
-    fn rank(&self) -> u8 {
-        match self {
-            HostMatch::Exact(_) => 2,
-            HostMatch::Suffix(_) => 1,
-            HostMatch::Any => 0,
-        }
-    }
-}
-
-/// `name:port` → `name`; `[v6]:port` → `[v6]`; anything else unchanged.
-fn strip_port(h: &str) -> &str {
-    match h.rsplit_once(':') {
-        Some((name, port))
-            if !port.is_empty()
-                && port.bytes().all(|b| b.is_ascii_digit())
-                && (!name.contains(':') || name.ends_with(']')) =>
-        {
-            name
-        }
-        _ => h,
-    }
-}
-
-/// One route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// Host rule.
-    pub host: HostMatch,
-    /// Path prefix (`/` for all).
-    pub path_prefix: String,
-    /// Index into [`RoutedConfig::groups`].
-    pub group: usize,
-}
-
-/// The route for a request, if any (see the module docs for the order).
-pub fn route(routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
-    routes
-        .iter()
-        .filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))
-        .max_by_key(|r| (r.host.rank(), r.path_prefix.len()))
-        .map(|r| r.group)
-}
-
-/// One listener and its routes.
-#[derive(Debug, Clone)]
-pub struct ListenerSpec {
-    /// Address.
-    pub listen: SocketAddr,
-    /// Routes.
-    pub routes: Vec<Route>,
-}
-
-/// A whole proxy run from a file.
-#[derive(Debug, Clone)]
-pub struct RoutedConfig {
-    /// Worker threads.
-    pub workers: usize,
-    /// Admin address.
-    pub admin: Option<SocketAddr>,
-    /// Write a line per request to stdout.
-    pub access_log: bool,
-    /// Listeners.
-    pub listeners: Vec<ListenerSpec>,
-    /// One configuration per (upstream group, header rules) pair; routes
-    /// point here.
-    pub groups: Vec<ProxyConfig>,
-}
-
-impl RoutedConfig {
-    /// One listener, one group, every request to it: what the flags describe.
-    pub fn single(cfg: ProxyConfig) -> RoutedConfig {
-        RoutedConfig {
-            workers: cfg.workers,
-            admin: cfg.admin,
-            access_log: cfg.access_log,
-            listeners: vec![ListenerSpec {
-                listen: cfg.listen,
-                routes: vec![Route {
-                    host: HostMatch::Any,
-                    path_prefix: "/".into(),
-                    group: 0,
-                }],
-            }],
-            groups: vec![cfg],
-        }
-    }
-}
-
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())]
         .bytes()
@@ -252,7 +145,7 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Parses a configuration file's text. `file` is used in errors.
-pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
+pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
     let err = |line: usize, message: String| ConfigError {
         file: file.to_string(),
         line,
@@ -260,6 +153,7 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
     };
     // Line of the first occurrence of a needle, for errors found after parsing.
     let find = |needle: &str| text.find(needle).map_or(1, |o| line_of(text, o));
+    let invalid = |e: Invalid| err(find(e.field), e.to_string());
     let raw: FileConfig = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(text, s.start));
         err(line, e.message().to_string())
@@ -267,109 +161,81 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
     if raw.listener.is_empty() {
         return Err(err(1, "no [[listener]]: at least one is needed".into()));
     }
-    let workers = raw.workers.unwrap_or(1);
-    if !(1..=1024).contains(&workers) {
-        return Err(err(
-            find("workers"),
-            format!("workers must be between 1 and 1024, got {workers}"),
-        ));
-    }
     let addr = |s: &str| -> Result<SocketAddr, ConfigError> {
         s.to_socket_addrs()
             .ok()
             .and_then(|mut a| a.next())
             .ok_or_else(|| err(find(s), format!("{s:?} is not a HOST:PORT address")))
     };
-    let admin = raw.admin.as_deref().map(addr).transpose()?;
-    let secs = |name: &str, v: Option<f64>, default: Duration| -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(v) if v.is_finite() && v > 0.0 && v <= 3600.0 => Ok(Duration::from_secs_f64(v)),
-            Some(v) => Err(err(
-                find(name),
-                format!("{name} must be seconds above 0 and at most 3600, got {v}"),
-            )),
-        }
+    let secs = |field: &'static str, v: Option<f64>, default: f64| {
+        config::seconds(field, v.unwrap_or(default)).map_err(invalid)
     };
-    let mut groups: Vec<ProxyConfig> = Vec::new();
+    // Groups by name, in the order routes first name them.
+    let mut names: Vec<&str> = Vec::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut group_of = |name: &str| -> Result<usize, ConfigError> {
+        if let Some(i) = names.iter().position(|n| *n == name) {
+            return Ok(i);
+        }
+        let Some((key, up)) = raw.upstream.get_key_value(name) else {
+            return Err(err(
+                find(&format!("\"{name}\"")),
+                format!("route names upstream {name:?}, which has no [upstream.{name}] section"),
+            ));
+        };
+        let servers = up
+            .servers
+            .iter()
+            .map(|s| addr(s))
+            .collect::<Result<_, _>>()?;
+        let mut g = Group::new(name, servers);
+        g.balance = match up.balance.as_deref() {
+            None | Some("round-robin") => Balance::RoundRobin,
+            Some("least-conn") => Balance::LeastConn,
+            Some(b) => {
+                return Err(err(
+                    find(b),
+                    format!("balance {b:?}: expected \"round-robin\" or \"least-conn\""),
+                ));
+            }
+        };
+        g.pool = PoolConfig {
+            max_idle_per_upstream: up.keepalive.unwrap_or(defaults::KEEPALIVE),
+            idle_timeout: secs("idle_timeout", up.idle_timeout, defaults::IDLE_TIMEOUT)?,
+            max_requests_per_connection: up.max_requests,
+            max_lifetime: up
+                .max_lifetime
+                .map(|v| config::seconds("max_lifetime", v).map_err(invalid))
+                .transpose()?,
+            shared: up.shared_pool.unwrap_or(false),
+        };
+        g.max_fails = up.max_fails.unwrap_or(defaults::MAX_FAILS);
+        g.fail_timeout = secs("fail_timeout", up.fail_timeout, defaults::FAIL_TIMEOUT)?;
+        g.connect_timeout = secs(
+            "connect_timeout",
+            up.connect_timeout,
+            defaults::CONNECT_TIMEOUT,
+        )?;
+        g.response_timeout = secs(
+            "response_timeout",
+            up.response_timeout,
+            defaults::RESPONSE_TIMEOUT,
+        )?;
+        g.body_timeout = secs("body_timeout", up.body_timeout, defaults::BODY_TIMEOUT)?;
+        names.push(key);
+        groups.push(g);
+        Ok(groups.len() - 1)
+    };
     let mut listeners = Vec::new();
     for l in &raw.listener {
         let listen = addr(&l.listen)?;
-        if l.route.is_empty() {
-            return Err(err(
-                find(&l.listen),
-                format!("listener {} has no [[listener.route]]", l.listen),
-            ));
-        }
         let mut routes = Vec::new();
         for r in &l.route {
-            let Some(up) = raw.upstream.get(&r.upstream) else {
-                return Err(err(
-                    find(&format!("\"{}\"", r.upstream)),
-                    format!(
-                        "route names upstream {:?}, which has no [upstream.{}] section",
-                        r.upstream, r.upstream
-                    ),
-                ));
-            };
-            if up.servers.is_empty() {
-                return Err(err(
-                    find(&format!("[upstream.{}]", r.upstream)),
-                    format!("upstream {:?} has no servers", r.upstream),
-                ));
-            }
-            let mut cfg = ProxyConfig::new(
-                listen,
-                up.servers
-                    .iter()
-                    .map(|s| addr(s))
-                    .collect::<Result<_, _>>()?,
-            );
-            cfg.balance = match up.balance.as_deref() {
-                None | Some("round-robin") => Balance::RoundRobin,
-                Some("least-conn") => Balance::LeastConn,
-                Some(b) => {
-                    return Err(err(
-                        find(b),
-                        format!("balance {b:?}: expected \"round-robin\" or \"least-conn\""),
-                    ));
-                }
-            };
-            let defaults = PoolConfig::default();
-            cfg.pool = PoolConfig {
-                max_idle_per_upstream: up.keepalive.unwrap_or(defaults.max_idle_per_upstream),
-                idle_timeout: secs("idle_timeout", up.idle_timeout, defaults.idle_timeout)?,
-                max_requests_per_connection: up.max_requests.filter(|&n| n > 0),
-                max_lifetime: up
-                    .max_lifetime
-                    .map(|v| secs("max_lifetime", Some(v), Duration::ZERO))
-                    .transpose()?,
-                shared: up.shared_pool.unwrap_or(false),
-            };
-            cfg.max_fails = up.max_fails.unwrap_or(cfg.max_fails).max(1);
-            cfg.fail_timeout = secs("fail_timeout", up.fail_timeout, cfg.fail_timeout)?;
-            cfg.connect_timeout = secs("connect_timeout", up.connect_timeout, cfg.connect_timeout)?;
-            cfg.response_header_timeout = secs(
-                "response_timeout",
-                up.response_timeout,
-                cfg.response_header_timeout,
-            )?;
-            cfg.body_timeout = secs("body_timeout", up.body_timeout, cfg.body_timeout)?;
-            cfg.forwarding =
+            let group = group_of(&r.upstream)?;
+            let forwarding =
                 merge_rules(&raw.headers, &r.headers).map_err(|m| err(find(&r.upstream), m))?;
-            let host = match r.host.as_deref() {
-                None => HostMatch::Any,
-                Some(h) => match h.strip_prefix("*.") {
-                    Some(d) if !d.is_empty() => HostMatch::Suffix(d.to_string()),
-                    _ if h.contains('*') || h.is_empty() => {
-                        return Err(err(
-                            find(h),
-                            format!("host {h:?}: expected a name or *.domain"),
-                        ));
-                    }
-                    _ => HostMatch::Exact(h.to_string()),
-                },
-            };
+            let host = HostMatch::parse(r.host.as_deref())
+                .map_err(|m| err(r.host.as_deref().map_or(1, &find), m))?;
             let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".into());
             if !path_prefix.starts_with('/') {
                 return Err(err(
@@ -377,22 +243,36 @@ pub fn parse(file: &str, text: &str) -> Result<RoutedConfig, ConfigError> {
                     format!("path_prefix {path_prefix:?} must start with /"),
                 ));
             }
-            groups.push(cfg);
             routes.push(Route {
                 host,
                 path_prefix,
-                group: groups.len() - 1,
+                group,
+                forwarding: Arc::new(forwarding),
             });
         }
-        listeners.push(ListenerSpec { listen, routes });
+        if routes.is_empty() {
+            return Err(err(
+                find(&l.listen),
+                format!("listener {} has no [[listener.route]]", l.listen),
+            ));
+        }
+        listeners.push(Listener {
+            listen,
+            routes,
+            header_timeout: secs("header_timeout", l.header_timeout, defaults::HEADER_TIMEOUT)?,
+            max_headers: l.max_headers.unwrap_or(defaults::MAX_HEADERS),
+        });
     }
-    Ok(RoutedConfig {
-        workers,
-        admin,
+    let cfg = Config {
+        workers: raw.workers.unwrap_or(defaults::WORKERS),
+        admin: raw.admin.as_deref().map(addr).transpose()?,
         access_log: raw.access_log,
+        max_connections: raw.max_connections,
         listeners,
         groups,
-    })
+    };
+    cfg.validate().map_err(invalid)?;
+    Ok(cfg)
 }
 
 /// A route's header rules over the global ones: the route's `set` adds to
@@ -444,6 +324,8 @@ remove = ["X-Debug"]
 
 [[listener]]
 listen = "127.0.0.1:8080"
+header_timeout = 3
+max_headers = 50
 
 [[listener.route]]
 path_prefix = "/api/"
@@ -480,13 +362,16 @@ servers = ["127.0.0.1:9100"]
 servers = ["127.0.0.1:9200"]
 "#;
 
+    fn route_of<'c>(c: &'c Config, host: Option<&str>, path: &str) -> Option<&'c Route> {
+        crate::route::route(&c.listeners[0].routes, host, path)
+    }
+
     #[test]
     fn parses_and_routes() {
         let c = parse("proxy.toml", SAMPLE).unwrap();
         assert_eq!(c.workers, 2);
-        let r = &c.listeners[0].routes;
         let g = |host: Option<&str>, path: &str| {
-            route(r, host, path).map(|i| c.groups[i].upstreams[0].port())
+            route_of(&c, host, path).map(|r| c.groups[r.group].servers[0].port())
         };
         assert_eq!(g(Some("x"), "/api/users"), Some(9000));
         assert_eq!(g(Some("x"), "/api/v2/users"), Some(9000), "longest prefix");
@@ -508,7 +393,8 @@ servers = ["127.0.0.1:9200"]
             "no panic on non-ASCII hosts"
         );
         assert_eq!(g(Some("[::1]:8080"), "/"), Some(9200));
-        let api = &c.groups[route(r, None, "/api/").unwrap()];
+        let api_route = route_of(&c, None, "/api/").unwrap();
+        let api = &c.groups[api_route.group];
         assert_eq!(api.balance, Balance::LeastConn);
         assert_eq!(api.pool.max_idle_per_upstream, 64);
         assert_eq!(
@@ -516,17 +402,61 @@ servers = ["127.0.0.1:9200"]
             Some(std::time::Duration::from_secs(30))
         );
         assert_eq!(api.body_timeout, std::time::Duration::from_secs(5));
-        let names: Vec<&str> = api.forwarding.set.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = api_route
+            .forwarding
+            .set
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(
             names,
             ["x-proxy", "x-route"],
             "route rules add to the global ones"
         );
-        let stat = &c.groups[route(r, Some("static.example.com"), "/").unwrap()];
+        let stat = route_of(&c, Some("static.example.com"), "/").unwrap();
         assert!(
             stat.forwarding.set.is_empty() && stat.forwarding.remove.is_empty(),
             "inherit = false"
         );
+        // Two routes to one upstream: one group (one pool, one health state).
+        let v2 = route_of(&c, None, "/api/v2/x").unwrap();
+        assert_eq!(v2.group, api_route.group);
+        assert_eq!(c.groups.len(), 3);
+        assert_eq!(
+            c.listeners[0].header_timeout,
+            std::time::Duration::from_secs(3)
+        );
+        assert_eq!(c.listeners[0].max_headers, 50);
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_as_the_flags_refuse_them() {
+        for (from, to, field) in [
+            (
+                "keepalive = 64",
+                "keepalive = 64\nmax_fails = 0",
+                "max_fails",
+            ),
+            (
+                "keepalive = 64",
+                "keepalive = 64\nmax_requests = 0",
+                "max_requests",
+            ),
+            ("max_lifetime = 30", "max_lifetime = 86401", "max_lifetime"),
+            ("body_timeout = 5", "body_timeout = 0", "body_timeout"),
+            ("max_headers = 50", "max_headers = 129", "max_headers"),
+            (
+                "header_timeout = 3",
+                "header_timeout = -1",
+                "header_timeout",
+            ),
+            ("workers = 2", "workers = 0", "workers"),
+        ] {
+            let text = SAMPLE.replace(from, to);
+            let e = parse("p.toml", &text).unwrap_err();
+            assert!(e.message.starts_with(field), "{field}: {e}");
+            assert_eq!(e.line, line_of(&text, text.find(field).unwrap()), "{e}");
+        }
     }
 
     #[test]
