@@ -188,9 +188,10 @@ fn serve_until_done(s: TcpStream, idle: Option<Duration>, heads: Arc<Mutex<Vec<S
             );
             return;
         } else if path == "/stall" {
-            // Two bytes of ten, then silence (the connection held open).
+            // Two bytes of ten, then silence, the connection held open
+            // longer than a test waits: whatever closes it first is not us.
             let _ = w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok");
-            std::thread::sleep(Duration::from_secs(6));
+            std::thread::sleep(Duration::from_secs(60));
             return;
         } else if path == "/broken" {
             let _ = w.write_all(b"HTTP/1.1 2x0 Nope\r\nContent-Length: 2\r\n\r\nno");

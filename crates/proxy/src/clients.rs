@@ -21,7 +21,8 @@ pub(crate) struct Clients {
     /// the signal that closes it.
     idle: RefCell<BTreeMap<u64, Rc<Notify>>>,
     next: Cell<u64>,
-    closed: Notify,
+    /// A connection closed, or went idle (so one can be made to close).
+    changed: Notify,
 }
 
 /// An open client connection; dropping it counts it closed.
@@ -30,7 +31,7 @@ pub(crate) struct Open(Rc<Clients>);
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.open.set(self.0.open.get() - 1);
-        self.0.closed.notify_one();
+        self.0.changed.notify_one();
     }
 }
 
@@ -62,7 +63,7 @@ impl Clients {
             max,
             idle: RefCell::new(BTreeMap::new()),
             next: Cell::new(0),
-            closed: Notify::new(),
+            changed: Notify::new(),
         })
     }
 
@@ -72,7 +73,7 @@ impl Clients {
     }
 
     /// Waits for a free slot: at the limit, closes the longest-idle
-    /// connection (counted), or waits for one to close.
+    /// connection (counted), or waits until one closes or goes idle.
     pub(crate) async fn admit(self: &Rc<Self>, metrics: &Metrics) -> Open {
         while self.open.get() >= self.max {
             let oldest = self.idle.borrow_mut().pop_first();
@@ -82,7 +83,7 @@ impl Clients {
                 signal.notify_one();
                 Metrics::inc(&metrics.idle_clients_closed);
             }
-            self.closed.notified().await;
+            self.changed.notified().await;
         }
         self.open.set(self.open.get() + 1);
         Open(self.clone())
@@ -94,6 +95,10 @@ impl Clients {
         self.next.set(id + 1);
         let signal = Rc::new(Notify::new());
         self.idle.borrow_mut().insert(id, signal.clone());
+        if self.open.get() >= self.max {
+            // The accept loop may be waiting for room that this one can give.
+            self.changed.notify_one();
+        }
         Idle {
             clients: self.clone(),
             id,
@@ -132,6 +137,31 @@ mod tests {
         assert_eq!(clients.open(), 2);
         drop((admitted, b));
         assert_eq!(clients.open(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_going_idle_at_the_limit_makes_room() {
+        let clients = Clients::new(1);
+        let m = Metrics::default();
+        let first = clients.admit(&m).await;
+        let c2 = clients.clone();
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async move {
+                let waiting = tokio::task::spawn_local(async move {
+                    let m = Metrics::default();
+                    c2.admit(&m).await
+                });
+                tokio::task::yield_now().await;
+                // The first connection goes idle after the accept loop
+                // started waiting: it is told to go, and goes.
+                let idle = clients.idle();
+                idle.evicted().await;
+                drop((idle, first));
+                let _second = waiting.await.unwrap();
+                assert_eq!(clients.open(), 1);
+            })
+            .await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,6 +31,9 @@ pub(crate) enum Kind {
     ResponseBody,
     /// The client's request body ended early, was malformed, or stalled.
     RequestBody,
+    /// The client did not send a whole request head within the header
+    /// timeout (slowloris), or left in the middle of one.
+    RequestHead,
     /// The client went away, or stopped reading, during the response.
     ClientGone,
     /// A tunnel after `101 Switching Protocols` ended with an error.
@@ -39,7 +42,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// Every kind, in the order of the `/metrics` series.
-    pub(crate) const ALL: [Kind; 10] = [
+    pub(crate) const ALL: [Kind; 11] = [
         Kind::Connect,
         Kind::SendRequest,
         Kind::RequestBodyStalled,
@@ -48,6 +51,7 @@ impl Kind {
         Kind::BadResponse,
         Kind::ResponseBody,
         Kind::RequestBody,
+        Kind::RequestHead,
         Kind::ClientGone,
         Kind::Tunnel,
     ];
@@ -63,6 +67,7 @@ impl Kind {
             Kind::BadResponse => "bad_response",
             Kind::ResponseBody => "response_body",
             Kind::RequestBody => "request_body",
+            Kind::RequestHead => "request_head",
             Kind::ClientGone => "client_gone",
             Kind::Tunnel => "tunnel",
         }
@@ -71,7 +76,7 @@ impl Kind {
     /// The side a kind belongs to.
     pub(crate) fn side(self) -> Side {
         match self {
-            Kind::RequestBody | Kind::ClientGone => Side::Downstream,
+            Kind::RequestBody | Kind::RequestHead | Kind::ClientGone => Side::Downstream,
             _ => Side::Upstream,
         }
     }
@@ -107,6 +112,7 @@ impl ProxyError {
         match self.kind {
             Kind::RequestBodyStalled | Kind::ResponseTimeout => 504,
             Kind::RequestBody => 400,
+            Kind::RequestHead => 408,
             Kind::Connect
             | Kind::SendRequest
             | Kind::NoResponse
@@ -121,6 +127,7 @@ impl ProxyError {
     pub(crate) fn reason(&self) -> &'static str {
         match self.status() {
             504 => "Gateway Timeout",
+            408 => "Request Timeout",
             400 => "Bad Request",
             _ => "Bad Gateway",
         }
@@ -138,6 +145,7 @@ impl ProxyError {
             Kind::BadResponse => "bad gateway: the backend sent no valid response",
             Kind::ResponseBody => "bad gateway: the backend failed during the response",
             Kind::RequestBody => "bad request: the request body did not arrive whole",
+            Kind::RequestHead => "request timeout: the request head did not arrive in time",
             Kind::ClientGone | Kind::Tunnel => "bad gateway",
         }
     }

@@ -122,6 +122,20 @@ async fn answer(
 }
 
 impl Router {
+    /// 431 and close, for a head past the limits.
+    async fn too_large(&self, client: &mut TcpStream, why: &str) {
+        Metrics::inc(&self.metrics.requests);
+        answer(
+            client,
+            &self.metrics,
+            431,
+            "Request Header Fields Too Large",
+            why,
+            true,
+        )
+        .await;
+    }
+
     /// 400 and close: the framing of this connection can no longer be trusted.
     async fn refuse(&self, client: &mut TcpStream, why: &str) {
         Metrics::inc(&self.metrics.refused);
@@ -200,38 +214,38 @@ impl Router {
                     ParsedRequest::Partial => {}
                     ParsedRequest::Malformed => break None,
                     ParsedRequest::TooManyHeaders => {
-                        Metrics::inc(&self.metrics.requests);
-                        let msg = "too many request headers";
-                        answer(
-                            &mut client,
-                            &self.metrics,
-                            431,
-                            "Request Header Fields Too Large",
-                            msg,
-                            true,
-                        )
-                        .await;
+                        self.too_large(&mut client, "too many request headers")
+                            .await;
                         return;
                     }
                 }
                 match dl.within(crb.fill(&mut client)).await {
                     Some(Ok(n)) if n > 0 => {}
                     Some(Err(e)) if e.kind() == io::ErrorKind::InvalidData => {
-                        Metrics::inc(&self.metrics.requests);
-                        let msg = "request head too large";
+                        self.too_large(&mut client, "request head too large").await;
+                        return;
+                    }
+                    // Too slow (slowloris): a 408 and close, as nginx does.
+                    None => {
+                        let e = ProxyError::new(Kind::RequestHead, false, false);
+                        self.metrics.failure(&e);
                         answer(
                             &mut client,
                             &self.metrics,
-                            431,
-                            "Request Header Fields Too Large",
-                            msg,
+                            e.status(),
+                            e.reason(),
+                            e.message(),
                             true,
                         )
                         .await;
                         return;
                     }
-                    // Closed, or too slow: there is nobody to answer.
-                    _ => return,
+                    // Closed, or broken, mid-head: there is nobody to answer.
+                    Some(_) => {
+                        self.metrics
+                            .failure(&ProxyError::new(Kind::RequestHead, false, false));
+                        return;
+                    }
                 }
             };
             Metrics::inc(&self.metrics.requests);
