@@ -19,7 +19,8 @@
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hash};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -90,9 +91,12 @@ struct Idle<C> {
     since: Instant,
 }
 
-/// Idle connections by key, for one owner.
-pub struct Pool<K, C> {
-    idle: HashMap<K, Vec<Idle<C>>>,
+/// Idle connections by key, for one owner. `S` hashes the keys: a key
+/// that is already a small index (a backend's position in a list) can use a
+/// cheaper hasher than the default, which resists flooding that a pool's
+/// own keys never attempt.
+pub struct Pool<K, C, S = RandomState> {
+    idle: HashMap<K, Vec<Idle<C>>, S>,
     limits: Limits,
     count: usize,
 }
@@ -100,8 +104,15 @@ pub struct Pool<K, C> {
 impl<K: Hash + Eq, C> Pool<K, C> {
     /// An empty pool.
     pub fn new(limits: Limits) -> Pool<K, C> {
+        Pool::with_hasher(limits, RandomState::new())
+    }
+}
+
+impl<K: Hash + Eq, C, S: BuildHasher> Pool<K, C, S> {
+    /// An empty pool hashing its keys with `hasher`.
+    pub fn with_hasher(limits: Limits, hasher: S) -> Pool<K, C, S> {
         Pool {
-            idle: HashMap::new(),
+            idle: HashMap::with_hasher(hasher),
             limits,
             count: 0,
         }

@@ -73,7 +73,7 @@ impl AcceptBackoff {
 
 /// Accepts connections (Nagle off) until shutdown is signalled, admitting
 /// each within the worker's connection limit and running what `serve` makes
-/// of it (`None`: drop it) as a task.
+/// of it and its place (`None`: drop it) as a task.
 pub(crate) async fn accept_until_stopped<F, S>(
     listener: TcpListener,
     shutdown: tokio::sync::watch::Receiver<bool>,
@@ -81,7 +81,7 @@ pub(crate) async fn accept_until_stopped<F, S>(
     metrics: &Metrics,
     serve: S,
 ) where
-    S: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>) -> Option<F>,
+    S: Fn(TcpStream, SocketAddr, tokio::sync::watch::Receiver<bool>, Open) -> Option<F>,
     F: Future<Output = ()> + 'static,
 {
     let mut stop = shutdown.clone();
@@ -108,12 +108,9 @@ pub(crate) async fn accept_until_stopped<F, S>(
         };
         // Nagle off is an optimisation; a socket that refuses it still works.
         let _ = stream.set_nodelay(true);
-        let Some(served) = serve(stream, peer, shutdown.clone()) else {
+        let Some(served) = serve(stream, peer, shutdown.clone(), slot) else {
             continue;
         };
-        tokio::task::spawn_local(async move {
-            served.await;
-            drop(slot);
-        });
+        tokio::task::spawn_local(served);
     }
 }

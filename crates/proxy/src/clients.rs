@@ -1,58 +1,94 @@
 //! A worker's client connections: how many are open, which of them are
-//! idle (waiting for their next request), and the limit. At the limit the
-//! accept loop closes the longest-idle connection to admit a new client (as
-//! nginx reuses idle keep-alive connections when it runs out), and with none
-//! idle it stops accepting until one closes, so new clients wait in the
-//! kernel's accept queue rather than fail on a missing file descriptor.
+//! idle (waiting for their next request) and since when, and the limit. At
+//! the limit the accept loop closes the longest-idle connection to admit a
+//! new client (as nginx reuses idle keep-alive connections when it runs
+//! out), and with none idle it stops accepting until one closes or goes
+//! idle, so new clients wait in the kernel's accept queue rather than fail
+//! on a missing file descriptor.
+//!
+//! Marking a connection idle or busy is two stores into its own slot, so
+//! the request path pays nothing for this; only an admission at the limit
+//! looks through the slots.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
+use std::task::{Poll, Waker};
+use std::time::Instant;
 
 use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
-/// Open and idle client connections of one worker.
+/// One connection's idle state. The eviction signal is a flag and a waker
+/// of its own rather than a `Notify`, whose waiter list takes a lock on
+/// every wait: this one is waited on once per request.
+struct Slot {
+    idle_since: Cell<Option<Instant>>,
+    evicted: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+impl Slot {
+    fn evict(&self) {
+        self.idle_since.set(None);
+        self.evicted.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+/// Open client connections of one worker.
 pub(crate) struct Clients {
     open: Cell<usize>,
     max: usize,
-    /// Idle connections by when they went idle (oldest first), each with
-    /// the signal that closes it.
-    idle: RefCell<BTreeMap<u64, Rc<Notify>>>,
-    next: Cell<u64>,
-    /// A connection closed, or went idle (so one can be made to close).
+    slots: RefCell<Vec<Weak<Slot>>>,
+    /// A connection closed, or went idle at the limit.
     changed: Notify,
 }
 
-/// An open client connection; dropping it counts it closed.
-pub(crate) struct Open(Rc<Clients>);
+/// An open client connection's place; dropping it counts it closed.
+pub(crate) struct Open {
+    clients: Rc<Clients>,
+    slot: Rc<Slot>,
+}
+
+impl Open {
+    /// The connection waits for its next request from `at` on.
+    pub(crate) fn idle(&self, at: Instant) {
+        self.slot.idle_since.set(Some(at));
+        if self.clients.open.get() >= self.clients.max {
+            // The accept loop may be waiting for room this one can give.
+            self.clients.changed.notify_one();
+        }
+    }
+
+    /// A request arrived.
+    pub(crate) fn busy(&self) {
+        self.slot.idle_since.set(None);
+    }
+
+    /// Completes when the worker needs this idle connection's place.
+    pub(crate) async fn evicted(&self) {
+        std::future::poll_fn(|cx| {
+            if self.slot.evicted.get() {
+                return Poll::Ready(());
+            }
+            let mut w = self.slot.waker.borrow_mut();
+            match &*w {
+                Some(old) if old.will_wake(cx.waker()) => {}
+                _ => *w = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.open.set(self.0.open.get() - 1);
-        self.0.changed.notify_one();
-    }
-}
-
-/// A connection registered as idle until dropped; [`Idle::evicted`]
-/// completes when the worker needs its slot.
-pub(crate) struct Idle {
-    clients: Rc<Clients>,
-    id: u64,
-    signal: Rc<Notify>,
-}
-
-impl Idle {
-    /// Completes when this connection should close to make room.
-    pub(crate) async fn evicted(&self) {
-        self.signal.notified().await;
-    }
-}
-
-impl Drop for Idle {
-    fn drop(&mut self) {
-        self.clients.idle.borrow_mut().remove(&self.id);
+        self.clients.open.set(self.clients.open.get() - 1);
+        self.clients.changed.notify_one();
     }
 }
 
@@ -61,8 +97,7 @@ impl Clients {
         Rc::new(Clients {
             open: Cell::new(0),
             max,
-            idle: RefCell::new(BTreeMap::new()),
-            next: Cell::new(0),
+            slots: RefCell::new(Vec::new()),
             changed: Notify::new(),
         })
     }
@@ -72,68 +107,80 @@ impl Clients {
         self.open.get()
     }
 
-    /// Waits for a free slot: at the limit, closes the longest-idle
-    /// connection (counted), or waits until one closes or goes idle.
+    /// Tells the longest-idle connection to close; which one, if any.
+    fn evict_longest_idle(&self) -> Option<Weak<Slot>> {
+        let mut slots = self.slots.borrow_mut();
+        slots.retain(|w| w.strong_count() > 0);
+        let oldest = slots
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter_map(|s| s.idle_since.get().map(|t| (t, s)))
+            .min_by_key(|(t, _)| *t);
+        let (_, slot) = oldest?;
+        // A flag: it closes even if not waiting at this instant.
+        slot.evict();
+        Some(Rc::downgrade(&slot))
+    }
+
+    /// Waits for a place: at the limit, closes the longest-idle connection
+    /// (counted; one at a time: the next only once it has closed), or
+    /// waits until one closes or goes idle.
     pub(crate) async fn admit(self: &Rc<Self>, metrics: &Metrics) -> Open {
+        let mut closing: Option<Weak<Slot>> = None;
         while self.open.get() >= self.max {
-            let oldest = self.idle.borrow_mut().pop_first();
-            if let Some((_, signal)) = oldest {
-                // A stored permit: the connection closes even if it is not
-                // waiting on the signal at this instant.
-                signal.notify_one();
-                Metrics::inc(&metrics.idle_clients_closed);
+            if closing.as_ref().is_none_or(|w| w.strong_count() == 0) {
+                closing = self.evict_longest_idle();
+                if closing.is_some() {
+                    Metrics::inc(&metrics.idle_clients_closed);
+                }
             }
             self.changed.notified().await;
         }
         self.open.set(self.open.get() + 1);
-        Open(self.clone())
-    }
-
-    /// Registers a connection as idle while the guard lives.
-    pub(crate) fn idle(self: &Rc<Self>) -> Idle {
-        let id = self.next.get();
-        self.next.set(id + 1);
-        let signal = Rc::new(Notify::new());
-        self.idle.borrow_mut().insert(id, signal.clone());
-        if self.open.get() >= self.max {
-            // The accept loop may be waiting for room that this one can give.
-            self.changed.notify_one();
-        }
-        Idle {
+        let slot = Rc::new(Slot {
+            idle_since: Cell::new(None),
+            evicted: Cell::new(false),
+            waker: RefCell::new(None),
+        });
+        self.slots.borrow_mut().push(Rc::downgrade(&slot));
+        Open {
             clients: self.clone(),
-            id,
-            signal,
+            slot,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn at_the_limit_the_longest_idle_connection_makes_room() {
         let clients = Clients::new(2);
         let m = Metrics::default();
+        let t = Instant::now();
         let a = clients.admit(&m).await;
         let b = clients.admit(&m).await;
-        let idle_a = clients.idle();
-        let _idle_b = clients.idle();
-        let third = tokio::task::LocalSet::new();
+        a.idle(t);
+        b.idle(t + Duration::from_secs(1));
+        let local = tokio::task::LocalSet::new();
         let c2 = clients.clone();
-        let admitted = third
+        let admitted = local
             .run_until(async move {
                 let waiting = tokio::task::spawn_local(async move {
                     let m = Metrics::default();
-                    c2.admit(&m).await
+                    let open = c2.admit(&m).await;
+                    (open, m.idle_clients_closed.into_inner())
                 });
-                // The oldest idle connection is told to go, and goes.
-                idle_a.evicted().await;
-                drop(idle_a);
+                // The longest idle is told to go, and goes.
+                a.evicted().await;
                 drop(a);
                 waiting.await.unwrap()
             })
             .await;
+        assert_eq!(admitted.1, 1);
         assert_eq!(clients.open(), 2);
         drop((admitted, b));
         assert_eq!(clients.open(), 0);
@@ -153,11 +200,10 @@ mod tests {
                     c2.admit(&m).await
                 });
                 tokio::task::yield_now().await;
-                // The first connection goes idle after the accept loop
-                // started waiting: it is told to go, and goes.
-                let idle = clients.idle();
-                idle.evicted().await;
-                drop((idle, first));
+                // Busy when the accept loop started waiting; idle now.
+                first.idle(Instant::now());
+                first.evicted().await;
+                drop(first);
                 let _second = waiting.await.unwrap();
                 assert_eq!(clients.open(), 1);
             })
@@ -169,11 +215,12 @@ mod tests {
         let clients = Clients::new(1);
         let m = Metrics::default();
         let busy = clients.admit(&m).await;
+        busy.idle(Instant::now());
+        busy.busy();
         let c2 = clients.clone();
         let order = Rc::new(RefCell::new(Vec::new()));
+        let (o, seen) = (order.clone(), order.clone());
         let local = tokio::task::LocalSet::new();
-        let o = order.clone();
-        let seen = order.clone();
         local
             .run_until(async move {
                 let waiting = tokio::task::spawn_local(async move {

@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
+use rustc_hash::FxBuildHasher;
 use timewait_pool::{Limits, Pool, Pooled, SharedPool};
 use tokio::net::TcpStream;
 
@@ -70,8 +71,8 @@ pub(crate) fn limits(p: &PoolConfig) -> Limits {
 }
 
 enum Store {
-    /// By backend index in the group.
-    Local(RefCell<Pool<usize, UpConn>>),
+    /// By backend index in the group (a small integer: Fx hashing is enough).
+    Local(RefCell<Pool<usize, UpConn, FxBuildHasher>>),
     Shared(Shared),
 }
 
@@ -90,16 +91,16 @@ impl BackendPool {
     ) -> BackendPool {
         let store = match shared {
             Some(s) => Store::Shared(s),
-            None => Store::Local(RefCell::new(Pool::new(limits(cfg)))),
+            None => Store::Local(RefCell::new(Pool::with_hasher(limits(cfg), FxBuildHasher))),
         };
         BackendPool { store, metrics }
     }
 
     /// Runs `f` on the pool and moves the idle gauge by what it changed.
-    fn counted<K: std::hash::Hash + Eq, C, R>(
+    fn counted<K: std::hash::Hash + Eq, C, S: std::hash::BuildHasher, R>(
         &self,
-        pool: &mut Pool<K, C>,
-        f: impl FnOnce(&mut Pool<K, C>) -> R,
+        pool: &mut Pool<K, C, S>,
+        f: impl FnOnce(&mut Pool<K, C, S>) -> R,
     ) -> R {
         let before = pool.idle() as i64;
         let r = f(pool);

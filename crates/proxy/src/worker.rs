@@ -149,7 +149,6 @@ impl Worker {
         cfg: &Config,
         shared: &[Option<Shared>],
         log: &Option<Rc<AccessLog>>,
-        clients: &Rc<Clients>,
     ) -> Vec<Rc<Router>> {
         let groups: Rc<[Rc<GroupRt>]> = cfg
             .groups
@@ -172,7 +171,6 @@ impl Worker {
                     listener: Arc::new(l.clone()),
                     metrics: self.metrics.clone(),
                     log: log.clone(),
-                    clients: clients.clone(),
                 })
             })
             .collect()
@@ -206,12 +204,7 @@ impl Worker {
             let clients = Clients::new(self.max_connections);
             // The routers new connections get; a reload replaces them, while
             // connections already open keep the ones they started with.
-            let routers = Rc::new(RefCell::new(self.routers(
-                &self.cfg,
-                &self.shared,
-                &log,
-                &clients,
-            )));
+            let routers = Rc::new(RefCell::new(self.routers(&self.cfg, &self.shared, &log)));
             {
                 let routers = routers.clone();
                 tokio::task::spawn_local(async move {
@@ -229,8 +222,7 @@ impl Worker {
             }
             let this = Rc::new(self);
             {
-                let (routers, log, clients, this) =
-                    (routers.clone(), log.clone(), clients.clone(), this.clone());
+                let (routers, log, this) = (routers.clone(), log.clone(), this.clone());
                 tokio::task::spawn_local(async move {
                     while reloads.changed().await.is_ok() {
                         let next = reloads.borrow_and_update().clone();
@@ -238,7 +230,7 @@ impl Worker {
                             // A reload's groups get their own pools; a group
                             // that asks for a shared pool gets a new one.
                             let shared = shared_pools(&next);
-                            *routers.borrow_mut() = this.routers(&next, &shared, &log, &clients);
+                            *routers.borrow_mut() = this.routers(&next, &shared, &log);
                         }
                     }
                 });
@@ -254,9 +246,9 @@ impl Worker {
                         stop,
                         clients,
                         &this.metrics,
-                        move |stream, peer, stop| {
+                        move |stream, peer, stop, open| {
                             let router = routers.borrow().get(index).cloned()?;
-                            Some(router.serve(stream, peer, stop))
+                            Some(router.serve(stream, peer, stop, open))
                         },
                     )
                     .await;

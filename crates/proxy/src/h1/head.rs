@@ -300,10 +300,17 @@ pub(crate) fn parse_request<'r>(
         .find(|h| eq(h.name, "host"))
         .and_then(|h| std::str::from_utf8(h.value).ok());
     let chosen = route(routes, host, origin_form(req.path.unwrap_or("/")));
-    // A request with no route is still checked first (with default rules).
-    let default_rules = ForwardingRules::default();
-    let (rules, group) = chosen.map_or((&default_rules, 0), |r| (&*r.forwarding, r.group));
-    let info = upstream_head(&req, peer_ip, rules, default_host(group), out);
+    let info = match chosen {
+        Some(r) => upstream_head(&req, peer_ip, &r.forwarding, default_host(r.group), out),
+        // A request with no route is still checked first (with default rules).
+        None => upstream_head(
+            &req,
+            peer_ip,
+            &ForwardingRules::default(),
+            default_host(0),
+            out,
+        ),
+    };
     let line = log.then(|| {
         let (m, t) = (req.method.unwrap_or("-"), req.path.unwrap_or("-"));
         format!("{m} {t} HTTP/1.{}", req.version.unwrap_or(1))

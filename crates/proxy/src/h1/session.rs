@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::access_log::AccessLog;
-use crate::clients::Clients;
+use crate::clients::Open;
 use crate::config::{Group, Listener};
 use crate::connect::{Close, dial};
 use crate::error::{Kind, ProxyError};
@@ -68,7 +68,6 @@ pub(crate) struct Router {
     pub(crate) listener: Arc<Listener>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) log: Option<Rc<AccessLog>>,
-    pub(crate) clients: Rc<Clients>,
 }
 
 enum Exchange {
@@ -156,6 +155,7 @@ impl Router {
         mut client: TcpStream,
         peer: SocketAddr,
         stop: tokio::sync::watch::Receiver<bool>,
+        open: Open,
     ) {
         let mut crb = ReadBuf::new();
         let peer_ip = peer.ip().to_string();
@@ -183,14 +183,14 @@ impl Router {
             // connection gives up its slot when the worker needs it.
             if crb.filled().is_empty() {
                 dl.set(at + CLIENT_IDLE);
-                let idle = self.clients.idle();
+                open.idle(at);
                 let first = tokio::select! {
                     biased;
                     r = dl.within(crb.fill(&mut client)) => r,
                     () = &mut stopped => return,
-                    () = idle.evicted() => return,
+                    () = open.evicted() => return,
                 };
-                drop(idle);
+                open.busy();
                 match first {
                     Some(Ok(n)) if n > 0 => {}
                     _ => return,
@@ -282,8 +282,7 @@ impl Router {
                 continue;
             };
             let mut outcome = Outcome::default();
-            let line = req.line.clone();
-            let rules = route.forwarding.clone();
+            let line = req.line;
             let done = self.groups[route.group]
                 .exchange(
                     &mut client,
@@ -291,7 +290,7 @@ impl Router {
                     Ask {
                         head: &head_out,
                         info: &info,
-                        rules: &rules,
+                        rules: &route.forwarding,
                         closing,
                         now: at,
                     },
