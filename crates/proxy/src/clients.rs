@@ -142,7 +142,15 @@ impl Clients {
             evicted: Cell::new(false),
             waker: RefCell::new(None),
         });
-        self.slots.borrow_mut().push(Rc::downgrade(&slot));
+        let mut slots = self.slots.borrow_mut();
+        // A closed connection leaves a dead entry (which keeps its slot's
+        // memory): dropped once they outnumber the open ones, so the list
+        // stays within twice the open connections, at O(1) amortised.
+        if slots.len() > 2 * self.open.get() + 64 {
+            slots.retain(|w| w.strong_count() > 0);
+        }
+        slots.push(Rc::downgrade(&slot));
+        drop(slots);
         Open {
             clients: self.clone(),
             slot,
@@ -208,6 +216,20 @@ mod tests {
                 assert_eq!(clients.open(), 1);
             })
             .await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closed_connections_do_not_accumulate() {
+        let clients = Clients::new(10);
+        let m = Metrics::default();
+        for _ in 0..10_000 {
+            drop(clients.admit(&m).await);
+        }
+        assert!(
+            clients.slots.borrow().len() <= 65,
+            "{}",
+            clients.slots.borrow().len()
+        );
     }
 
     #[tokio::test(start_paused = true)]
