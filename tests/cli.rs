@@ -161,6 +161,13 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
         (proxy_with(&["--idle-timeout", "-1"]), "--idle-timeout"),
         (proxy_with(&["--body-timeout", "0"]), "--body-timeout"),
         (proxy_with(&["--header-timeout", "nan"]), "--header-timeout"),
+        (vec!["exporter", "--top", "0"], "--top"),
+        (vec!["exporter", "--cache-ms", "600000"], "--cache-ms"),
+        (vec!["exporter", "--listen", "nowhere"], "--listen"),
+        (
+            vec!["exporter", "--from", "/nonexistent/snap.json"],
+            "--from /nonexistent/snap.json",
+        ),
         (proxy_with(&["--max-fails", "0"]), "--max-fails"),
         (proxy_with(&["--max-requests", "0"]), "--max-requests"),
         (proxy_with(&["--max-connections", "0"]), "--max-connections"),
@@ -195,7 +202,6 @@ fn subcommands_not_built_yet_say_so_and_exit_1() {
         vec!["load", "http://127.0.0.1:1/"],
         vec!["lab"],
         vec!["nginx", "check"],
-        vec!["exporter"],
     ] {
         let o = timewait(&args);
         assert_eq!(o.status.code(), Some(1), "{args:?}");

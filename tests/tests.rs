@@ -3,6 +3,7 @@
 
 mod cli;
 mod doctor;
+mod exporter;
 mod harness;
 mod model_vs_kernel;
 mod proxy;

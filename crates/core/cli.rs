@@ -93,6 +93,14 @@ pub enum Command {
     #[command(allow_negative_numbers = true)]
     Proxy(ProxyArgs),
     /// Prometheus metrics of the census and counters, for fleet-wide alerts.
+    ///
+    /// Serves /metrics, collected at scrape time: sockets by state,
+    /// TIME_WAIT, ports in use and headroom per destination (the unit the
+    /// kernel exhausts; node_exporter has only a host total), server-side
+    /// TIME_WAIT per service port, the TcpExt counters node_exporter drops
+    /// (TCPTimeWaitOverflow, TWRecycled, TWKilled), the relevant sysctls and
+    /// doctor's findings. Alerting rules, a Grafana dashboard and deployment
+    /// files are under deploy/ in the repository.
     Exporter(ExporterArgs),
     /// Show (and with --apply, set) the sysctl changes doctor recommends.
     ///
@@ -451,9 +459,24 @@ pub enum BalanceArg {
 
 #[derive(Debug, Args)]
 pub struct ExporterArgs {
-    /// Address to serve /metrics on.
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Address to serve /metrics and /healthz on (loopback by default: put
+    /// it elsewhere only behind your own access control).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9809")]
     pub listen: String,
+    /// Destinations (and service ports) exported one series each, by ports
+    /// in use; the rest are summed into one series labelled `other`.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub top: usize,
+    /// Reuse a collection for scrapes within this many milliseconds, so
+    /// several Prometheus servers cost one read of the kernel.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub cache_ms: u64,
+    /// Print the metrics of a snapshot file (from `timewait snapshot`) once
+    /// and exit, instead of serving.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid"])]
+    pub from: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

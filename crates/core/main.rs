@@ -7,6 +7,7 @@
 
 mod cli;
 mod doctor_cmd;
+mod exporter_cmd;
 mod model_cmd;
 mod proxy_cmd;
 mod render;
@@ -126,6 +127,6 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Nginx(NginxCommand::Check(_)) => {
             Err(Failure::NotBuilt("nginx check", "(not filed yet)"))
         }
-        Command::Exporter(_) => Err(Failure::NotBuilt("exporter", "(not filed yet)")),
+        Command::Exporter(a) => exporter_cmd::run_exporter(a).map(Done::from),
     }
 }
