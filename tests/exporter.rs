@@ -94,23 +94,6 @@ fn promtool_check_metrics(text: &str) {
     );
 }
 
-fn ss_time_wait(ns: &Netns) -> usize {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ss",
-            "-Htan",
-            "state",
-            "time-wait",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout).lines().count()
-}
-
 /// A namespace with 40 TIME_WAIT toward :5000 and 25 toward :5001.
 fn namespace_with_time_wait(tag: &str) -> Option<Netns> {
     let ns = Netns::new(tag)?;
@@ -132,7 +115,7 @@ fn metrics_match_ss_and_pass_promtool() {
     let (status, text) = exporter.get("/metrics");
     assert_eq!(status, 200, "{text}");
     promtool_check_metrics(&text);
-    let ss = ss_time_wait(&ns) as f64;
+    let ss = ns.ss_time_wait().len() as f64;
     assert_eq!(ss, 65.0);
     assert_eq!(
         value(&text, "timewait_sockets{state=\"TIME_WAIT\"}"),

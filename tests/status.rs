@@ -83,21 +83,8 @@ fn census_part(v: &Value) -> Value {
 
 /// TIME_WAIT per destination as `ss` reports it.
 fn ss_time_wait(ns: &Netns) -> std::collections::BTreeMap<String, u64> {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            ns.name(),
-            "ss",
-            "-Htan",
-            "state",
-            "time-wait",
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
     let mut m = std::collections::BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
+    for line in ns.ss_time_wait() {
         // Recv-Q Send-Q Local:Port Peer:Port
         let f: Vec<&str> = line.split_whitespace().collect();
         *m.entry(f[3].to_string()).or_default() += 1;

@@ -63,6 +63,32 @@ impl Netns {
         run("ip", &all);
     }
 
+    /// The TIME_WAIT sockets `ss` sees in the namespace, one line each
+    /// (`Recv-Q Send-Q Local:Port Peer:Port`).
+    pub fn ss_time_wait(&self) -> Vec<String> {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.name,
+                "ss",
+                "-Htan",
+                "state",
+                "time-wait",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ss: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Runs `f` on a thread that has entered the namespace: sockets it makes
     /// live there, and `/proc/sys/net` and `/proc/thread-self/net` show it.
     pub fn run<R: Send, F: FnOnce() -> R + Send>(&self, f: F) -> R {

@@ -2,13 +2,13 @@
 //!
 //! - [`metrics`]: a snapshot as metrics, pure (the status analysis and the
 //!   doctor's findings, reused, not copied);
-//! - [`serve`]: `/metrics` and `/healthz` over HTTP, collecting at scrape
+//! - [`http`]: `/metrics` and `/healthz` over HTTP, collecting at scrape
 //!   time through a function the caller gives (the binary passes the host
 //!   crate's collection), with a short cache so that several scrapers cost
 //!   one collection.
 #![deny(missing_docs)]
 
+pub mod http;
 pub mod metrics;
-pub mod serve;
 
-pub use serve::{Exporter, serve};
+pub use http::{Exporter, serve};
