@@ -6,6 +6,7 @@ mod doctor;
 mod exporter;
 mod harness;
 mod model_vs_kernel;
+mod nginx;
 mod proxy;
 mod status;
 mod unknown_values;

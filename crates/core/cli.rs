@@ -350,6 +350,23 @@ pub enum NginxCommand {
     /// `Connection: close` forwarded upstream, and `proxy_set_header` lines
     /// silently lost by inheritance.
     Check(NginxCheckArgs),
+    /// Parse an nginx configuration (with its includes) and print the tree.
+    ///
+    /// The tokenizer is a port of nginx's own: quoting, escapes, `#` only at
+    /// the start of a word, `${var}`, `""` as an empty argument, Lua blocks.
+    /// `--json` prints crossplane's JSON shape. A syntax error exits 2 with
+    /// `file:line: message` as nginx reports it.
+    Parse(NginxParseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NginxParseArgs {
+    /// The main configuration file (relative includes resolve against its
+    /// directory), or `-` for `nginx -T` output on standard input.
+    pub path: PathBuf,
+    /// Print crossplane's JSON shape: {status, errors, config: [{file, parsed: [...]}]}.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@
 
 mod decode;
 mod netns;
+pub mod nginx_files;
 pub mod sockdiag;
 mod source;
 pub mod sysctl;
