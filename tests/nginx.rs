@@ -289,3 +289,97 @@ fn a_syntax_error_is_one_line_with_file_and_line_and_exit_2() {
     assert_eq!(v["config"][0]["parsed"][0]["directive"], "events");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn check(args: &[&str]) -> (Option<i32>, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["nginx", "check"])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+    )
+}
+
+fn found(json: &str) -> Vec<(String, u64)> {
+    let v: Value = serde_json::from_str(json).unwrap();
+    v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["code"].as_str().unwrap().to_string(),
+                f["line"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Our corpus with its expected findings, in both version regimes.
+#[test]
+fn check_finds_the_articles_pitfalls_at_their_lines_per_version() {
+    let upstreams = format!("{OURS}/upstreams/nginx.conf");
+    let (code, out) = check(&[&upstreams, "--nginx-version", "1.22.1", "--json"]);
+    assert_eq!(code, Some(1));
+    let expected_old = [
+        ("nginx-upstream-no-keepalive", 4),
+        ("nginx-connection-close-forwarded", 18),
+        ("nginx-upstream-http10", 18),
+        ("nginx-header-inheritance-lost", 22),
+        ("nginx-connection-close-forwarded", 29),
+        ("nginx-upstream-http10", 29),
+        ("nginx-upstream-no-keepalive", 29),
+        ("nginx-connection-close-forwarded", 32),
+        ("nginx-upstream-http10", 32),
+    ];
+    let want: Vec<(String, u64)> = expected_old
+        .iter()
+        .map(|(c, l)| (c.to_string(), *l))
+        .collect();
+    assert_eq!(found(&out), want);
+    // 1.29.7's defaults fix all but the implicit upstream and the lost headers.
+    let (code, out) = check(&[&upstreams, "--nginx-version", "1.29.7", "--json"]);
+    assert_eq!(code, Some(1));
+    let want: Vec<(String, u64)> = [
+        ("nginx-header-inheritance-lost", 22),
+        ("nginx-upstream-no-keepalive", 29),
+    ]
+    .iter()
+    .map(|(c, l)| (c.to_string(), *l))
+    .collect();
+    assert_eq!(found(&out), want);
+    // The WebSocket map sends close on ordinary requests.
+    let (_, out) = check(&[
+        &format!("{OURS}/lua-and-maps/nginx.conf"),
+        "--nginx-version",
+        "1.29.7",
+        "--json",
+    ]);
+    assert!(
+        found(&out).contains(&("nginx-connection-close-forwarded".into(), 27)),
+        "{out}"
+    );
+    // GitHub annotations, one per finding.
+    let (_, out) = check(&[
+        &upstreams,
+        "--nginx-version",
+        "1.29.7",
+        "--format",
+        "github",
+    ]);
+    assert_eq!(out.lines().count(), 2, "{out}");
+    assert!(
+        out.starts_with(&format!(
+            "::warning file={upstreams},line=22,title=nginx-header-inheritance-lost::"
+        )),
+        "{out}"
+    );
+    // A syntax error is exit 2, a bad version a usage error.
+    assert_eq!(
+        check(&[&format!("{SHARED}/missing-semicolon/broken-above.conf")]).0,
+        Some(2)
+    );
+    assert_eq!(check(&[&upstreams, "--nginx-version", "one"]).0, Some(2));
+}

@@ -7,6 +7,7 @@ mod exporter;
 mod harness;
 mod model_vs_kernel;
 mod nginx;
+mod nginx_doctor;
 mod proxy;
 mod status;
 mod unknown_values;

@@ -374,12 +374,28 @@ pub struct NginxCheckArgs {
     /// The main configuration file.
     #[arg(default_value = "/etc/nginx/nginx.conf")]
     pub path: PathBuf,
-    /// The nginx version whose defaults apply (e.g. 1.29.7).
+    /// The nginx version whose defaults apply (e.g. 1.29.7, which made
+    /// HTTP/1.1, no Connection header and keepalive 32 the upstream
+    /// defaults). Without it: the installed `nginx -v`, else the older
+    /// defaults (said in the output).
     #[arg(long, value_name = "X.Y.Z")]
     pub nginx_version: Option<String>,
-    /// Print JSON.
-    #[arg(long)]
+    /// Print JSON: {nginx_version, version_source, findings: [{code, severity, title, file, line, evidence, fix}]}.
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Output format: `human` (grouped by file, like a compiler) or `github`
+    /// (workflow annotations, for CI).
+    #[arg(long, value_enum, default_value_t = NginxFormat::Human)]
+    pub format: NginxFormat,
+}
+
+/// `nginx check --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NginxFormat {
+    /// Grouped by file.
+    Human,
+    /// `::warning file=…,line=…::…` lines.
+    Github,
 }
 
 #[derive(Debug, Args)]

@@ -4,9 +4,13 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
+use timewait_doctor::NginxInput;
 use timewait_doctor::{DoctorReport, Severity, TuneReport, plan};
+use timewait_host::nginx_files::{NginxFiles, installed_version, masters};
 use timewait_host::sysctl::{CONF_DIR, CONF_NAME, apply};
 use timewait_host::{Target, collect, default_nginx_config};
+use timewait_nginx::check::Version;
+use timewait_nginx::parse_file;
 use timewait_snapshot::Snapshot;
 
 use crate::cli::{DoctorArgs, TuneArgs};
@@ -40,7 +44,8 @@ pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
         Some(path) => (read_snapshot(path)?, None),
         None => observe(&target(&args.target), via(&args.target), args.interval)?,
     };
-    let report = DoctorReport::new(&now, earlier.as_ref(), nginx_note(args));
+    let (configs, note) = nginx_configs(args);
+    let report = DoctorReport::new(&now, earlier.as_ref(), &configs, note);
     let text = if args.json {
         render::json(&report)?
     } else {
@@ -52,16 +57,47 @@ pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
     })
 }
 
-fn nginx_note(args: &DoctorArgs) -> Option<String> {
-    let path = match &args.nginx {
-        Some(p) => p.clone(),
-        None if args.from.is_none() => default_nginx_config()?,
-        None => return None,
+/// The nginx configurations to check: `--nginx PATH`, and those of the
+/// nginx masters running in the target namespace (or, on this host's own
+/// namespace with none running, /etc/nginx/nginx.conf if present). Also the
+/// header line saying what was found; a configuration that does not parse
+/// is said there, and its checks are skipped.
+fn nginx_configs(args: &DoctorArgs) -> (Vec<NginxInput>, Option<String>) {
+    let mut paths: Vec<(std::path::PathBuf, String)> = Vec::new();
+    if let Some(p) = &args.nginx {
+        paths.push((p.clone(), "--nginx".into()));
+    }
+    if args.from.is_none() {
+        let t = target(&args.target);
+        for m in masters(&t) {
+            paths.push((m.config, format!("master pid {}", m.pid)));
+        }
+        if paths.is_empty() && t == Target::Current {
+            paths.extend(default_nginx_config().map(|p| (p, "default path".to_string())));
+        }
+    }
+    paths.sort();
+    paths.dedup_by(|a, b| a.0 == b.0);
+    if paths.is_empty() {
+        return (vec![], None);
+    }
+    let version = installed_version().and_then(|v| Version::parse(&v));
+    let mut configs = Vec::new();
+    let mut notes = Vec::new();
+    for (path, how) in paths {
+        match parse_file(&NginxFiles, &path) {
+            Ok(config) => {
+                notes.push(format!("{} ({how}), checked", path.display()));
+                configs.push(NginxInput { config, version });
+            }
+            Err(e) => notes.push(format!("{} ({how}) not checked: {e}", path.display())),
+        }
+    }
+    let defaults = match version {
+        Some(v) => format!("defaults of nginx {v}"),
+        None => "no nginx -v: defaults before 1.29.7".into(),
     };
-    Some(format!(
-        "{} found; the nginx checks (upstream keepalive, HTTP/1.0 upstreams, Connection forwarding, proxy_set_header inheritance) are not built yet",
-        path.display()
-    ))
+    (configs, Some(format!("{}; {defaults}", notes.join("; "))))
 }
 
 fn badge(st: &Style, s: Severity) -> String {
@@ -126,6 +162,9 @@ fn render_doctor(r: &DoctorReport, st: &Style) -> String {
             st.bold(f.code),
             f.title
         );
+        if let Some(l) = &f.location {
+            let _ = writeln!(o, "  {}", st.dim(&format!("at {}:{}", l.file, l.line)));
+        }
         let _ = writeln!(o, "  {}", st.bold("Evidence"));
         for l in f.evidence.lines() {
             let _ = writeln!(o, "    {l}");
@@ -166,7 +205,7 @@ fn render_doctor(r: &DoctorReport, st: &Style) -> String {
 pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
     let t = target(&args.target);
     let snap = collect(&t, via(&args.target), true)?;
-    let mut changes = plan(&DoctorReport::new(&snap, None, None).findings);
+    let mut changes = plan(&DoctorReport::new(&snap, None, &[], None).findings);
     let mut persisted_to = None;
     if args.apply {
         let pairs: Vec<(String, String)> = changes

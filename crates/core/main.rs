@@ -125,7 +125,7 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Proxy(a) => proxy_cmd::run_proxy(a).map(Done::from),
         Command::Load(_) => Err(Failure::NotBuilt("load", "(not filed yet)")),
         Command::Lab(_) => Err(Failure::NotBuilt("lab", "(not filed yet)")),
-        Command::Nginx(NginxCommand::Check(_)) => Err(Failure::NotBuilt("nginx check", "#11")),
+        Command::Nginx(NginxCommand::Check(a)) => nginx_cmd::run_check(a, style),
         Command::Nginx(NginxCommand::Parse(a)) => nginx_cmd::run_parse(a, style).map(Done::from),
         Command::Exporter(a) => exporter_cmd::run_exporter(a).map(Done::from),
     }

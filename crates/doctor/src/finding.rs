@@ -78,6 +78,18 @@ pub struct Finding {
     pub docs: &'static str,
     /// The sysctl changes `timewait tune` would make for this finding.
     pub sysctl_changes: Vec<SysctlChange>,
+    /// For a configuration finding: the file and line where the fix goes.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub location: Option<Location>,
+}
+
+/// A place in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Location {
+    /// The file.
+    pub file: String,
+    /// 1-based line.
+    pub line: usize,
 }
 
 /// The kernel's sysctl documentation.

@@ -7,10 +7,12 @@
 
 mod finding;
 mod kernel_version;
+pub mod nginx;
 pub mod report;
 mod rules;
 
-pub use finding::{Finding, Severity, SysctlChange};
+pub use finding::{Finding, Location, Severity, SysctlChange};
 pub use kernel_version::KernelVersion;
+pub use nginx::NginxInput;
 pub use report::{DoctorReport, TuneChange, TuneReport, plan};
 pub use rules::{DoctorInput, diagnose};

@@ -66,9 +66,20 @@ pub struct DoctorReport {
 }
 
 impl DoctorReport {
-    /// Diagnoses `now` (against `earlier`, with `--interval`).
-    pub fn new(now: &Snapshot, earlier: Option<&Snapshot>, nginx: Option<String>) -> DoctorReport {
-        let findings = diagnose(&DoctorInput { now, earlier });
+    /// Diagnoses `now` (against `earlier`, with `--interval`), with the
+    /// nginx configurations in use there (`configs`) and what was found of
+    /// nginx (`nginx`, for the header).
+    pub fn new(
+        now: &Snapshot,
+        earlier: Option<&Snapshot>,
+        configs: &[crate::nginx::NginxInput],
+        nginx: Option<String>,
+    ) -> DoctorReport {
+        let findings = diagnose(&DoctorInput {
+            now,
+            earlier,
+            nginx: configs,
+        });
         let census = &now.census;
         DoctorReport {
             hostname: now.hostname.clone(),
@@ -196,6 +207,7 @@ mod tests {
                     recommended: r.to_string(),
                 })
                 .collect(),
+            location: None,
         }
     }
 

@@ -18,6 +18,8 @@ pub struct DoctorInput<'a> {
     pub now: &'a Snapshot,
     /// An earlier snapshot of the same namespace (`--interval`), for rates.
     pub earlier: Option<&'a Snapshot>,
+    /// nginx configurations in use there, to check and tie to the census.
+    pub nginx: &'a [crate::nginx::NginxInput],
 }
 
 /// Port use at or above this share of usable ports is a warning…
@@ -169,8 +171,13 @@ pub fn diagnose(input: &DoctorInput) -> Vec<Finding> {
             ));
         }
     }
-    out.sort_by_key(|f| std::cmp::Reverse(f.severity));
-    out
+    // nginx's findings, tied to what the census counted: a matched one
+    // comes first within its severity (its fix is the real one).
+    let nginx = crate::nginx::findings(input.nginx, &ctx.report, &out);
+    let mut all: Vec<(Finding, bool)> = nginx;
+    all.extend(out.into_iter().map(|f| (f, false)));
+    all.sort_by_key(|(f, matched)| (std::cmp::Reverse(f.severity), !matched));
+    all.into_iter().map(|(f, _)| f).collect()
 }
 
 fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
@@ -277,6 +284,7 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
             fix,
             docs: SYSCTL_DOCS,
             sysctl_changes: changes,
+            location: None,
         });
     }
     out
@@ -348,6 +356,7 @@ fn tw_reuse_off(ctx: &Ctx) -> Vec<Finding> {
         fix,
         docs: SYSCTL_DOCS,
         sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_reuse", "1")],
+        location: None,
     }]
 }
 
@@ -380,6 +389,7 @@ fn tw_reuse_loopback_only(ctx: &Ctx) -> Vec<Finding> {
         ),
         docs: SYSCTL_DOCS,
         sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_reuse", "1")],
+        location: None,
     }]
 }
 
@@ -403,6 +413,7 @@ fn timestamps_off(ctx: &Ctx) -> Vec<Finding> {
         fix: "sysctl -w net.ipv4.tcp_timestamps=1".into(),
         docs: SYSCTL_DOCS,
         sysctl_changes: vec![ctx.change("net.ipv4.tcp_timestamps", "1")],
+        location: None,
     }]
 }
 
@@ -473,6 +484,7 @@ fn port_range_narrow(ctx: &Ctx) -> Vec<Finding> {
         },
         docs: SYSCTL_DOCS,
         sysctl_changes: changes,
+        location: None,
     }]
 }
 
@@ -573,6 +585,7 @@ fn tw_bucket_overflow(ctx: &Ctx) -> Vec<Finding> {
         ),
         docs: SYSCTL_DOCS,
         sysctl_changes: changes,
+        location: None,
     }]
 }
 
@@ -613,6 +626,7 @@ fn tw_buckets_near_limit(ctx: &Ctx) -> Vec<Finding> {
         ),
         docs: SYSCTL_DOCS,
         sysctl_changes: change.into_iter().collect(),
+        location: None,
     }]
 }
 
@@ -643,6 +657,7 @@ fn tw_recycle_enabled(ctx: &Ctx) -> Vec<Finding> {
         fix: "sysctl -w net.ipv4.tcp_tw_recycle=0 — use tcp_tw_reuse=1 (outgoing only) and keep-alive instead.".into(),
         docs: SYSCTL_DOCS,
         sysctl_changes: vec![ctx.change("net.ipv4.tcp_tw_recycle", "0")],
+        location: None,
     }]
 }
 
@@ -665,6 +680,7 @@ fn fin_timeout_misread(ctx: &Ctx) -> Vec<Finding> {
         fix: "Nothing to change for TIME_WAIT here; to relieve it, reuse connections (keep-alive) or enable tcp_tw_reuse=1 for outgoing ones.".into(),
         docs: SYSCTL_DOCS,
         sysctl_changes: vec![],
+        location: None,
     }]
 }
 
@@ -703,6 +719,7 @@ fn server_side_time_wait(ctx: &Ctx) -> Vec<Finding> {
             .into(),
         docs: NGINX_KEEPALIVE_DOCS,
         sysctl_changes: vec![],
+        location: None,
     }]
 }
 
@@ -722,6 +739,7 @@ fn tw_timeout_available(ctx: &Ctx) -> Vec<Finding> {
         fix: "Shortening TIME_WAIT trades away the protection against late segments; prefer keep-alive and tcp_tw_reuse=1. If you lower it, keep it well above the longest RTT.".into(),
         docs: "https://www.alibabacloud.com/help/en/ecs/user-guide/change-the-tcp-time-wait-timeout-period",
         sysctl_changes: vec![],
+        location: None,
     }]
 }
 
@@ -833,6 +851,7 @@ fn collection_problems(ctx: &Ctx) -> Vec<Finding> {
                 fix: problem_fix(p),
                 docs: SYSCTL_DOCS,
                 sysctl_changes: vec![],
+                location: None,
             }
         })
         .collect()

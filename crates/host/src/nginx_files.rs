@@ -55,3 +55,110 @@ impl Loader for NginxFiles {
         Ok(found)
     }
 }
+
+/// The installed nginx's version (`nginx -v` prints `nginx version:
+/// nginx/1.22.1` on stderr), if there is an `nginx` on the PATH.
+pub fn installed_version() -> Option<String> {
+    let o = std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stderr);
+    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    Some(v.to_string())
+}
+
+/// A running nginx master process and the configuration it was started with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxMaster {
+    /// Its pid.
+    pub pid: u32,
+    /// Its main configuration file (`-c`, resolved against `-p`, or the
+    /// Debian default).
+    pub config: PathBuf,
+}
+
+/// The compiled-in defaults of Debian's nginx (`nginx -V`: `--prefix`,
+/// `--conf-path`).
+const DEFAULT_PREFIX: &str = "/usr/share/nginx";
+const DEFAULT_CONF: &str = "/etc/nginx/nginx.conf";
+
+/// The configuration a master's command line names. nginx rewrites its
+/// title to `nginx: master process <argv…>`, so the arguments it was
+/// started with are still there.
+pub fn master_config(cmdline: &[u8]) -> Option<PathBuf> {
+    let args: Vec<String> = cmdline
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let joined = args.join(" ");
+    let rest = joined.strip_prefix("nginx: master process ")?;
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let value = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1).copied())
+    };
+    let prefix = value("-p").unwrap_or(DEFAULT_PREFIX);
+    Some(match value("-c") {
+        Some(c) if Path::new(c).is_absolute() => PathBuf::from(c),
+        Some(c) => Path::new(prefix).join(c),
+        None => PathBuf::from(DEFAULT_CONF),
+    })
+}
+
+/// The nginx masters whose network namespace is `target`'s.
+pub fn masters(target: &crate::Target) -> Vec<NginxMaster> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |path: &str| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+    let wanted = match target {
+        crate::Target::Current => ns_of("/proc/self/ns/net"),
+        crate::Target::Netns(n) => ns_of(&format!("/var/run/netns/{n}")),
+        crate::Target::Pid(p) => ns_of(&format!("/proc/{p}/ns/net")),
+    };
+    let Some(wanted) = wanted else { return vec![] };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let mut out: Vec<NginxMaster> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| ns_of(&format!("/proc/{pid}/ns/net")) == Some(wanted))
+        .filter_map(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            Some(NginxMaster {
+                pid,
+                config: master_config(&cmd)?,
+            })
+        })
+        .collect();
+    out.sort_by_key(|m| m.pid);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_masters_title_names_its_configuration() {
+        assert_eq!(
+            master_config(
+                b"nginx: master process /usr/sbin/nginx -c /tmp/x/nginx.conf -g daemon off;\0"
+            ),
+            Some(PathBuf::from("/tmp/x/nginx.conf"))
+        );
+        assert_eq!(
+            master_config(b"nginx: master process nginx -p /srv/n -c conf/n.conf\0"),
+            Some(PathBuf::from("/srv/n/conf/n.conf"))
+        );
+        assert_eq!(
+            master_config(b"nginx: master process /usr/sbin/nginx\0"),
+            Some(PathBuf::from("/etc/nginx/nginx.conf"))
+        );
+        assert_eq!(master_config(b"nginx: worker process\0"), None);
+        assert_eq!(master_config(b"/usr/bin/bash\0-c\0x\0"), None);
+    }
+}

@@ -15,6 +15,7 @@
 //! - [`crossplane`]: the tree in crossplane's JSON shape.
 #![deny(missing_docs)]
 
+pub mod check;
 pub mod crossplane;
 pub mod lex;
 pub mod parse;

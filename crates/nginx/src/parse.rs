@@ -51,6 +51,8 @@ pub struct Directive {
     pub args: Vec<String>,
     /// 1-based line of its name.
     pub line: usize,
+    /// The file it is in (an index into [`Config::files`]).
+    pub file: usize,
     /// Its block, if it has one.
     pub block: Option<Vec<Directive>>,
     /// For `include`: the indices into [`Config::files`] it brought in.
@@ -113,6 +115,8 @@ struct Parser<'l> {
     /// Files named by an include and not parsed yet: their index and the
     /// data block they were included in, if any.
     queue: std::collections::VecDeque<(usize, Option<String>)>,
+    /// The file being parsed.
+    current: usize,
 }
 
 impl Parser<'_> {
@@ -149,6 +153,7 @@ impl Parser<'_> {
         data: Option<&str>,
     ) -> Result<(), SyntaxError> {
         let mut lexer = Lexer::new(src);
+        self.current = index;
         let directives = self.block(&mut lexer, path, 0, data)?;
         self.files[index].directives = directives;
         Ok(())
@@ -210,6 +215,7 @@ impl Parser<'_> {
                 name,
                 args: Vec::new(),
                 line,
+                file: self.current,
                 block: None,
                 includes: Vec::new(),
                 data: false,
@@ -323,6 +329,7 @@ fn parse_with(
         }],
         given,
         queue: std::collections::VecDeque::new(),
+        current: 0,
     };
     p.file(0, path, src, None)?;
     p.drain(path)?;

@@ -135,6 +135,7 @@ impl Host {
 
     fn findings(&self) -> Vec<Finding> {
         diagnose(&DoctorInput {
+            nginx: &[],
             now: &self.snapshot(),
             earlier: None,
         })
@@ -200,6 +201,7 @@ fn port_exhaustion_counts_listeners_inside_the_range_and_reports_growth() {
         .sockets(19, 6, "10.1.1.1", 80, 40000);
     let (now, before) = (later.snapshot(), earlier.snapshot());
     let f = diagnose(&DoctorInput {
+        nginx: &[],
         now: &now,
         earlier: Some(&before),
     });
@@ -342,6 +344,7 @@ fn overflow_severity_follows_the_table_and_the_trend() {
     full.taken_at += 5_000;
     let now = full.snapshot();
     let f = diagnose(&DoctorInput {
+        nginx: &[],
         now: &now,
         earlier: Some(&before),
     });
@@ -478,4 +481,63 @@ fn an_unknown_range_skips_the_port_rules_instead_of_assuming_the_default() {
             .evidence
             .contains("Not checked without it: port-exhaustion-risk")
     );
+}
+
+struct OneFile(&'static str);
+
+impl timewait_nginx::Loader for OneFile {
+    fn read(&self, _: &std::path::Path) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.as_bytes().to_vec())
+    }
+    fn glob(&self, _: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        Ok(vec![])
+    }
+}
+
+#[test]
+fn an_nginx_upstream_without_keepalive_is_tied_to_the_time_wait_it_causes_and_ranked_first() {
+    let conf = "http {\n  upstream app {\n    server 127.0.0.1:8080;\n  }\n  server {\n    location / { proxy_pass http://app; }\n  }\n}\n";
+    let config = timewait_nginx::parse_file(
+        &OneFile(conf),
+        std::path::Path::new("/etc/nginx/nginx.conf"),
+    )
+    .unwrap();
+    let nginx = [crate::nginx::NginxInput {
+        config,
+        version: Some(timewait_nginx::check::Version(1, 22, 1)),
+    }];
+    // The local backend on :8080 closes first: server-side TIME_WAIT there.
+    let host = Host::new()
+        .listener(8080)
+        .accepted(1500, 6, 8080)
+        .set("net.ipv4.tcp_tw_reuse", "0");
+    let snap = host.snapshot();
+    let f = diagnose(&DoctorInput {
+        now: &snap,
+        earlier: None,
+        nginx: &nginx,
+    });
+    assert_eq!(f[0].code, "nginx-upstream-no-keepalive", "{:?}", codes(&f));
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert!(
+        f[0].evidence.contains("holds 1,500 TIME_WAIT on port 8080"),
+        "{}",
+        f[0].evidence
+    );
+    let loc = f[0].location.as_ref().unwrap();
+    assert_eq!((loc.file.as_str(), loc.line), ("/etc/nginx/nginx.conf", 2));
+    assert!(codes(&f).contains(&"server-side-time-wait"));
+    assert!(codes(&f).contains(&"tw-reuse-off"));
+    // Without the TIME_WAIT, the nginx findings stay but are not raised or matched.
+    let quiet = Host::new().snapshot();
+    let f = diagnose(&DoctorInput {
+        now: &quiet,
+        earlier: None,
+        nginx: &nginx,
+    });
+    let n = f
+        .iter()
+        .find(|f| f.code == "nginx-upstream-no-keepalive")
+        .unwrap();
+    assert!(!n.evidence.contains("TIME_WAIT on port"), "{}", n.evidence);
 }
