@@ -383,3 +383,100 @@ fn check_finds_the_articles_pitfalls_at_their_lines_per_version() {
     );
     assert_eq!(check(&[&upstreams, "--nginx-version", "one"]).0, Some(2));
 }
+
+/// `--diff` applied with `patch -p0` leaves nothing to report.
+#[test]
+fn the_diff_applies_with_patch_and_leaves_nothing_to_report() {
+    let dir = std::env::temp_dir().join(format!("timewait-nginx-diff-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("conf.d")).unwrap();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        "events {}\nhttp {\n    proxy_set_header X-Real-IP $remote_addr;\n    include conf.d/*.conf;\n}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("conf.d/app.conf"),
+        "upstream app {\n    server 127.0.0.1:8080;\n    least_conn;\n}\nserver {\n    listen 8000;\n    location / {\n        proxy_pass http://app;\n    }\n    location /api/ {\n        proxy_set_header X-Api 1;\n        proxy_pass http://app;\n    }\n}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_timewait"))
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap()
+    };
+    let before = run(&[
+        "nginx",
+        "check",
+        "nginx.conf",
+        "--nginx-version",
+        "1.22.1",
+        "--json",
+    ]);
+    assert_eq!(before.status.code(), Some(1));
+    assert!(found(&String::from_utf8_lossy(&before.stdout)).len() >= 6);
+    let diff = run(&[
+        "nginx",
+        "check",
+        "nginx.conf",
+        "--nginx-version",
+        "1.22.1",
+        "--diff",
+    ]);
+    let diff = String::from_utf8(diff.stdout).unwrap();
+    assert!(
+        diff.starts_with("--- conf.d/app.conf\n+++ conf.d/app.conf\n"),
+        "{diff}"
+    );
+    let mut p = Command::new("patch")
+        .args(["-p0", "--batch"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .output_with_stdin(diff.as_bytes());
+    assert!(
+        p.status.success(),
+        "patch: {}{}",
+        String::from_utf8_lossy(&p.stdout),
+        String::from_utf8_lossy(&p.stderr)
+    );
+    let after = run(&[
+        "nginx",
+        "check",
+        "nginx.conf",
+        "--nginx-version",
+        "1.22.1",
+        "--json",
+    ]);
+    assert_eq!(
+        after.status.code(),
+        Some(0),
+        "{}\n{diff}",
+        String::from_utf8_lossy(&after.stdout)
+    );
+    // nginx agrees the patched configuration is valid.
+    p = Command::new("nginx")
+        .args(["-t", "-q", "-c"])
+        .arg(dir.join("nginx.conf"))
+        .output()
+        .unwrap();
+    let judged = String::from_utf8_lossy(&p.stderr);
+    assert!(!judged.contains("emerg"), "{judged}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+trait WithStdin {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output;
+}
+
+impl WithStdin for Command {
+    fn output_with_stdin(&mut self, input: &[u8]) -> std::process::Output {
+        let mut c = self
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut c.stdin.take().unwrap(), input).unwrap();
+        c.wait_with_output().unwrap()
+    }
+}

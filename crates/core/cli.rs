@@ -383,6 +383,12 @@ pub struct NginxCheckArgs {
     /// Print JSON: {nginx_version, version_source, findings: [{code, severity, title, file, line, evidence, fix}]}.
     #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// Print the fixes as a unified diff for `patch -p0` (run from the
+    /// directory the paths are relative to). Fixes that need judgement (an
+    /// implicit upstream to turn into an upstream block, a map, a misplaced
+    /// keepalive) are left out; `nginx check` still reports them.
+    #[arg(long, conflicts_with_all = ["json", "format"])]
+    pub diff: bool,
     /// Output format: `human` (grouped by file, like a compiler) or `github`
     /// (workflow annotations, for CI).
     #[arg(long, value_enum, default_value_t = NginxFormat::Human)]

@@ -171,7 +171,11 @@ pub fn run_check(a: &NginxCheckArgs, st: &Style) -> Result<Done, Failure> {
     let config = load(&a.path)?.map_err(|e| Failure::Usage(e.to_string()))?;
     let findings = check(&config, version);
     let worst = findings.iter().map(|f| f.severity).max();
-    let text = if a.json {
+    let text = if a.diff {
+        timewait_nginx::diff::unified(&config, &findings, |i| {
+            std::fs::read(&config.files[i].path).ok()
+        })
+    } else if a.json {
         render::json(&CheckReport {
             nginx_version: version.map(|v| v.to_string()),
             version_source: source,

@@ -92,6 +92,23 @@ pub struct Finding {
     /// `doctor` can match them against the sockets it counted).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<String>,
+    /// The fix as lines to insert, where one can be written mechanically
+    /// (`nginx check --diff`).
+    #[serde(skip)]
+    pub edit: Option<Edit>,
+}
+
+/// Lines to insert into a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Edit {
+    /// The file (an index into [`Config::files`]).
+    pub file: usize,
+    /// Insert after this 1-based line.
+    pub after: usize,
+    /// Indent the lines like this 1-based line.
+    pub indent_like: usize,
+    /// The lines, without indentation.
+    pub lines: Vec<String>,
 }
 
 const BALANCERS: &[&str] = &[
@@ -126,6 +143,8 @@ struct Upstream {
     requests: Option<(u64, At)>,
     time: Option<(String, At)>,
     proxied_from: Vec<At>,
+    /// The line of the block's last directive (in the upstream's own file).
+    last_line: Option<usize>,
 }
 
 /// The inheritable settings at one level.
@@ -222,7 +241,15 @@ impl Walk<'_> {
             evidence,
             fix,
             servers: vec![],
+            edit: None,
         });
+    }
+
+    /// Attaches an edit to the last finding.
+    fn edit(&mut self, e: Edit) {
+        if let Some(f) = self.findings.last_mut() {
+            f.edit = Some(e);
+        }
     }
 
     fn version_note(&self) -> String {
@@ -243,6 +270,9 @@ impl Walk<'_> {
                         ..Upstream::default()
                     };
                     for c in children(self.config, d) {
+                        if c.file == d.file {
+                            u.last_line = Some(c.line);
+                        }
                         match c.name.as_str() {
                             "server" => u.servers.extend(c.args.first().cloned()),
                             "keepalive" => {
@@ -332,7 +362,7 @@ impl Walk<'_> {
         };
         for d in ds {
             if d.name == "proxy_pass" {
-                self.proxy_pass(d, &effective);
+                self.proxy_pass(d, &effective, own.headers.is_some());
             }
         }
         for d in ds {
@@ -399,6 +429,16 @@ impl Walk<'_> {
                 evidence,
                 format!("Repeat them in this block (nginx inherits the list only where a block sets none):\n{fix}"),
             );
+            let here = here.clone();
+            self.edit(Edit {
+                file: here.file,
+                after: here.line,
+                indent_like: here.line,
+                lines: lost
+                    .iter()
+                    .map(|h| format!("{directive} {} {};", h.name, show(&h.value)))
+                    .collect(),
+            });
         }
     }
 
@@ -417,7 +457,7 @@ impl Walk<'_> {
         v
     }
 
-    fn proxy_pass(&mut self, d: &Directive, eff: &Level) {
+    fn proxy_pass(&mut self, d: &Directive, eff: &Level, own_headers: bool) {
         let Some(target) = d.args.first() else { return };
         let here = at(d);
         let host = target_host(target);
@@ -472,6 +512,12 @@ impl Walk<'_> {
                 format!("proxy_http_version is 1.0 here ({from}); HTTP/1.0 closes the connection after each response, so the side that closes first keeps a TIME_WAIT for 60 s per request."),
                 "proxy_http_version 1.1;".into(),
             );
+            self.edit(Edit {
+                file: here.file,
+                after: here.line - 1,
+                indent_like: here.line,
+                lines: vec!["proxy_http_version 1.1;".into()],
+            });
         }
         // Connection header.
         let connection = eff.headers.as_ref().and_then(|(hs, _)| {
@@ -511,6 +557,21 @@ impl Walk<'_> {
             }
         };
         if let Some(evidence) = problem {
+            // Only where nothing sets Connection: a level that sets none of
+            // its own headers gets the inherited ones too (else adding one
+            // would drop them).
+            let edit = match (connection, &eff.headers) {
+                (Some(_), _) => None,
+                (None, Some((hs, from))) if *from != here && !own_headers => {
+                    let mut lines: Vec<String> = hs
+                        .iter()
+                        .map(|h| format!("proxy_set_header {} {};", h.name, show(&h.value)))
+                        .collect();
+                    lines.push("proxy_set_header Connection \"\";".into());
+                    Some(lines)
+                }
+                (None, _) => Some(vec!["proxy_set_header Connection \"\";".into()]),
+            };
             self.finding(
                 "nginx-connection-close-forwarded",
                 Severity::Warning,
@@ -519,6 +580,14 @@ impl Walk<'_> {
                 format!("{evidence} The backend then closes after every response and keep-alive never starts."),
                 "proxy_set_header Connection \"\";\n(for WebSocket: map $http_upgrade $connection_upgrade { default upgrade; '' ''; })".into(),
             );
+            if let Some(lines) = edit {
+                self.edit(Edit {
+                    file: here.file,
+                    after: here.line - 1,
+                    indent_like: here.line,
+                    lines,
+                });
+            }
         }
         for f in &mut self.findings[first..] {
             f.servers = servers.clone();
@@ -565,7 +634,19 @@ impl Walk<'_> {
                         "In upstream {name}, after any balancer directive: keepalive 32;\nWhere it is proxied: proxy_http_version 1.1; proxy_set_header Connection \"\";"
                     ),
                     servers: u.servers.clone(),
+                    edit: None,
                 };
+                // keepalive after the block's last directive (so after any
+                // balancer directive); a misplaced keepalive is moved by hand.
+                if u.balancer_after.is_none() && u.keepalive.is_none() {
+                    let last = u.last_line.unwrap_or(here.line);
+                    f.edit = Some(Edit {
+                        file: here.file,
+                        after: last,
+                        indent_like: last,
+                        lines: vec!["keepalive 32;".into()],
+                    });
+                }
                 if u.balancer_after.is_some() {
                     f.fix = format!(
                         "Move keepalive after {} in upstream {name}.",

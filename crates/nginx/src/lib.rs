@@ -17,6 +17,7 @@
 
 pub mod check;
 pub mod crossplane;
+pub mod diff;
 pub mod lex;
 pub mod parse;
 
