@@ -170,3 +170,55 @@ fn glob_matching_is_glob_s() {
     assert!(glob_match(b"/a/x?.c[a-z]nf", b"/a/x1.conf"));
     assert!(!glob_match(b"/a/[!x]*", b"/a/xy"));
 }
+
+/// The shared corpus's files, for the mutation fuzzing below (empty where
+/// the corpus is not beside the project).
+fn corpus_texts() -> Vec<Vec<u8>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/nginx");
+    let mut out = Vec::new();
+    let mut dirs = vec![root];
+    while let Some(d) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "conf") {
+                out.extend(std::fs::read(&p).ok());
+            }
+        }
+    }
+    out
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+
+    /// Mutations of real configurations (bytes flipped, inserted, cut):
+    /// a tree or a syntax error, never a panic or a hang.
+    #[test]
+    fn mutated_corpus_files_parse_or_fail_cleanly(
+        pick in 0usize..64,
+        edits in proptest::collection::vec((0usize..4096, proptest::num::u8::ANY, 0u8..3), 1..12),
+    ) {
+        let texts = corpus_texts();
+        let mut bytes = if texts.is_empty() { b"http { server { listen 80; } }".to_vec() } else { texts[pick % texts.len()].clone() };
+        for (at, b, kind) in edits {
+            let at = at % (bytes.len() + 1);
+            match kind {
+                0 if at < bytes.len() => bytes[at] = b,
+                1 => bytes.insert(at, b),
+                _ if at < bytes.len() => { bytes.remove(at); }
+                _ => {}
+            }
+        }
+        let m = Mem(std::iter::once((PathBuf::from("/c/nginx.conf"), bytes.clone())).collect());
+        let _ = parse_file(&m, Path::new("/c/nginx.conf"));
+        let _ = parse_dump(&m, &bytes);
+        if let Ok(c) = parse_file(&m, Path::new("/c/nginx.conf")) {
+            let _ = crate::check::check(&c, None);
+        }
+    }
+}
