@@ -1,9 +1,9 @@
 //! `doctor` with a real nginx in a namespace: nginx proxies to a backend
 //! (itself, on another port) without keepalive, as the article's broken
 //! setup does. doctor names the config file and the upstream's line, ties
-//! it to the backend's TIME_WAIT and ranks it first; after the article's
-//! fix and a reload, the same traffic leaves no new TIME_WAIT and the
-//! nginx findings are gone.
+//! it to the backend's TIME_WAIT and ranks it first; after applying
+//! `nginx check --diff` with `patch -p0` and a reload, the same traffic
+//! leaves no new TIME_WAIT and the nginx findings are gone.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -17,18 +17,9 @@ use crate::harness::netns::Netns;
 const BROKEN: &str = "upstream app {
         server 127.0.0.1:8080;
     }";
-const FIXED: &str = "upstream app {
-        server 127.0.0.1:8080;
-        keepalive 16;
-    }";
 
-fn config(dir: &Path, upstream: &str, fixed: bool) -> String {
+fn config(dir: &Path, upstream: &str) -> String {
     let d = dir.display();
-    let proxy_extra = if fixed {
-        "proxy_http_version 1.1;\n            proxy_set_header Connection \"\";"
-    } else {
-        ""
-    };
     format!(
         "user root;
 worker_processes 1;
@@ -50,7 +41,6 @@ http {{
     server {{
         listen 127.0.0.1:8000;
         location / {{
-            {proxy_extra}
             proxy_pass http://app;
         }}
     }}
@@ -129,7 +119,7 @@ fn doctor_names_the_nginx_line_behind_the_backends_time_wait_and_the_fix_ends_it
     let dir = std::env::temp_dir().join(format!("timewait-ngxdoc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("nginx.conf");
-    std::fs::write(&conf, config(&dir, BROKEN, false)).unwrap();
+    std::fs::write(&conf, config(&dir, BROKEN)).unwrap();
     nginx(&ns, &conf, &[]);
     let _running = Running(&ns, conf.clone());
     // Wait for the workers to listen (bounded).
@@ -147,7 +137,7 @@ fn doctor_names_the_nginx_line_behind_the_backends_time_wait_and_the_fix_ends_it
     let first = &v["findings"][0];
     assert_eq!(first["code"], "nginx-upstream-no-keepalive", "{v}");
     assert_eq!(first["file"], conf.display().to_string());
-    let upstream_line = config(&dir, BROKEN, false)
+    let upstream_line = config(&dir, BROKEN)
         .lines()
         .position(|l| l.contains("upstream app"))
         .unwrap()
@@ -178,8 +168,41 @@ fn doctor_names_the_nginx_line_behind_the_backends_time_wait_and_the_fix_ends_it
         v["nginx"]
     );
 
-    // The article's fix, and a reload.
-    std::fs::write(&conf, config(&dir, FIXED, true)).unwrap();
+    // The article's fix, as `nginx check --diff` writes it, applied with
+    // patch -p0, and a reload.
+    let diff = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["nginx", "check", "nginx.conf", "--diff"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let diff = String::from_utf8(diff.stdout).unwrap();
+    assert!(diff.contains("+        keepalive 32;"), "{diff}");
+    let mut patch = Command::new("patch")
+        .args(["-p0", "--batch"])
+        .current_dir(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("patch");
+    patch
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(diff.as_bytes())
+        .unwrap();
+    let patched = patch.wait_with_output().unwrap();
+    assert!(
+        patched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&patched.stderr)
+    );
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(
+        text.contains("proxy_set_header Connection \"\";")
+            && text.contains("proxy_http_version 1.1;"),
+        "{text}"
+    );
     // The reload is done when the master has one worker, a new one: the
     // old one (still serving with the old configuration) has exited.
     let master = std::fs::read_to_string(dir.join("nginx.pid"))

@@ -23,6 +23,8 @@
 //! - `nginx-keepalive-requests-low`: `keepalive_requests` or
 //!   `keepalive_time` in an upstream closes connections early (a TIME_WAIT
 //!   each time).
+//! - `nginx-keepalive-too-small`: `keepalive` far below the connections a
+//!   worker serves (`worker_connections`, 64 times or more).
 
 use std::collections::BTreeMap;
 
@@ -111,6 +113,9 @@ pub struct Edit {
     pub lines: Vec<String>,
 }
 
+/// `keepalive` times this below `worker_connections` is "obviously" small.
+const SMALL_CACHE_RATIO: u64 = 64;
+
 const BALANCERS: &[&str] = &[
     "hash",
     "ip_hash",
@@ -161,6 +166,8 @@ struct Walk<'c> {
     upstreams: BTreeMap<String, Upstream>,
     /// `map` variables (without `$`) and their values.
     maps: BTreeMap<String, Vec<String>>,
+    /// `events { worker_connections N; }`, where it is.
+    worker_connections: Option<(u64, At)>,
     findings: Vec<Finding>,
 }
 
@@ -655,6 +662,26 @@ impl Walk<'_> {
                 }
                 self.findings.push(f);
             }
+            // A cache far smaller than the connections a worker serves: under
+            // load, every connection beyond it is closed after its request.
+            if let (Some((k, ka)), Some((w, wa))) = (&u.keepalive, &self.worker_connections)
+                && *k > 0
+                && k * SMALL_CACHE_RATIO < *w
+            {
+                let (k, w) = (*k, *w);
+                self.finding(
+                    "nginx-keepalive-too-small",
+                    Severity::Info,
+                    ka,
+                    format!("upstream {name} caches {k} idle connections for up to {w} client connections per worker"),
+                    format!(
+                        "keepalive {k} ({}) against worker_connections {w} ({}): when more than {k} requests to {name} are in flight, the connections beyond {k} are closed after their request (a TIME_WAIT each) instead of kept.",
+                        self.where_(ka),
+                        self.where_(wa)
+                    ),
+                    format!("keepalive {};  # about the requests in flight to {name} per worker", (w / 8).max(32)),
+                );
+            }
             if let Some((n, a)) = &u.requests
                 && *n < 1000
             {
@@ -698,6 +725,7 @@ pub fn check(config: &Config, version: Option<Version>) -> Vec<Finding> {
         version,
         upstreams: BTreeMap::new(),
         maps: BTreeMap::new(),
+        worker_connections: None,
         findings: Vec::new(),
     };
     let mut top = Vec::new();
@@ -707,6 +735,18 @@ pub fn check(config: &Config, version: Option<Version>) -> Vec<Finding> {
         &mut vec![0],
         &mut top,
     );
+    for events in top
+        .iter()
+        .filter(|d| d.name == "events" && d.block.is_some())
+    {
+        for c in children(config, events) {
+            if c.name == "worker_connections"
+                && let Some(n) = c.args.first().and_then(|a| a.parse().ok())
+            {
+                w.worker_connections = Some((n, at(c)));
+            }
+        }
+    }
     for http in top.iter().filter(|d| d.name == "http" && d.block.is_some()) {
         let inner = children(config, http);
         w.collect(&inner);

@@ -3,24 +3,11 @@
 
 use http::header::{HeaderName, HeaderValue};
 
-/// Headers that describe one hop and are never forwarded (RFC 9110 §7.6.1,
-/// plus the non-standard `Keep-Alive` and `Proxy-Connection`). `Trailer` is
-/// not one of them: it is forwarded with a chunked body, whose trailer
-/// fields go along (see the private `h1::head` module).
-pub const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// The header names the proxy acts on, recognised once per header line
 /// (by length, then one case-insensitive comparison) instead of comparing
 /// every line against every list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Name {
+pub(crate) enum Name {
     /// `Connection`.
     Connection,
     /// `Keep-Alive`.
@@ -78,7 +65,10 @@ impl Name {
             .map_or(Name::Other, |&(_, name)| name)
     }
 
-    /// One of [`HOP_BY_HOP`].
+    /// A header that describes one hop and is never forwarded (RFC 9110
+    /// §7.6.1, plus the non-standard `Keep-Alive` and `Proxy-Connection`).
+    /// `Trailer` is not one: it is forwarded with a chunked body, whose
+    /// trailer fields go along.
     pub fn hop_by_hop(self) -> bool {
         matches!(
             self,
@@ -103,7 +93,7 @@ impl Name {
 }
 
 /// The comma-separated tokens of a header value.
-pub fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
+pub(crate) fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
     std::str::from_utf8(v)
         .unwrap_or("")
         .split(',')
@@ -115,7 +105,7 @@ pub fn tokens(v: &[u8]) -> impl Iterator<Item = &str> {
 /// client connection is closed: its framing can no longer be trusted).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// Both `Content-Length` and `Transfer-Encoding`: the classic smuggling vector.
     #[error("both Content-Length and Transfer-Encoding")]
     LengthAndEncoding,
@@ -138,7 +128,7 @@ pub enum Refusal {
 
 /// What a request's framing headers say, once checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestFraming {
+pub(crate) struct RequestFraming {
     /// The one `Content-Length`, if given.
     pub content_length: Option<u64>,
     /// `Transfer-Encoding` ending in `chunked`.
@@ -150,7 +140,7 @@ pub struct RequestFraming {
 /// Checks a request's framing headers, given as `(name, value)` pairs.
 /// (Whitespace before a colon, obs-fold and bare CR are refused by the
 /// HTTP parser before headers reach this.)
-pub fn check_fields<'a>(
+pub(crate) fn check_fields<'a>(
     http10: bool,
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<RequestFraming, Refusal> {
@@ -227,7 +217,7 @@ impl Default for ForwardingRules {
 /// Whether RFC 9110 (§9.2.1, §9.2.2) calls a method safe or idempotent:
 /// only such a request may be sent again after a failure in which the
 /// backend may have seen part of it.
-pub fn idempotent(method: &str) -> bool {
+pub(crate) fn idempotent(method: &str) -> bool {
     matches!(
         method,
         "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
@@ -237,6 +227,16 @@ pub fn idempotent(method: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// RFC 9110 §7.6.1's list (plus Keep-Alive and Proxy-Connection).
+    const HOP_BY_HOP: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ];
 
     fn check(http10: bool, pairs: &[(&str, &str)]) -> Result<RequestFraming, Refusal> {
         check_fields(http10, pairs.iter().map(|(n, v)| (*n, v.as_bytes())))

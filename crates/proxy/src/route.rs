@@ -20,7 +20,7 @@ pub enum HostMatch {
 
 impl HostMatch {
     /// A route's `host`: none, a name, or `*.domain`.
-    pub fn parse(host: Option<&str>) -> Result<HostMatch, String> {
+    pub(crate) fn parse(host: Option<&str>) -> Result<HostMatch, String> {
         let Some(h) = host else {
             return Ok(HostMatch::Any);
         };
@@ -85,7 +85,7 @@ pub struct Route {
 }
 
 /// The route for a request, if any.
-pub fn route<'r>(routes: &'r [Route], host: Option<&str>, path: &str) -> Option<&'r Route> {
+pub(crate) fn route<'r>(routes: &'r [Route], host: Option<&str>, path: &str) -> Option<&'r Route> {
     routes
         .iter()
         .filter(|r| r.host.matches(host) && path.starts_with(r.path_prefix.as_str()))

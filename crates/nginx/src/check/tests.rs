@@ -247,3 +247,17 @@ fn versions_parse() {
     assert_eq!(Version::parse("one"), None);
     assert!(Version(1, 30, 0).new_defaults() && !Version(1, 29, 6).new_defaults());
 }
+
+#[test]
+fn a_cache_far_smaller_than_the_workers_connections_is_noted() {
+    let c = format!(
+        "events {{ worker_connections 4096; }}\n{}",
+        FIXED.replace("keepalive 32;", "keepalive 2;")
+    );
+    let f = findings(&c, OLD);
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!((f[0].code, f[0].line), ("nginx-keepalive-too-small", 5));
+    assert!(f[0].fix.starts_with("keepalive 512;"), "{}", f[0].fix);
+    let ok = format!("events {{ worker_connections 1024; }}\n{FIXED}");
+    assert!(codes(&ok, OLD).is_empty());
+}
