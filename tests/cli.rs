@@ -162,6 +162,16 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
         (proxy_with(&["--body-timeout", "0"]), "--body-timeout"),
         (proxy_with(&["--header-timeout", "nan"]), "--header-timeout"),
         (vec!["exporter", "--top", "0"], "--top"),
+        (
+            vec!["load", "tcp://127.0.0.1:1", "--requests", "0"],
+            "--requests",
+        ),
+        (vec!["load", "tcp://127.0.0.1:1"], "--duration"),
+        (
+            vec!["load", "tcp://192.0.2.1:1", "--requests", "1"],
+            "--allow-remote",
+        ),
+        (vec!["load", "ftp://x", "--requests", "1"], "TARGET"),
         (vec!["exporter", "--cache-ms", "600000"], "--cache-ms"),
         (vec!["exporter", "--listen", "nowhere"], "--listen"),
         (
@@ -198,12 +208,10 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
 
 #[test]
 fn subcommands_not_built_yet_say_so_and_exit_1() {
-    for args in [vec!["load", "http://127.0.0.1:1/"], vec!["lab"]] {
-        let o = timewait(&args);
-        assert_eq!(o.status.code(), Some(1), "{args:?}");
-        assert!(stderr(&o).contains("not built yet"), "{args:?}");
-        assert!(o.stdout.is_empty(), "no fake result on stdout");
-    }
+    let o = timewait(&["lab"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("not built yet"));
+    assert!(o.stdout.is_empty(), "no fake result on stdout");
 }
 
 #[test]

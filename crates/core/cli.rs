@@ -313,23 +313,55 @@ pub struct SnapshotArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadArgs {
-    /// http://HOST:PORT/PATH or tcp://HOST:PORT
+    /// http://HOST:PORT/PATH or tcp://HOST:PORT (loopback only unless --allow-remote).
     pub target: String,
-    /// close: one request per connection; keepalive: reuse connections.
-    #[arg(long, default_value = "close")]
-    pub mode: String,
-    /// Concurrent connections.
+    /// close: a new connection per request, closed by this side first (like
+    /// an HTTP/1.0 proxy: a TIME_WAIT here each time); keepalive: reuse them.
+    #[arg(long, value_enum, default_value_t = LoadMode::Close)]
+    pub mode: LoadMode,
+    /// Requests in flight at once (and connections, in keepalive mode).
     #[arg(long, value_name = "N", default_value_t = 1)]
-    pub concurrency: u32,
-    /// Requests per second (all connections together).
+    pub concurrency: usize,
+    /// Open loop: requests per second, paced; latency counts from each
+    /// request's intended send time (no coordinated omission).
     #[arg(long, value_name = "R")]
     pub rate: Option<f64>,
-    /// Seconds to run.
-    #[arg(long, value_name = "S", default_value_t = 10.0)]
-    pub duration: f64,
+    /// Seconds to run (at most 3600).
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Requests to make (at most 100,000,000).
+    #[arg(long, value_name = "N")]
+    pub requests: Option<u64>,
+    /// Seconds for one connect and exchange before it counts as `timeout`.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    pub timeout: f64,
+    /// Runtime threads (default: the cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// HTTP method.
+    #[arg(long, value_name = "METHOD", default_value = "GET")]
+    pub method: String,
+    /// An extra HTTP header, `Name: value` (repeatable).
+    #[arg(long = "header", short = 'H', value_name = "HEADER")]
+    pub headers: Vec<String>,
+    /// The HTTP request body, or the bytes a tcp:// connection sends.
+    #[arg(long, value_name = "TEXT", alias = "payload")]
+    pub body: Option<String>,
+    /// Allow a target that is not on loopback.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `load --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LoadMode {
+    /// One request per connection, this side closes first.
+    Close,
+    /// Connections kept and reused.
+    Keepalive,
 }
 
 #[derive(Debug, Args)]

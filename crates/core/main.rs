@@ -8,6 +8,7 @@
 mod cli;
 mod doctor_cmd;
 mod exporter_cmd;
+mod load_cmd;
 mod model_cmd;
 mod nginx_cmd;
 mod proxy_cmd;
@@ -123,7 +124,7 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Doctor(a) => doctor_cmd::run_doctor(a, style),
         Command::Tune(a) => doctor_cmd::run_tune(a, style).map(Done::from),
         Command::Proxy(a) => proxy_cmd::run_proxy(a).map(Done::from),
-        Command::Load(_) => Err(Failure::NotBuilt("load", "(not filed yet)")),
+        Command::Load(a) => load_cmd::run_load(a, style).map(Done::from),
         Command::Lab(_) => Err(Failure::NotBuilt("lab", "(not filed yet)")),
         Command::Nginx(NginxCommand::Check(a)) => nginx_cmd::run_check(a, style),
         Command::Nginx(NginxCommand::Parse(a)) => nginx_cmd::run_parse(a, style).map(Done::from),

@@ -1,0 +1,154 @@
+//! `timewait load`: flags → a validated plan → the load crate, with the
+//! census sampling TIME_WAIT toward the target once a second.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use timewait_analysis::{GroupBy, analyse};
+use timewait_host::{Target as HostTarget, Via, collect};
+use timewait_load::plan::{Mode, Plan, Target};
+use timewait_load::{Report, run};
+
+use crate::Failure;
+use crate::cli::{LoadArgs, LoadMode};
+use crate::render::{self, Align, Style, Table, int, real};
+
+fn plan(a: &LoadArgs) -> Result<Plan, Failure> {
+    let target = Target::parse(&a.target).map_err(|e| Failure::Usage(format!("TARGET {e}")))?;
+    let secs = |flag: &str, v: f64| {
+        if v.is_finite() && v > 0.0 {
+            Ok(Duration::from_secs_f64(v))
+        } else {
+            Err(Failure::Usage(format!(
+                "--{flag}: must be seconds above 0, got {v}"
+            )))
+        }
+    };
+    let p = Plan {
+        target,
+        mode: match a.mode {
+            LoadMode::Close => Mode::Close,
+            LoadMode::Keepalive => Mode::KeepAlive,
+        },
+        concurrency: a.concurrency,
+        rate: a.rate,
+        duration: a.duration.map(|d| secs("duration", d)).transpose()?,
+        requests: a.requests,
+        timeout: secs("timeout", a.timeout)?,
+        threads: a
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        method: a.method.clone(),
+        headers: a.headers.clone(),
+        body: a.body.clone().unwrap_or_default().into_bytes(),
+    };
+    p.validate(a.allow_remote).map_err(|(flag, msg)| {
+        Failure::Usage(if flag == "TARGET" {
+            msg
+        } else {
+            format!("--{flag}: {msg}")
+        })
+    })?;
+    Ok(p)
+}
+
+/// TIME_WAIT toward the target and its headroom, from the census of this
+/// namespace (`None` when it cannot be read).
+fn sampler(target: std::net::SocketAddr) -> timewait_load::run::Sampler {
+    Box::new(move || {
+        let snap = collect(&HostTarget::Current, Via::Auto, false).ok()?;
+        let report = analyse(&snap, GroupBy::Destination, usize::MAX);
+        let d = report
+            .time_wait
+            .by_destination
+            .iter()
+            .filter(|d| d.remote_ip == target.ip() && d.remote_port == target.port());
+        let (tw, headroom) = d.fold((0u64, None::<f64>), |(tw, h), d| {
+            (
+                tw + d.time_wait,
+                match (h, d.headroom_ratio) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                },
+            )
+        });
+        Some((tw, headroom.unwrap_or(1.0)))
+    })
+}
+
+fn human(r: &Report, st: &Style) -> String {
+    let mut o = String::new();
+    st.heading(
+        &mut o,
+        &format!(
+            "timewait load {} ({} mode, {} at once{})",
+            r.target,
+            r.mode,
+            r.concurrency,
+            r.rate
+                .map_or(String::new(), |x| format!(", {} req/s paced", real(x)))
+        ),
+    );
+    if r.interrupted {
+        let _ = writeln!(o, "  {}", st.red("interrupted: the numbers so far"));
+    }
+    let _ = writeln!(
+        o,
+        "  {} attempted, {} succeeded in {} s ({} req/s); {} connections opened",
+        int(r.attempted),
+        int(r.succeeded),
+        real(r.duration_seconds),
+        real(r.requests_per_second),
+        int(r.connections_opened)
+    );
+    for (name, p) in [
+        ("latency", &r.latency_ms),
+        ("connect", &r.connect_latency_ms),
+    ] {
+        if let Some(p) = p {
+            let _ = writeln!(
+                o,
+                "  {name} ms: p50 {} p90 {} p99 {} max {}",
+                real(p.p50),
+                real(p.p90),
+                real(p.p99),
+                real(p.max)
+            );
+        }
+    }
+    if let Some(tw) = r.time_wait_peak {
+        let _ = writeln!(o, "  TIME_WAIT toward the target, peak: {}", int(tw));
+    }
+    if !r.errors.is_empty() {
+        let _ = writeln!(o);
+        st.heading(&mut o, "Errors");
+        let mut t = Table::new(&[
+            ("error", Align::Left),
+            ("count", Align::Right),
+            ("what it means", Align::Left),
+        ]);
+        for (k, v) in &r.errors {
+            t.row(vec![
+                k.clone(),
+                int(*v),
+                r.error_meanings.get(k).copied().unwrap_or("").to_string(),
+            ]);
+        }
+        o.push_str(&t.render(st, "  "));
+    }
+    o
+}
+
+/// `timewait load`.
+pub fn run_load(a: &LoadArgs, st: &Style) -> Result<String, Failure> {
+    let p = plan(a)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let report =
+        run(&p, Some(sampler(p.target.addr())), stop).map_err(|e| Failure::Runtime(e.into()))?;
+    if a.json {
+        return Ok(render::json(&report)?);
+    }
+    Ok(human(&report, st))
+}

@@ -1,0 +1,140 @@
+//! `timewait load` against targets whose behaviour is known: a namespace
+//! with N ephemeral ports (EADDRNOTAVAIL counted exactly), a keep-alive
+//! backend (no more connections than the concurrency), a paced schedule,
+//! and a stalling target (latency includes the queueing).
+
+use std::io::Read;
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+use timewait_model::ports::{ConnectPorts, ReservedPorts};
+
+use crate::harness::backend::Backend;
+use crate::harness::netns::Netns;
+
+fn load(prefix: &[&str], args: &[&str]) -> Value {
+    let bin = env!("CARGO_BIN_EXE_timewait");
+    let mut cmd = match prefix.split_first() {
+        Some((p, rest)) => {
+            let mut c = Command::new(p);
+            c.args(rest).arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    let o = cmd.arg("load").args(args).arg("--json").output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
+#[test]
+fn eaddrnotavail_is_counted_exactly_against_the_ports_a_namespace_has() {
+    let Some(ns) = Netns::new("load") else {
+        return;
+    };
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    // A server that closes after the client: every connection leaves a
+    // client-side TIME_WAIT holding its port.
+    let listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).unwrap());
+    std::thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                let mut b = [0u8; 64];
+                let _ = (&s).read(&mut b);
+            });
+        }
+    });
+    let v = load(
+        &["ip", "netns", "exec", ns.name()],
+        &["tcp://127.0.0.1:5000", "--requests", "300"],
+    );
+    let usable = u64::from(
+        ConnectPorts::new("40000 40099".parse().unwrap(), ReservedPorts::none()).usable(),
+    );
+    assert_eq!(v["attempted"], 300);
+    assert_eq!(v["succeeded"].as_u64(), Some(usable), "{v}");
+    assert_eq!(
+        v["errors"]["EADDRNOTAVAIL"].as_u64(),
+        Some(300 - usable),
+        "{v}"
+    );
+    assert!(
+        v["error_meanings"]["EADDRNOTAVAIL"]
+            .as_str()
+            .unwrap()
+            .contains("4-tuple")
+    );
+    assert_eq!(v["connections_opened"].as_u64(), Some(usable));
+}
+
+#[test]
+fn keepalive_opens_no_more_connections_than_the_concurrency() {
+    let backend = Backend::start(None);
+    let target = format!("http://{}/", backend.addr);
+    let v = load(
+        &[],
+        &[
+            &target,
+            "--mode",
+            "keepalive",
+            "--concurrency",
+            "4",
+            "--requests",
+            "400",
+        ],
+    );
+    assert_eq!(v["succeeded"], 400, "{v}");
+    assert_eq!(v["connections_opened"], 4);
+    assert_eq!(backend.accepts.load(Ordering::SeqCst), 4);
+    // Close mode: one per request.
+    let v = load(&[], &[&target, "--concurrency", "2", "--requests", "50"]);
+    assert_eq!(
+        (v["succeeded"].as_u64(), v["connections_opened"].as_u64()),
+        (Some(50), Some(50))
+    );
+}
+
+#[test]
+fn the_rate_schedule_is_kept_and_latency_includes_the_queueing() {
+    let backend = Backend::start(None);
+    // 200/s for 1 s: exactly the 200 requests due before the end.
+    let v = load(
+        &[],
+        &[
+            &format!("http://{}/", backend.addr),
+            "--rate",
+            "200",
+            "--duration",
+            "1",
+            "--concurrency",
+            "8",
+            "--mode",
+            "keepalive",
+        ],
+    );
+    assert_eq!(v["attempted"], 200, "{v}");
+    assert_eq!(v["succeeded"], 200);
+    // A target taking 200 ms per request, paced at 10/s through one
+    // connection: request i waits for the i before it. The last one is
+    // due at 0.9 s and cannot finish before 10 × 0.2 s = 2 s, so its
+    // latency, counted from when it was due, is at least 1.1 s.
+    let v = load(
+        &[],
+        &[
+            &format!("http://{}/sleep?ms=200", backend.addr),
+            "--rate",
+            "10",
+            "--duration",
+            "1",
+            "--mode",
+            "keepalive",
+            "--timeout",
+            "30",
+        ],
+    );
+    assert_eq!(v["succeeded"], 10, "{v}");
+    assert!(v["latency_ms"]["max"].as_f64().unwrap() >= 1100.0, "{v}");
+}
