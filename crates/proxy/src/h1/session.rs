@@ -176,6 +176,10 @@ impl Router {
             // An error means the sender is gone: the proxy is ending too.
             let _ = stop_rx.wait_for(|s| *s).await;
         });
+        // The Host of a request that has none (HTTP/1.0): its group's first
+        // backend. Made once per connection, not per request.
+        let groups = self.groups.clone();
+        let default_host = |g: usize| groups.get(g).map_or(peer, |g| g.cfg.servers[0]);
         let mut at = now();
         loop {
             // Wait for a request: the first byte within the idle time, the
@@ -198,8 +202,6 @@ impl Router {
                 at = now();
             }
             dl.set(at + header_timeout);
-            let groups = self.groups.clone();
-            let default_host = |g: usize| groups.get(g).map_or(peer, |g| g.cfg.servers[0]);
             let parsed = loop {
                 match parse_request(
                     crb.filled(),
