@@ -78,10 +78,9 @@ pub struct NginxMaster {
     pub config: PathBuf,
 }
 
-/// The compiled-in defaults of Debian's nginx (`nginx -V`: `--prefix`,
-/// `--conf-path`).
+/// The compiled-in prefix of Debian's nginx (`nginx -V`: `--prefix`; its
+/// `--conf-path` is [`crate::NGINX_DEFAULT_CONFIG`]).
 const DEFAULT_PREFIX: &str = "/usr/share/nginx";
-const DEFAULT_CONF: &str = "/etc/nginx/nginx.conf";
 
 /// The configuration a master's command line names. nginx rewrites its
 /// title to `nginx: master process <argv…>`, so the arguments it was
@@ -105,7 +104,7 @@ pub fn master_config(cmdline: &[u8]) -> Option<PathBuf> {
     Some(match value("-c") {
         Some(c) if Path::new(c).is_absolute() => PathBuf::from(c),
         Some(c) => Path::new(prefix).join(c),
-        None => PathBuf::from(DEFAULT_CONF),
+        None => PathBuf::from(crate::NGINX_DEFAULT_CONFIG),
     })
 }
 
