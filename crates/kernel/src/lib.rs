@@ -11,11 +11,13 @@
 //! - [`proc_tcp`]: lines of `/proc/net/tcp` and `/proc/net/tcp6`.
 //! - [`sockstat`]: `/proc/net/sockstat` (the `tw` count is the one
 //!   `tcp_max_tw_buckets` is checked against).
+//! - [`errno`]: errno names and what each means for ports.
 //! - [`counters`]: the two-line tables of `/proc/net/netstat` and
 //!   `/proc/net/snmp` (`TcpExt: TWRecycled`, `TCPTimeWaitOverflow`, …).
 #![deny(missing_docs)]
 
 pub mod counters;
+pub mod errno;
 pub mod inet_diag;
 pub mod netlink;
 pub mod proc_tcp;

@@ -72,22 +72,4 @@ pub struct Report {
     pub interrupted: bool,
 }
 
-/// One line on what an error means for ports.
-pub fn meaning(error: &str) -> &'static str {
-    match error {
-        "EADDRNOTAVAIL" => {
-            "no free 4-tuple toward this destination: every usable ephemeral port is in use or in TIME_WAIT (\"Cannot assign requested address\")"
-        }
-        "ECONNREFUSED" => "nothing listens there, or its accept queue is full; no port was held",
-        "ECONNRESET" => "the peer reset the connection",
-        "ETIMEDOUT" | "timeout" => "no answer within --timeout",
-        "EMFILE" | "ENFILE" => {
-            "this process (or the system) ran out of file descriptors, not of ports"
-        }
-        "EPIPE" => "the peer closed the connection while the request was sent",
-        "bad_response" => "the answer was not HTTP/1.x, or ended early",
-        "http_4xx" => "the server answered with a client error",
-        "http_5xx" => "the server (or a proxy in front of it) answered with a server error",
-        _ => "see errno(3)",
-    }
-}
+pub use timewait_kernel::errno::meaning;

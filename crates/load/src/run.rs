@@ -30,7 +30,7 @@ fn error_name(e: &io::Error) -> String {
         return "timeout".into();
     }
     match e.raw_os_error() {
-        Some(code) => format!("{:?}", nix::errno::Errno::from_raw(code)),
+        Some(code) => timewait_kernel::errno::name(code),
         None if e.kind() == io::ErrorKind::InvalidData
             || e.kind() == io::ErrorKind::UnexpectedEof =>
         {

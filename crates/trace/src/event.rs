@@ -1,0 +1,361 @@
+//! The four tracepoints `trace` reads, their kernel-side filters, and the
+//! decoding of their records into [`Event`]s.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use timewait_kernel::TcpState;
+
+use crate::TraceError;
+use crate::format::{Field, Format, read_bytes, read_u64};
+
+/// `AF_INET` and `AF_INET6`.
+const AF_INET: u64 = 2;
+const AF_INET6: u64 = 10;
+
+/// `common_flags` bits (`kernel/trace/trace.h`, `enum trace_flag_type`):
+/// the event fired in a hard interrupt, a softirq or an NMI, so
+/// `common_pid` is whoever happened to be running, not the socket's owner.
+const FLAG_HARDIRQ: u64 = 0x08;
+const FLAG_SOFTIRQ: u64 = 0x10;
+const FLAG_NMI: u64 = 0x40;
+
+/// A tracepoint: its subsystem, its name, and the kernel-side filter we
+/// give it (empty: every record). The filters keep only the transitions the
+/// tally uses, so the ring carries a few records per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracepoint {
+    /// `syscalls`, `sock`, `tcp`.
+    pub system: &'static str,
+    /// The event's name.
+    pub name: &'static str,
+    /// The filter written to the event's `filter` file.
+    pub filter: &'static str,
+}
+
+/// connect() entered: the next CLOSE→SYN_SENT of this thread belongs to it.
+pub const CONNECT_ENTER: Tracepoint = Tracepoint {
+    system: "syscalls",
+    name: "sys_enter_connect",
+    filter: "",
+};
+/// connect() returned an error (including EINPROGRESS; successes are not
+/// needed: the handshake's start is the SYN_SENT transition).
+pub const CONNECT_EXIT: Tracepoint = Tracepoint {
+    system: "syscalls",
+    name: "sys_exit_connect",
+    filter: "ret < 0",
+};
+/// TCP state changes: a connect starting (CLOSE→SYN_SENT) or failing
+/// (SYN_SENT→CLOSE), an accepted connection (SYN_RECV→ESTABLISHED), a
+/// first close (→FIN_WAIT1: this side will hold the TIME_WAIT), the peer
+/// closing first (ESTABLISHED→CLOSE_WAIT) and aborts (→CLOSE from
+/// ESTABLISHED or CLOSE_WAIT: a reset, no TIME_WAIT).
+pub const SET_STATE: Tracepoint = Tracepoint {
+    system: "sock",
+    name: "inet_sock_set_state",
+    filter: "protocol == 6 && ((oldstate == 7 && newstate == 2) || (oldstate == 2 && newstate == 7) || (oldstate == 3 && newstate == 1) || newstate == 4 || (oldstate == 1 && (newstate == 8 || newstate == 7)) || (oldstate == 8 && newstate == 7))",
+};
+/// A reset received: during a handshake, the connection was refused.
+pub const RECEIVE_RESET: Tracepoint = Tracepoint {
+    system: "tcp",
+    name: "tcp_receive_reset",
+    filter: "",
+};
+
+/// Every tracepoint `trace` enables, in the order [`Decoder::new`] takes
+/// their formats.
+pub const TRACEPOINTS: [Tracepoint; 4] = [CONNECT_ENTER, CONNECT_EXIT, SET_STATE, RECEIVE_RESET];
+
+/// Who was running when the event fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Context {
+    /// A thread's own system call: `tid` did it.
+    Task,
+    /// Interrupt or softirq context (packet receive, timers): `tid` is
+    /// unrelated to the socket.
+    Interrupt,
+}
+
+/// A TCP socket's state change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateChange {
+    /// Who was running.
+    pub context: Context,
+    /// The thread id (`common_pid`).
+    pub tid: u32,
+    /// The kernel's socket address: the socket's identity while it lives.
+    pub sk: u64,
+    /// From.
+    pub old: TcpState,
+    /// To.
+    pub new: TcpState,
+    /// Local address and port (the port is 0 before one is chosen).
+    pub local: (IpAddr, u16),
+    /// Remote address and port.
+    pub remote: (IpAddr, u16),
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// `tid` entered connect().
+    ConnectEnter {
+        /// Thread id.
+        tid: u32,
+    },
+    /// `tid`'s connect() returned `ret` (negative: an errno).
+    ConnectExit {
+        /// Thread id.
+        tid: u32,
+        /// The return value.
+        ret: i64,
+    },
+    /// A TCP state change.
+    State(StateChange),
+    /// A reset arrived on socket `sk`.
+    Reset {
+        /// The kernel's socket address.
+        sk: u64,
+    },
+}
+
+/// An event and when it happened (ns of the trace clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timed {
+    /// Nanoseconds.
+    pub ts: u64,
+    /// What.
+    pub event: Event,
+}
+
+struct Common {
+    kind: Field,
+    flags: Field,
+    pid: Field,
+}
+
+struct StateFields {
+    id: u16,
+    sk: Field,
+    old: Field,
+    new: Field,
+    sport: Field,
+    dport: Field,
+    family: Field,
+    saddr: Field,
+    daddr: Field,
+    saddr_v6: Field,
+    daddr_v6: Field,
+}
+
+/// Turns records into [`Event`]s with the offsets this kernel's format
+/// files give.
+pub struct Decoder {
+    common: Common,
+    enter: u16,
+    exit: u16,
+    exit_ret: Field,
+    state: StateFields,
+    reset: u16,
+    reset_sk: Field,
+}
+
+fn id(f: &Format) -> Result<u16, TraceError> {
+    f.id.ok_or_else(|| TraceError::MissingField {
+        event: f.name.clone(),
+        field: "ID".into(),
+    })
+}
+
+impl Decoder {
+    /// From the formats of [`TRACEPOINTS`], in that order.
+    pub fn new(formats: &[Format; 4]) -> Result<Decoder, TraceError> {
+        let [enter, exit, state, reset] = formats;
+        Ok(Decoder {
+            common: Common {
+                kind: state.field("common_type")?,
+                flags: state.field("common_flags")?,
+                pid: state.field("common_pid")?,
+            },
+            enter: id(enter)?,
+            exit: id(exit)?,
+            exit_ret: exit.field("ret")?,
+            state: StateFields {
+                id: id(state)?,
+                sk: state.field("skaddr")?,
+                old: state.field("oldstate")?,
+                new: state.field("newstate")?,
+                sport: state.field("sport")?,
+                dport: state.field("dport")?,
+                family: state.field("family")?,
+                saddr: state.field("saddr")?,
+                daddr: state.field("daddr")?,
+                saddr_v6: state.field("saddr_v6")?,
+                daddr_v6: state.field("daddr_v6")?,
+            },
+            reset: id(reset)?,
+            reset_sk: reset.field("skaddr")?,
+        })
+    }
+
+    /// One record; `None` for a record of another event or one too short
+    /// for its fields (counted by the caller, never guessed at).
+    pub fn decode(&self, record: &[u8]) -> Option<Event> {
+        let kind = u16::try_from(read_u64(record, self.common.kind)?).ok()?;
+        let tid = u32::try_from(read_u64(record, self.common.pid)?).ok()?;
+        if kind == self.enter {
+            Some(Event::ConnectEnter { tid })
+        } else if kind == self.exit {
+            let ret = read_u64(record, self.exit_ret)? as i64;
+            Some(Event::ConnectExit { tid, ret })
+        } else if kind == self.reset {
+            Some(Event::Reset {
+                sk: read_u64(record, self.reset_sk)?,
+            })
+        } else if kind == self.state.id {
+            self.state_change(record, tid).map(Event::State)
+        } else {
+            None
+        }
+    }
+
+    fn state_change(&self, r: &[u8], tid: u32) -> Option<StateChange> {
+        let s = &self.state;
+        let flags = read_u64(r, self.common.flags)?;
+        let context = if flags & (FLAG_HARDIRQ | FLAG_SOFTIRQ | FLAG_NMI) != 0 {
+            Context::Interrupt
+        } else {
+            Context::Task
+        };
+        let state = |f| TcpState::from_kernel(u8::try_from(read_u64(r, f)?).ok()?);
+        let (saddr, daddr) = match read_u64(r, s.family)? {
+            AF_INET => (v4(read_bytes(r, s.saddr)?)?, v4(read_bytes(r, s.daddr)?)?),
+            AF_INET6 => (
+                v6(read_bytes(r, s.saddr_v6)?)?,
+                v6(read_bytes(r, s.daddr_v6)?)?,
+            ),
+            _ => return None,
+        };
+        Some(StateChange {
+            context,
+            tid,
+            sk: read_u64(r, s.sk)?,
+            old: state(s.old)?,
+            new: state(s.new)?,
+            local: (saddr, u16::try_from(read_u64(r, s.sport)?).ok()?),
+            remote: (daddr, u16::try_from(read_u64(r, s.dport)?).ok()?),
+        })
+    }
+}
+
+fn v4(b: &[u8]) -> Option<IpAddr> {
+    let b: [u8; 4] = b.try_into().ok()?;
+    Some(IpAddr::V4(Ipv4Addr::from(b)))
+}
+
+fn v6(b: &[u8]) -> Option<IpAddr> {
+    let b: [u8; 16] = b.try_into().ok()?;
+    let a = Ipv6Addr::from(b);
+    // A v4-mapped address is the IPv4 peer of a dual-stack socket.
+    Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn formats() -> [Format; 4] {
+        [
+            include_str!("../testdata/sys_enter_connect.format"),
+            include_str!("../testdata/sys_exit_connect.format"),
+            include_str!("../testdata/inet_sock_set_state.format"),
+            include_str!("../testdata/tcp_receive_reset.format"),
+        ]
+        .map(|t| Format::parse("testdata", t).unwrap())
+    }
+
+    /// Records as this kernel writes them, for the formats in testdata.
+    pub(crate) mod record {
+        use std::net::Ipv4Addr;
+
+        pub(crate) fn enter(tid: u32) -> Vec<u8> {
+            let mut r = vec![0u8; 40];
+            r[..2].copy_from_slice(&2230u16.to_ne_bytes());
+            r[4..8].copy_from_slice(&tid.to_ne_bytes());
+            r
+        }
+        pub(crate) fn exit(tid: u32, ret: i64) -> Vec<u8> {
+            let mut r = vec![0u8; 24];
+            r[..2].copy_from_slice(&2229u16.to_ne_bytes());
+            r[4..8].copy_from_slice(&tid.to_ne_bytes());
+            r[16..24].copy_from_slice(&ret.to_ne_bytes());
+            r
+        }
+        #[allow(clippy::too_many_arguments)]
+        pub(crate) fn state(
+            softirq: bool,
+            tid: u32,
+            sk: u64,
+            old: u8,
+            new: u8,
+            local: (Ipv4Addr, u16),
+            remote: (Ipv4Addr, u16),
+        ) -> Vec<u8> {
+            let mut r = vec![0u8; 72];
+            r[..2].copy_from_slice(&2287u16.to_ne_bytes());
+            r[2] = if softirq { 0x10 } else { 0 };
+            r[4..8].copy_from_slice(&tid.to_ne_bytes());
+            r[8..16].copy_from_slice(&sk.to_ne_bytes());
+            r[16..20].copy_from_slice(&i32::from(old).to_ne_bytes());
+            r[20..24].copy_from_slice(&i32::from(new).to_ne_bytes());
+            r[24..26].copy_from_slice(&local.1.to_ne_bytes());
+            r[26..28].copy_from_slice(&remote.1.to_ne_bytes());
+            r[28..30].copy_from_slice(&2u16.to_ne_bytes());
+            r[30..32].copy_from_slice(&6u16.to_ne_bytes());
+            r[32..36].copy_from_slice(&local.0.octets());
+            r[36..40].copy_from_slice(&remote.0.octets());
+            r
+        }
+        pub(crate) fn reset(sk: u64) -> Vec<u8> {
+            let mut r = vec![0u8; 72];
+            r[..2].copy_from_slice(&2279u16.to_ne_bytes());
+            r[8..16].copy_from_slice(&sk.to_ne_bytes());
+            r
+        }
+    }
+
+    #[test]
+    fn records_decode_with_the_kernels_offsets() {
+        let d = Decoder::new(&formats()).unwrap();
+        assert_eq!(
+            d.decode(&record::enter(7)),
+            Some(Event::ConnectEnter { tid: 7 })
+        );
+        assert_eq!(
+            d.decode(&record::exit(7, -99)),
+            Some(Event::ConnectExit { tid: 7, ret: -99 })
+        );
+        let lo = Ipv4Addr::LOCALHOST;
+        let Some(Event::State(s)) =
+            d.decode(&record::state(true, 7, 0xfeed, 7, 2, (lo, 0), (lo, 80)))
+        else {
+            panic!("not a state change")
+        };
+        assert_eq!(s.context, Context::Interrupt);
+        assert_eq!((s.old, s.new), (TcpState::Close, TcpState::SynSent));
+        assert_eq!(s.remote, (IpAddr::V4(lo), 80));
+        assert_eq!(s.sk, 0xfeed);
+        assert_eq!(
+            d.decode(&record::reset(0xfeed)),
+            Some(Event::Reset { sk: 0xfeed })
+        );
+        // cut short, or of another event: nothing, not a guess
+        assert_eq!(
+            d.decode(&record::state(false, 7, 1, 7, 2, (lo, 0), (lo, 80))[..20]),
+            None
+        );
+        let mut other = record::enter(7);
+        other[..2].copy_from_slice(&1u16.to_ne_bytes());
+        assert_eq!(d.decode(&other), None);
+    }
+}

@@ -1,0 +1,66 @@
+//! Who burns the ports. `timewait trace` reads four kernel tracepoints —
+//! `syscalls:sys_enter_connect`/`sys_exit_connect`,
+//! `sock:inet_sock_set_state` and `tcp:tcp_receive_reset` — from a tracefs
+//! instance of its own, and this crate turns what it reads into a report:
+//! per process, connects, failed connects by errno (with their
+//! destinations), first closes (each one a TIME_WAIT socket on this host)
+//! and server-side first closes.
+//!
+//! Pure: bytes in, a report out. The host crate creates the instance and
+//! reads the pages; every decision about what the bytes mean is here and
+//! tested on recorded bytes.
+//!
+//! - [`format`]: tracefs `format` files (ids and field offsets).
+//! - [`ring`]: ring-buffer pages (`trace_pipe_raw`).
+//! - [`event`]: the tracepoints, their kernel-side filters, and records
+//!   decoded into [`Event`]s.
+//! - [`tally`]: the per-process state machine.
+//! - [`report`]: the JSON document.
+#![deny(missing_docs)]
+
+pub mod event;
+pub mod format;
+pub mod report;
+pub mod ring;
+pub mod tally;
+
+pub use event::{Decoder, Event, TRACEPOINTS, Timed, Tracepoint};
+pub use format::Format;
+pub use report::{DestinationReport, ProcessReport, Totals, TraceReport};
+pub use ring::{PageLayout, parse_page};
+pub use tally::{Lookup, ProcessInfo, Scope, Tally};
+
+/// Why tracefs text or a ring-buffer page could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TraceError {
+    /// A `format` file line that does not parse.
+    #[error("{what}:{line}: {detail}")]
+    Format {
+        /// Which file.
+        what: String,
+        /// 1-based line (0: the file as a whole).
+        line: usize,
+        /// What was wrong.
+        detail: String,
+    },
+    /// A field this kernel's event lacks.
+    #[error("tracepoint {event} has no field {field} on this kernel")]
+    MissingField {
+        /// The event.
+        event: String,
+        /// The field.
+        field: String,
+    },
+    /// A page that contradicts itself.
+    #[error("ring-buffer page, byte {offset}: {detail}")]
+    Page {
+        /// Where.
+        offset: usize,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,328 @@
+//! The tally over scripted event sequences, each the order the kernel
+//! was seen to produce (see `timewait trace`'s namespace tests for the same
+//! against the real kernel).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::TraceReport;
+use crate::event::tests::{formats, record};
+use crate::event::{Context, Decoder, Event, StateChange, Timed};
+use crate::ring::tests::{HEADER_PAGE, PageBuilder};
+use crate::ring::{PageLayout, parse_page};
+use crate::tally::{ProcessInfo, Scope, Tally};
+use timewait_kernel::TcpState::{self, *};
+
+const NS: u64 = 4026532000;
+const OTHER_NS: u64 = 4026531840;
+const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// Threads 100..199 are process 100 ("app") in NS; 200.. are "srv" in NS;
+/// 300.. are "other" in another namespace; 400.. have exited.
+fn lookup(tid: u32) -> Option<ProcessInfo> {
+    let (pid, comm, netns) = match tid {
+        100..=199 => (100, "app", NS),
+        200..=299 => (200, "srv", NS),
+        300..=399 => (300, "other", OTHER_NS),
+        _ => return None,
+    };
+    Some(ProcessInfo {
+        pid,
+        comm: Some(comm.into()),
+        netns: Some(netns),
+    })
+}
+
+struct Script {
+    events: Vec<Timed>,
+}
+
+impl Script {
+    fn new() -> Script {
+        Script { events: Vec::new() }
+    }
+    fn push(&mut self, event: Event) -> &mut Script {
+        let ts = self.events.len() as u64 * 10;
+        self.events.push(Timed { ts, event });
+        self
+    }
+    fn enter(&mut self, tid: u32) -> &mut Script {
+        self.push(Event::ConnectEnter { tid })
+    }
+    fn exit(&mut self, tid: u32, ret: i64) -> &mut Script {
+        self.push(Event::ConnectExit { tid, ret })
+    }
+    fn reset(&mut self, sk: u64) -> &mut Script {
+        self.push(Event::Reset { sk })
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn state(
+        &mut self,
+        context: Context,
+        tid: u32,
+        sk: u64,
+        old: TcpState,
+        new: TcpState,
+        local: u16,
+        remote: u16,
+    ) -> &mut Script {
+        self.push(Event::State(StateChange {
+            context,
+            tid,
+            sk,
+            old,
+            new,
+            local: (IpAddr::V4(LO), local),
+            remote: (IpAddr::V4(LO), remote),
+        }))
+    }
+    fn report(&self, scope: Scope) -> TraceReport {
+        let mut t = Tally::new(scope);
+        for e in &self.events {
+            t.push(*e);
+        }
+        t.finish(&mut lookup);
+        t.report(1.0, "test", 0, 5, &|ns| format!("net:[{ns}]"))
+    }
+}
+
+use Context::{Interrupt, Task};
+
+/// A blocking connect toward port 80 that succeeds and is closed first.
+fn connect_and_close(s: &mut Script, tid: u32, sk: u64, port: u16) {
+    s.enter(tid)
+        .state(Task, tid, sk, Close, SynSent, 0, 80)
+        .state(Task, tid, sk, Established, FinWait1, port, 80);
+}
+
+/// A blocking connect that finds no free port.
+fn connect_no_port(s: &mut Script, tid: u32, sk: u64) {
+    s.enter(tid)
+        .state(Task, tid, sk, Close, SynSent, 0, 80)
+        .state(Task, tid, sk, SynSent, Close, 0, 80)
+        .exit(tid, -99);
+}
+
+#[test]
+fn n_connects_with_m_eaddrnotavail_give_n_m_and_n_minus_m_first_closes() {
+    let mut s = Script::new();
+    for i in 0..7 {
+        connect_and_close(&mut s, 101, 0x1000 + i, 40000 + i as u16);
+    }
+    for i in 0..3 {
+        connect_no_port(&mut s, 102, 0x2000 + i);
+    }
+    let r = s.report(Scope::Netns(NS));
+    assert_eq!(r.processes.len(), 1);
+    let p = &r.processes[0];
+    assert_eq!((p.pid, p.comm.as_deref()), (100, Some("app")));
+    assert_eq!(p.netns.as_deref(), Some("net:[4026532000]"));
+    assert_eq!(p.connects, 10);
+    assert_eq!(p.errors.get("EADDRNOTAVAIL"), Some(&3));
+    assert_eq!(p.closed_first, 7);
+    assert_eq!(p.server_closed_first, 0);
+    let d = &p.destinations[0];
+    assert_eq!((d.remote_ip.as_str(), d.remote_port), ("127.0.0.1", 80));
+    assert_eq!((d.connects, d.closed_first), (10, 7));
+    assert_eq!(d.errors.get("EADDRNOTAVAIL"), Some(&3));
+    assert_eq!(r.totals.connects, 10);
+    assert_eq!(r.unattributed, 0);
+}
+
+#[test]
+fn refused_connects_count_once_whichever_way_the_kernel_reports_them() {
+    let mut s = Script::new();
+    // blocking: reset, SYN_SENT→CLOSE, then connect() returns ECONNREFUSED
+    s.enter(101)
+        .state(Task, 101, 1, Close, SynSent, 0, 81)
+        .reset(1)
+        .state(Task, 101, 1, SynSent, Close, 0, 81)
+        .exit(101, -111);
+    // non-blocking on loopback: the reset is processed before connect() returns EINPROGRESS
+    s.enter(101)
+        .state(Task, 101, 2, Close, SynSent, 0, 81)
+        .reset(2)
+        .state(Task, 101, 2, SynSent, Close, 0, 81)
+        .exit(101, -115);
+    // non-blocking across a network: EINPROGRESS, then the reset in a softirq
+    s.enter(101)
+        .state(Task, 101, 3, Close, SynSent, 0, 81)
+        .exit(101, -115)
+        .reset(3)
+        .state(Interrupt, 999, 3, SynSent, Close, 0, 81);
+    let r = s.report(Scope::Netns(NS));
+    let p = &r.processes[0];
+    assert_eq!(p.connects, 3);
+    assert_eq!(p.errors.get("ECONNREFUSED"), Some(&3), "{:?}", p.errors);
+    assert_eq!(p.error_count(), 3);
+}
+
+#[test]
+fn async_failures_without_a_reset_are_timeouts_or_abandoned() {
+    let mut s = Script::new();
+    s.enter(101)
+        .state(Task, 101, 1, Close, SynSent, 0, 82)
+        .exit(101, -115)
+        .state(Interrupt, 0, 1, SynSent, Close, 0, 82);
+    s.enter(101)
+        .state(Task, 101, 2, Close, SynSent, 0, 82)
+        .exit(101, -115)
+        .state(Task, 103, 2, SynSent, Close, 0, 82);
+    // an async connect that succeeds and is closed first is no failure
+    s.enter(101)
+        .state(Task, 101, 3, Close, SynSent, 0, 82)
+        .exit(101, -115)
+        .state(Task, 101, 3, Established, FinWait1, 40000, 82);
+    let p = &s.report(Scope::Netns(NS)).processes[0];
+    assert_eq!(p.errors.get("ETIMEDOUT"), Some(&1));
+    assert_eq!(p.errors.get("abandoned"), Some(&1));
+    assert_eq!(p.error_count(), 2);
+    assert_eq!((p.connects, p.closed_first), (3, 1));
+}
+
+#[test]
+fn the_server_that_closes_first_is_charged_server_side_and_the_client_nothing() {
+    let mut s = Script::new();
+    s.enter(101)
+        .state(Task, 101, 1, Close, SynSent, 0, 8080)
+        .state(Interrupt, 101, 2, SynRecv, Established, 8080, 40000)
+        // the server closes first; the client's socket sees the FIN
+        .state(Task, 201, 2, Established, FinWait1, 8080, 40000)
+        .state(Interrupt, 201, 1, Established, CloseWait, 40000, 8080);
+    let r = s.report(Scope::Netns(NS));
+    let srv = r.processes.iter().find(|p| p.pid == 200).unwrap();
+    assert_eq!((srv.server_closed_first, srv.closed_first), (1, 0));
+    let app = r.processes.iter().find(|p| p.pid == 100).unwrap();
+    assert_eq!(
+        (app.connects, app.closed_first, app.error_count()),
+        (1, 0, 0)
+    );
+}
+
+#[test]
+fn interrupt_context_is_never_charged_to_the_thread_that_happened_to_run() {
+    let mut s = Script::new();
+    // softirq work done on app's time: an accept and an unknown socket's close
+    s.state(Interrupt, 101, 9, SynRecv, Established, 8080, 40000)
+        .state(Interrupt, 101, 10, Established, FinWait1, 5000, 6000);
+    let r = s.report(Scope::Netns(NS));
+    assert!(r.processes.is_empty(), "{:?}", r.processes);
+    assert_eq!(r.unattributed, 1);
+}
+
+#[test]
+fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unattributed() {
+    let mut s = Script::new();
+    connect_and_close(&mut s, 301, 1, 40000);
+    connect_and_close(&mut s, 401, 2, 40001);
+    let r = s.report(Scope::Netns(NS));
+    assert!(r.processes.is_empty());
+    assert_eq!(
+        r.unattributed, 2,
+        "the SYN_SENT and the first close of the exited one"
+    );
+    let all = s.report(Scope::All);
+    assert_eq!(all.processes.len(), 2);
+    let gone = all.processes.iter().find(|p| p.pid == 401).unwrap();
+    assert_eq!((gone.comm.as_ref(), gone.netns.as_ref()), (None, None));
+    assert_eq!(gone.closed_first, 1);
+}
+
+#[test]
+fn resets_are_counted_and_leave_no_first_close() {
+    let mut s = Script::new();
+    s.enter(101)
+        .state(Task, 101, 1, Close, SynSent, 0, 80)
+        .state(Task, 101, 1, Established, Close, 40000, 80); // SO_LINGER 0
+    s.enter(101)
+        .state(Task, 101, 2, Close, SynSent, 0, 80)
+        .state(Interrupt, 7, 2, Established, Close, 40001, 80); // reset received
+    let p = &s.report(Scope::Netns(NS)).processes[0];
+    assert_eq!((p.resets, p.closed_first), (2, 0));
+}
+
+#[test]
+fn processes_sort_by_errors_then_first_closes() {
+    let mut s = Script::new();
+    for i in 0..5 {
+        connect_and_close(&mut s, 201, 0x100 + i, 41000 + i as u16);
+    }
+    connect_no_port(&mut s, 101, 0x300);
+    let r = s.report(Scope::Netns(NS));
+    assert_eq!(
+        r.processes.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        [100, 200]
+    );
+}
+
+#[test]
+fn events_from_several_buffers_apply_in_time_order_up_to_the_watermark() {
+    let mut t = Tally::new(Scope::Netns(NS));
+    let at = |ts, event| Timed { ts, event };
+    let syn = Event::State(StateChange {
+        context: Task,
+        tid: 101,
+        sk: 1,
+        old: Close,
+        new: SynSent,
+        local: (IpAddr::V4(LO), 0),
+        remote: (IpAddr::V4(LO), 80),
+    });
+    let fail = Event::State(StateChange {
+        old: SynSent,
+        new: Close,
+        ..match syn {
+            Event::State(s) => s,
+            _ => unreachable!(),
+        }
+    });
+    // CPU 1's buffer, read first, holds the later events
+    t.push(at(30, fail));
+    t.push(at(40, Event::ConnectExit { tid: 101, ret: -99 }));
+    // CPU 0's, read second
+    t.push(at(10, Event::ConnectEnter { tid: 101 }));
+    t.push(at(20, syn));
+    t.advance(25, &mut lookup);
+    let r = t.report(1.0, "t", 0, 5, &|_| String::new());
+    assert_eq!(
+        (r.processes[0].connects, r.processes[0].error_count()),
+        (1, 0)
+    );
+    t.advance(100, &mut lookup);
+    let r = t.report(1.0, "t", 0, 5, &|_| String::new());
+    assert_eq!(r.processes[0].errors.get("EADDRNOTAVAIL"), Some(&1));
+}
+
+#[test]
+fn pages_of_real_record_layouts_decode_into_the_tally() {
+    let d = Decoder::new(&formats()).unwrap();
+    let layout = PageLayout::parse(HEADER_PAGE).unwrap();
+    let page = PageBuilder::new(1_000)
+        .record(1, &record::enter(101))
+        .record(1, &record::state(false, 101, 5, 7, 2, (LO, 0), (LO, 80)))
+        .record(1, &record::state(false, 101, 5, 2, 7, (LO, 0), (LO, 80)))
+        .record(1, &record::exit(101, -99))
+        .record(1, &record::enter(101))
+        .record(1, &record::state(false, 101, 6, 7, 2, (LO, 0), (LO, 80)))
+        .record(
+            1,
+            &record::state(false, 101, 6, 1, 4, (LO, 40000), (LO, 80)),
+        )
+        .finish(false);
+    let mut t = Tally::new(Scope::Netns(NS));
+    let info = parse_page(&page, &layout, |ts, r| {
+        if let Some(event) = d.decode(r) {
+            t.push(Timed { ts, event });
+        }
+    })
+    .unwrap();
+    assert_eq!(info.records, 7);
+    t.finish(&mut lookup);
+    let r = t.report(1.0, "t", 0, 5, &|_| String::new());
+    let p = &r.processes[0];
+    assert_eq!((p.connects, p.closed_first), (2, 1));
+    assert_eq!(p.errors.get("EADDRNOTAVAIL"), Some(&1));
+    assert_eq!(r.events, 7);
+    let json = serde_json::to_value(&r).unwrap();
+    assert_eq!(json["processes"][0]["errors"]["EADDRNOTAVAIL"], 1);
+    assert_eq!(json["events_lost"], 0);
+}
