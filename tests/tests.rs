@@ -11,4 +11,5 @@ mod nginx;
 mod nginx_doctor;
 mod proxy;
 mod status;
+mod trace;
 mod unknown_values;

@@ -102,6 +102,17 @@ pub enum Command {
     /// doctor's findings. Alerting rules, a Grafana dashboard and deployment
     /// files are under deploy/ in the repository.
     Exporter(ExporterArgs),
+    /// Which process is burning the ports: connects, failures by errno, first closes.
+    ///
+    /// A TIME_WAIT socket has no owner and `ss -p` shows only live sockets, so
+    /// the census cannot say who made them. trace reads kernel tracepoints
+    /// (connect() and TCP state changes, from a tracefs instance of its own,
+    /// filtered in the kernel; nothing to compile) and names, per process:
+    /// its connects, the ones that failed and why (EADDRNOTAVAIL: no free
+    /// port), and how often it closed first: the side that closes first
+    /// holds the TIME_WAIT, so `closed_first` is the TIME_WAIT it made.
+    /// Needs root. Mounts tracefs if it is not mounted.
+    Trace(TraceArgs),
     /// Show (and with --apply, set) the sysctl changes doctor recommends.
     ///
     /// A dry run by default: prints the changes as a diff against current values.
@@ -297,7 +308,36 @@ pub struct DoctorArgs {
     /// Sample twice, SECS apart, to measure rates and time to exhaustion.
     #[arg(long, value_name = "SECS")]
     pub interval: Option<f64>,
+    /// Also trace connect() and TCP state changes for SECS seconds and name
+    /// the processes behind the TIME_WAIT and EADDRNOTAVAIL found (needs root).
+    #[arg(long, value_name = "SECS", conflicts_with = "from")]
+    pub trace: Option<f64>,
     /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Processes of a named network namespace (/var/run/netns/NAME).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["pid", "all"])]
+    pub netns: Option<String>,
+    /// Processes in the network namespace of this process (e.g. a container's).
+    #[arg(long, value_name = "PID", conflicts_with = "all")]
+    pub pid: Option<u32>,
+    /// Processes of every namespace, each shown with its namespace.
+    #[arg(long)]
+    pub all: bool,
+    /// Seconds to trace (default 10; with --watch, until Ctrl-C).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Redraw the table every second, like top (on a terminal).
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
+    /// Destinations shown per process.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub top: usize,
+    /// Print one JSON document at the end.
     #[arg(long)]
     pub json: bool,
 }

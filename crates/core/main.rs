@@ -14,6 +14,7 @@ mod nginx_cmd;
 mod proxy_cmd;
 mod render;
 mod status_cmd;
+mod trace_cmd;
 
 use std::process::ExitCode;
 
@@ -129,5 +130,6 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Nginx(NginxCommand::Check(a)) => nginx_cmd::run_check(a, style),
         Command::Nginx(NginxCommand::Parse(a)) => nginx_cmd::run_parse(a, style).map(Done::from),
         Command::Exporter(a) => exporter_cmd::run_exporter(a).map(Done::from),
+        Command::Trace(a) => trace_cmd::run_trace(a, style).map(Done::from),
     }
 }

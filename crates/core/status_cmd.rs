@@ -25,8 +25,13 @@ pub fn via(t: &TargetArgs) -> Via {
 }
 
 pub fn target(t: &TargetArgs) -> Target {
-    match (&t.netns, t.pid) {
-        (Some(n), _) => Target::Netns(n.clone()),
+    target_of(t.netns.as_deref(), t.pid)
+}
+
+/// `--netns NAME` or `--pid PID` (clap makes them exclusive), or here.
+pub fn target_of(netns: Option<&str>, pid: Option<u32>) -> Target {
+    match (netns, pid) {
+        (Some(n), _) => Target::Netns(n.to_string()),
         (None, Some(p)) => Target::Pid(p),
         (None, None) => Target::Current,
     }

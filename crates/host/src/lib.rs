@@ -7,6 +7,7 @@
 //! - `decode` (private): bytes to a
 //!   [`Snapshot`], with every fallback and
 //!   every problem decided there, unit-tested without root.
+//! - [`tracefs`]: a tracefs instance of our own, for `trace`.
 //! - [`sysctl`]: `tune --apply`'s effects (runtime values and the
 //!   persistent `/etc/sysctl.d` file).
 //!
@@ -19,9 +20,11 @@
 mod decode;
 mod netns;
 pub mod nginx_files;
+mod process;
 pub mod sockdiag;
 mod source;
 pub mod sysctl;
+pub mod tracefs;
 
 use nix::errno::Errno;
 use timewait_kernel::DecodeError;
@@ -29,6 +32,7 @@ use timewait_snapshot::Snapshot;
 
 pub use decode::Via;
 pub use netns::{Target, in_namespace};
+pub use process::{netns_names, process_netns, thread_process};
 
 /// Reads everything the analysis needs from `target`. Fails only when the
 /// namespace cannot be entered (or, with [`Via::Netlink`], when netlink
@@ -95,6 +99,20 @@ pub enum HostError {
     /// error message was cut short.
     #[error("netlink sock_diag: the kernel ended {0}")]
     DumpTruncated(&'static str),
+    /// Not allowed to use tracefs.
+    #[error(
+        "{what}: permission denied (trace needs root: it mounts tracefs and creates a tracing instance)"
+    )]
+    TracePermission {
+        /// What was refused.
+        what: String,
+    },
+    /// tracefs is missing, or refused what `trace` needs.
+    #[error("{0}")]
+    Tracefs(String),
+    /// tracefs text that did not parse.
+    #[error("tracefs: {0}")]
+    Trace(timewait_trace::TraceError),
     /// Other I/O.
     #[error("{what}: {source}")]
     Io {

@@ -29,6 +29,37 @@ impl Target {
         }
     }
 
+    /// The inode of the target's network namespace (what
+    /// `/proc/PID/ns/net` links to, `net:[INODE]`): how processes are
+    /// matched to it.
+    pub fn netns_inode(&self) -> Result<u64, HostError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.path()?.unwrap_or_else(|| "/proc/self/ns/net".into());
+        std::fs::metadata(&path)
+            .map(|m| m.ino())
+            .map_err(|e| self.open_error(&path, e))
+    }
+
+    fn open_error(&self, path: &str, e: std::io::Error) -> HostError {
+        match e.kind() {
+            ErrorKind::NotFound => match self {
+                Target::Pid(p) => HostError::NoSuchPid(*p),
+                Target::Netns(n) => HostError::NoSuchNetns(n.clone()),
+                Target::Current => HostError::Io {
+                    what: path.to_string(),
+                    source: e,
+                },
+            },
+            ErrorKind::PermissionDenied => HostError::Permission {
+                what: path.to_string(),
+            },
+            _ => HostError::Io {
+                what: path.to_string(),
+                source: e,
+            },
+        }
+    }
+
     fn path(&self) -> Result<Option<String>, HostError> {
         match self {
             Target::Current => Ok(None),
@@ -52,21 +83,8 @@ pub fn in_namespace<R: Send>(
     let Some(path) = target.path()? else {
         return Ok(f());
     };
-    let file = File::open(&path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => match target {
-            Target::Pid(p) => HostError::NoSuchPid(*p),
-            Target::Netns(n) => HostError::NoSuchNetns(n.clone()),
-            Target::Current => HostError::Io {
-                what: path.clone(),
-                source: e,
-            },
-        },
-        ErrorKind::PermissionDenied => HostError::Permission { what: path.clone() },
-        _ => HostError::Io {
-            what: path.clone(),
-            source: e,
-        },
-    })?;
+    let file = File::open(&path).map_err(|e| target.open_error(&path, e))?;
+
     std::thread::scope(|s| {
         s.spawn(|| {
             setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| match e {

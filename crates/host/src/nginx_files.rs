@@ -110,21 +110,16 @@ pub fn master_config(cmdline: &[u8]) -> Option<PathBuf> {
 
 /// The nginx masters whose network namespace is `target`'s.
 pub fn masters(target: &crate::Target) -> Vec<NginxMaster> {
-    use std::os::unix::fs::MetadataExt;
-    let ns_of = |path: &str| std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
-    let wanted = match target {
-        crate::Target::Current => ns_of("/proc/self/ns/net"),
-        crate::Target::Netns(n) => ns_of(&format!("/var/run/netns/{n}")),
-        crate::Target::Pid(p) => ns_of(&format!("/proc/{p}/ns/net")),
+    let Ok(wanted) = target.netns_inode() else {
+        return vec![];
     };
-    let Some(wanted) = wanted else { return vec![] };
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return vec![];
     };
     let mut out: Vec<NginxMaster> = procs
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| ns_of(&format!("/proc/{pid}/ns/net")) == Some(wanted))
+        .filter(|pid| crate::process_netns(*pid) == Some(wanted))
         .filter_map(|pid| {
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
             Some(NginxMaster {

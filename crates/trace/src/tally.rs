@@ -182,37 +182,43 @@ impl Tally {
         if let Some(w) = self.tids.get(&tid) {
             return *w;
         }
-        let who = match lookup.process(tid) {
-            Some(info) => {
-                let in_scope = match self.scope {
-                    Scope::All => true,
-                    Scope::Netns(ns) => info.netns == Some(ns),
-                };
-                if in_scope {
-                    let pid = info.pid;
-                    self.processes
-                        .entry(pid)
-                        .or_insert_with(|| Process::new(info));
-                    Who::Pid(pid)
-                } else {
-                    Who::OutOfScope
-                }
-            }
-            None if self.scope == Scope::All => {
-                let info = ProcessInfo {
-                    pid: tid,
-                    comm: None,
-                    netns: None,
-                };
-                self.processes
-                    .entry(tid)
-                    .or_insert_with(|| Process::new(info));
-                Who::Pid(tid)
-            }
-            None => Who::Gone,
+        let info = lookup.process(tid);
+        self.admit(tid, info)
+    }
+
+    /// Tells the tally a thread's process before any event of it arrives
+    /// (threads that exist when the trace starts, so that one which exits
+    /// early is still placed in its namespace).
+    pub fn seed(&mut self, tid: u32, info: ProcessInfo) {
+        self.admit(tid, Some(info));
+    }
+
+    fn admit(&mut self, tid: u32, info: Option<ProcessInfo>) -> Who {
+        let who = match (info, self.scope) {
+            (Some(info), Scope::All) => self.add(info),
+            (Some(info), Scope::Netns(ns)) => match info.netns {
+                Some(n) if n == ns => self.add(info),
+                Some(_) => Who::OutOfScope,
+                // An exited (zombie) process's namespace cannot be read.
+                None => Who::Gone,
+            },
+            (None, Scope::All) => self.add(ProcessInfo {
+                pid: tid,
+                comm: None,
+                netns: None,
+            }),
+            (None, Scope::Netns(_)) => Who::Gone,
         };
         self.tids.insert(tid, who);
         who
+    }
+
+    fn add(&mut self, info: ProcessInfo) -> Who {
+        let pid = info.pid;
+        self.processes
+            .entry(pid)
+            .or_insert_with(|| Process::new(info));
+        Who::Pid(pid)
     }
 
     /// The process of a thread's own action, counting what cannot be named.

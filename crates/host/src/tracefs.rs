@@ -1,0 +1,447 @@
+//! `timewait trace`'s only contact with the kernel's tracing: a tracefs
+//! instance of its own (`instances/timewait-PID-N`), with the four
+//! tracepoints enabled there and filtered in the kernel, read page by page
+//! from `per_cpu/cpuN/trace_pipe_raw`.
+//!
+//! Why an instance and not `perf_event_open`: both write to a per-CPU ring
+//! in the kernel, but an instance has its own buffers, filters and enable
+//! switches, so the global tracing state (`/sys/kernel/tracing/trace`,
+//! `set_event`, other tools' sessions) is never touched; its pages are
+//! read with plain `read(2)` (no `mmap`, no unsafe code); and the measured
+//! cost per event was the lower (BENCHMARKS.md). The price: a `SIGKILL`ed
+//! run leaves its instance behind, so each run first removes instances of
+//! runs whose process is gone.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::time::{ClockId, clock_gettime};
+use timewait_trace::{
+    Decoder, Format, PageLayout, Scope, TRACEPOINTS, Tally, Timed, TraceReport, parse_page,
+};
+
+use crate::{HostError, Target};
+
+/// Where tracefs is mounted, and whether this run mounted it.
+#[derive(Debug, Clone)]
+pub struct Tracefs {
+    /// The mount point.
+    pub root: PathBuf,
+    /// This run mounted it (it is left mounted: other tools expect it).
+    pub mounted_now: bool,
+}
+
+const MOUNT_POINT: &str = "/sys/kernel/tracing";
+const INSTANCE_PREFIX: &str = "timewait-";
+/// Per-CPU buffer: about 27,000 state-change records, 20 ms at over a
+/// million events a second per CPU.
+const BUFFER_KB: u32 = 2048;
+/// How often the buffers are drained.
+const POLL: Duration = Duration::from_millis(20);
+
+/// Finds tracefs, mounting it at `/sys/kernel/tracing` if it is not.
+pub fn tracefs() -> Result<Tracefs, HostError> {
+    if let Some(root) = mounted() {
+        return Ok(Tracefs {
+            root,
+            mounted_now: false,
+        });
+    }
+    let r = nix::mount::mount(
+        Some("nodev"),
+        MOUNT_POINT,
+        Some("tracefs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
+    match r {
+        Ok(()) => Ok(Tracefs {
+            root: MOUNT_POINT.into(),
+            mounted_now: true,
+        }),
+        // Another run may have mounted it meanwhile.
+        Err(_) if mounted().is_some() => tracefs(),
+        Err(nix::errno::Errno::EPERM | nix::errno::Errno::EACCES) => {
+            Err(HostError::TracePermission {
+                what: format!("mounting tracefs at {MOUNT_POINT}"),
+            })
+        }
+        Err(e) => Err(HostError::Tracefs(format!(
+            "tracefs is not mounted and mounting it at {MOUNT_POINT} failed: {}",
+            e.desc()
+        ))),
+    }
+}
+
+fn mounted() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            (kind == "tracefs").then(|| PathBuf::from(at))
+        })
+        .collect();
+    found.sort_by_key(|p| p != Path::new(MOUNT_POINT));
+    found.into_iter().next()
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HostError {
+    let what = what.into();
+    move |e| match e.kind() {
+        ErrorKind::PermissionDenied => HostError::TracePermission { what },
+        _ => HostError::Io { what, source: e },
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), HostError> {
+    fs::write(path, value).map_err(io(format!("writing {value:?} to {}", path.display())))
+}
+
+/// Removes instances left by runs that were killed.
+fn remove_stale(instances: &Path) {
+    let Ok(dir) = fs::read_dir(instances) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(INSTANCE_PREFIX))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
+}
+
+/// A tracefs instance with the tracepoints enabled. Dropping it removes it
+/// (its buffers, filters and enables go with it).
+pub struct Instance {
+    dir: PathBuf,
+    pipes: Vec<File>,
+    page: Vec<u8>,
+    layout: PageLayout,
+    decoder: Decoder,
+    /// Records of the traced events that did not decode (never guessed at).
+    pub undecodable: u64,
+    /// Pages the kernel flagged with lost events before them.
+    pub pages_after_loss: u64,
+}
+
+impl Instance {
+    /// Creates the instance, sets its buffers, clock and filters, enables
+    /// the tracepoints and opens every CPU's pipe.
+    pub fn create(fs_: &Tracefs) -> Result<Instance, HostError> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let instances = fs_.root.join("instances");
+        remove_stale(&instances);
+        let dir = instances.join(format!(
+            "{INSTANCE_PREFIX}{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let layout = PageLayout::parse(&read(&fs_.root.join("events/header_page"))?)
+            .map_err(HostError::Trace)?;
+        let decoder = Decoder::new(&formats(&fs_.root)?).map_err(HostError::Trace)?;
+        fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
+        // From here on, Drop removes it, whatever fails.
+        let mut me = Instance {
+            dir,
+            pipes: Vec::new(),
+            page: Vec::new(),
+            layout,
+            decoder,
+            undecodable: 0,
+            pages_after_loss: 0,
+        };
+        me.configure()?;
+        Ok(me)
+    }
+
+    fn configure(&mut self) -> Result<(), HostError> {
+        let d = self.dir.clone();
+        write(&d.join("tracing_on"), "0")?;
+        write(&d.join("buffer_size_kb"), &BUFFER_KB.to_string())?;
+        // Drop new events when full (counted as "dropped events") rather
+        // than overwrite unread ones; one clock for every CPU.
+        write(&d.join("options/overwrite"), "0")?;
+        write(&d.join("trace_clock"), "mono")?;
+        for tp in TRACEPOINTS {
+            let ev = d.join("events").join(tp.system).join(tp.name);
+            if !tp.filter.is_empty() {
+                fs::write(ev.join("filter"), tp.filter).map_err(|e| {
+                    HostError::Tracefs(format!(
+                        "the kernel refused the filter of {}:{}: {e}",
+                        tp.system, tp.name
+                    ))
+                })?;
+            }
+            write(&ev.join("enable"), "1")?;
+        }
+        let page_kb = read_text(&d.join("buffer_subbuf_size_kb"))
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(4);
+        self.page = vec![0; page_kb * 1024];
+        let mut cpus: Vec<usize> = fs::read_dir(d.join("per_cpu"))
+            .map_err(io(format!("listing {}/per_cpu", d.display())))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix("cpu")?.parse().ok())
+            .collect();
+        cpus.sort_unstable();
+        for cpu in cpus {
+            let path = d.join(format!("per_cpu/cpu{cpu}/trace_pipe_raw"));
+            let f = OpenOptions::new()
+                .read(true)
+                .custom_flags(nix::libc::O_NONBLOCK)
+                .open(&path)
+                .map_err(io(format!("opening {}", path.display())))?;
+            self.pipes.push(f);
+        }
+        write(&d.join("tracing_on"), "1")
+    }
+
+    /// Reads every CPU's buffer dry into `tally`, then applies what is
+    /// ordered: returns the number of records read.
+    pub fn drain(
+        &mut self,
+        tally: &mut Tally,
+        lookup: &mut dyn timewait_trace::Lookup,
+    ) -> Result<u64, HostError> {
+        // Every event stamped before this instant is in a buffer by the time
+        // the last one is read.
+        let watermark = now_ns();
+        let mut records = 0u64;
+        for i in 0..self.pipes.len() {
+            loop {
+                let n = match self.pipes[i].read(&mut self.page) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(io(format!("reading {}", self.dir.display()))(e)),
+                };
+                let decoder = &self.decoder;
+                let mut bad = 0u64;
+                let info = parse_page(&self.page[..n], &self.layout, |ts, r| {
+                    match decoder.decode(r) {
+                        Some(event) => tally.push(Timed { ts, event }),
+                        None => bad += 1,
+                    }
+                })
+                .map_err(HostError::Trace)?;
+                self.undecodable += bad;
+                self.pages_after_loss += u64::from(info.missed_events);
+                records += info.records as u64;
+            }
+        }
+        tally.advance(watermark, lookup);
+        Ok(records)
+    }
+
+    /// Stops recording (the buffers keep what they have).
+    pub fn stop(&self) -> Result<(), HostError> {
+        write(&self.dir.join("tracing_on"), "0")
+    }
+
+    /// Events the kernel could not store, summed over CPUs.
+    pub fn lost(&self) -> u64 {
+        let Ok(dir) = fs::read_dir(self.dir.join("per_cpu")) else {
+            return 0;
+        };
+        dir.flatten()
+            .filter_map(|e| read_text(&e.path().join("stats")).ok())
+            .map(|s| {
+                s.lines()
+                    .filter_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        matches!(k.trim(), "overrun" | "dropped events")
+                            .then(|| v.trim().parse::<u64>().ok())?
+                    })
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// The instance's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = fs::write(self.dir.join("tracing_on"), "0");
+        // The instance cannot go while a pipe of it is open.
+        self.pipes.clear();
+        for _ in 0..50 {
+            match fs::remove_dir(&self.dir) {
+                Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Reads a tracefs text file with one large read: some (such as
+/// `events/header_page`) end after the first read, however short, so the
+/// small first read `read_to_string` makes would cut them off.
+fn read_text(path: &Path) -> std::io::Result<String> {
+    let mut f = File::open(path)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(len * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| std::io::Error::new(ErrorKind::InvalidData, e))
+}
+
+fn read(path: &Path) -> Result<String, HostError> {
+    read_text(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => HostError::Tracefs(format!(
+            "{} is missing: this kernel lacks a tracepoint trace needs",
+            path.display()
+        )),
+        _ => io(format!("reading {}", path.display()))(e),
+    })
+}
+
+fn formats(root: &Path) -> Result<[Format; 4], HostError> {
+    let mut out = Vec::with_capacity(4);
+    for tp in TRACEPOINTS {
+        let path = root
+            .join("events")
+            .join(tp.system)
+            .join(tp.name)
+            .join("format");
+        out.push(
+            Format::parse(&path.display().to_string(), &read(&path)?).map_err(HostError::Trace)?,
+        );
+    }
+    out.try_into()
+        .map_err(|_| HostError::Tracefs("tracepoint formats".into()))
+}
+
+fn now_ns() -> u64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(u64::MAX)
+}
+
+/// What to trace: one namespace, or all of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TraceTarget {
+    /// One namespace.
+    One(Target),
+    /// Every namespace (`--all`).
+    All,
+}
+
+/// A finished trace.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    /// The report.
+    pub report: TraceReport,
+    /// Where tracefs is, and whether this run mounted it.
+    pub tracefs: Tracefs,
+    /// Whether Ctrl-C (or SIGTERM) ended it early.
+    pub interrupted: bool,
+}
+
+/// Traces `target` for `duration` (or until `stop` is set), calling
+/// `each_second` with the report so far about once a second.
+pub fn trace(
+    target: &TraceTarget,
+    duration: Duration,
+    top: usize,
+    stop: &AtomicBool,
+    each_second: &mut dyn FnMut(&TraceReport),
+) -> Result<Traced, HostError> {
+    let scope = match target {
+        TraceTarget::All => Scope::All,
+        TraceTarget::One(t) => Scope::Netns(t.netns_inode()?),
+    };
+    let fs_ = tracefs()?;
+    let mut instance = Instance::create(&fs_)?;
+    let names = crate::process::netns_names();
+    let name_of = |ino: u64| {
+        names
+            .get(&ino)
+            .cloned()
+            .unwrap_or_else(|| format!("net:[{ino}]"))
+    };
+    let label = match (target, scope) {
+        (TraceTarget::One(Target::Pid(p)), Scope::Netns(ns)) => {
+            format!("netns {} (of pid {p})", name_of(ns))
+        }
+        (_, Scope::Netns(ns)) => format!("netns {}", name_of(ns)),
+        (_, Scope::All) => "all namespaces".to_string(),
+    };
+    let mut tally = Tally::new(scope);
+    if let Scope::Netns(ns) = scope {
+        // Threads already running are placed now: one that exits before its
+        // first event is read could no longer be.
+        for (tid, info) in crate::process::threads_in(Some(ns)) {
+            tally.seed(tid, info);
+        }
+    }
+    let mut lookup = crate::process::thread_process;
+    let start = Instant::now();
+    let mut next_tick = start + Duration::from_secs(1);
+    let mut interrupted = false;
+    loop {
+        instance.drain(&mut tally, &mut lookup)?;
+        let now = Instant::now();
+        if now >= start + duration {
+            break;
+        }
+        if stop.load(Ordering::Relaxed) {
+            interrupted = true;
+            break;
+        }
+        if now >= next_tick {
+            next_tick += Duration::from_secs(1);
+            let so_far = tally.report(
+                now.duration_since(start).as_secs_f64(),
+                &label,
+                instance.lost(),
+                top,
+                &name_of,
+            );
+            each_second(&so_far);
+        }
+        std::thread::sleep(POLL.min((start + duration).saturating_duration_since(now)));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    instance.stop()?;
+    instance.drain(&mut tally, &mut lookup)?;
+    tally.finish(&mut lookup);
+    let lost = instance.lost();
+    let report = tally.report(elapsed, &label, lost, top, &name_of);
+    Ok(Traced {
+        report,
+        tracefs: fs_,
+        interrupted,
+    })
+}

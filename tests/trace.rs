@@ -1,0 +1,295 @@
+//! `timewait trace` against the real kernel: peers in test namespaces
+//! whose own counts the tracer's must equal, a process in another
+//! namespace left out, server-side first closes charged to the server, and
+//! tracefs left as it was found (also after SIGINT).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use serde_json::Value;
+
+use crate::harness::netns::Netns;
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/peer.py");
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// A peer.py process in a namespace, waiting for its go.
+struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pid: u32,
+}
+
+impl Peer {
+    fn start(ns: &Netns, args: &[&str]) -> Peer {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns.name(), "python3", PEER])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start python3 peer");
+        let stdin = child.stdin.take();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let pid = line
+            .strip_prefix("ready ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("peer {args:?} said {line:?}"));
+        Peer {
+            child,
+            stdin,
+            stdout,
+            pid,
+        }
+    }
+
+    fn go(&mut self) {
+        let s = self.stdin.as_mut().unwrap();
+        s.write_all(b"go\n").unwrap();
+        s.flush().unwrap();
+    }
+
+    /// What a client did (its JSON line).
+    fn result(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        self.stdin.take();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `timewait trace`, started and seen to be recording.
+struct Tracer {
+    child: Child,
+}
+
+fn instances() -> Vec<String> {
+    std::fs::read_dir(Path::new(TRACEFS).join("instances"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with("timewait-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Tracer {
+    fn start(args: &[&str]) -> Tracer {
+        let child = Command::new(env!("CARGO_BIN_EXE_timewait"))
+            .arg("trace")
+            .args(args)
+            .args(["--duration", "120", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let on = PathBuf::from(format!(
+            "{TRACEFS}/instances/timewait-{}-0/tracing_on",
+            child.id()
+        ));
+        // Wait (bounded) until the instance records: then every connect of
+        // the peers is seen.
+        for _ in 0..1000 {
+            if std::fs::read_to_string(&on).is_ok_and(|s| s.trim() == "1") {
+                return Tracer { child };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("trace did not start recording: {on:?}");
+    }
+
+    /// SIGINT, then the report it prints.
+    fn stop(self) -> Value {
+        let pid = self.child.id();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "trace: {:?} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !instances()
+                .iter()
+                .any(|i| i.starts_with(&format!("timewait-{pid}-"))),
+            "instance left behind: {:?}",
+            instances()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+fn process(report: &Value, pid: u32) -> Option<&Value> {
+    report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == pid)
+}
+
+/// What the global tracing state looks like, to see it untouched.
+fn global_state() -> Vec<(String, String)> {
+    [
+        "tracing_on",
+        "current_tracer",
+        "set_event",
+        "buffer_size_kb",
+        "trace_clock",
+    ]
+    .iter()
+    .map(|f| {
+        let v = std::fs::read_to_string(Path::new(TRACEFS).join(f)).unwrap_or_default();
+        (f.to_string(), v)
+    })
+    .collect()
+}
+
+#[test]
+fn trace_names_the_process_with_exact_connects_failures_and_first_closes() {
+    let (Some(a), Some(b)) = (Netns::new("trace"), Netns::new("trace")) else {
+        return;
+    };
+    // 100 ports and no reuse: past 100 connects toward one destination,
+    // connect() fails with EADDRNOTAVAIL.
+    a.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
+    a.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let mut server_a = Peer::start(&a, &["server", "5000", "client-closes"]);
+    let mut client_a = Peer::start(&a, &["client", "127.0.0.1", "5000", "150", "client-closes"]);
+    let mut server_b = Peer::start(&b, &["server", "5000", "client-closes"]);
+    let mut client_b = Peer::start(&b, &["client", "127.0.0.1", "5000", "20", "client-closes"]);
+    let tracer = Tracer::start(&["--netns", a.name()]);
+    let global = global_state();
+    let everywhere = Tracer::start(&["--all"]);
+    for p in [&mut server_a, &mut server_b, &mut client_a, &mut client_b] {
+        p.go();
+    }
+    let did_a = client_a.result();
+    let did_b = client_b.result();
+    let report = tracer.stop();
+    let all = everywhere.stop();
+
+    // What the client saw of itself.
+    let ok = did_a["ok"].as_u64().unwrap();
+    let failed = did_a["errors"]["EADDRNOTAVAIL"].as_u64().unwrap_or(0);
+    assert_eq!(ok + failed, 150, "{did_a}");
+    assert!(failed > 0, "the port range should have run out: {did_a}");
+    assert_eq!(did_b["ok"], 20);
+
+    let p = process(&report, client_a.pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(p["comm"], "python3");
+    assert_eq!(p["netns"], a.name());
+    assert_eq!(p["connects"], 150);
+    assert_eq!(p["errors"], serde_json::json!({"EADDRNOTAVAIL": failed}));
+    assert_eq!(p["closed_first"], ok);
+    assert_eq!(p["server_closed_first"], 0);
+    let d = &p["destinations"][0];
+    assert_eq!(
+        (d["remote_ip"].as_str(), d["remote_port"].as_u64()),
+        (Some("127.0.0.1"), Some(5000))
+    );
+    assert_eq!(d["errors"]["EADDRNOTAVAIL"], failed);
+    assert_eq!(d["closed_first"], ok);
+    // The server closed second: no TIME_WAIT of its making.
+    assert!(process(&report, server_a.pid).is_none(), "{report:#}");
+    // The other namespace's processes are not counted.
+    assert!(process(&report, client_b.pid).is_none(), "{report:#}");
+    assert_eq!(report["events_lost"], 0);
+    assert_eq!(report["unattributed"], 0);
+
+    // --all sees both, each in its namespace.
+    let pa = process(&all, client_a.pid).unwrap_or_else(|| panic!("{all:#}"));
+    let pb = process(&all, client_b.pid).unwrap_or_else(|| panic!("{all:#}"));
+    assert_eq!(
+        (pa["netns"].as_str(), pa["connects"].as_u64()),
+        (Some(a.name()), Some(150))
+    );
+    assert_eq!(
+        (pb["netns"].as_str(), pb["closed_first"].as_u64()),
+        (Some(b.name()), Some(20))
+    );
+    assert_eq!(all["events_lost"], 0);
+
+    assert_eq!(global_state(), global, "the global tracing state changed");
+}
+
+#[test]
+fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
+    let Some(ns) = Netns::new("trace-srv") else {
+        return;
+    };
+    let mut server = Peer::start(&ns, &["server", "5001", "server-closes"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5001", "40", "server-closes"]);
+    let tracer = Tracer::start(&["--netns", ns.name()]);
+    server.go();
+    client.go();
+    assert_eq!(client.result()["ok"], 40);
+    let report = tracer.stop();
+    let s = process(&report, server.pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        (
+            s["server_closed_first"].as_u64(),
+            s["closed_first"].as_u64()
+        ),
+        (Some(40), Some(0))
+    );
+    let c = process(&report, client.pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        (c["connects"].as_u64(), c["closed_first"].as_u64()),
+        (Some(40), Some(0))
+    );
+    assert_eq!(c["errors"], serde_json::json!({}));
+    // The whole run: nothing the processes in scope did was missed.
+    assert_eq!(report["totals"]["server_closed_first"], 40);
+    assert_eq!(report["events_lost"], 0);
+}
+
+#[test]
+fn without_root_trace_says_so_in_one_line_and_exits_1() {
+    if std::env::var_os(crate::harness::netns::SKIP_ENV).is_some() {
+        return;
+    }
+    let out = crate::harness::timewait_as_nobody(&["trace", "--duration", "1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("needs root"), "{err}");
+}
+
+#[test]
+fn bad_trace_flags_exit_2_naming_the_flag() {
+    let out = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["trace", "--duration", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--duration"));
+    let out = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["trace", "--all", "--netns", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
