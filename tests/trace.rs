@@ -90,11 +90,17 @@ fn instances() -> Vec<String> {
 }
 
 impl Tracer {
+    /// `timewait trace ARGS` until stopped.
     fn start(args: &[&str]) -> Tracer {
+        let mut all = vec!["trace", "--duration", "120", "--json"];
+        all.extend_from_slice(args);
+        Tracer::spawn(&all)
+    }
+
+    /// `timewait ARGS`, once its tracing instance records.
+    fn spawn(args: &[&str]) -> Tracer {
         let child = Command::new(env!("CARGO_BIN_EXE_timewait"))
-            .arg("trace")
             .args(args)
-            .args(["--duration", "120", "--json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -119,15 +125,20 @@ impl Tracer {
 
     /// SIGINT, then the report it prints.
     fn stop(self) -> Value {
-        let pid = self.child.id();
         nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
+        self.finish(&[0])
+    }
+
+    /// The document it prints when it ends by itself, with one of `codes`.
+    fn finish(self, codes: &[i32]) -> Value {
+        let pid = self.child.id();
         let out = self.child.wait_with_output().unwrap();
         assert!(
-            out.status.success(),
+            out.status.code().is_some_and(|c| codes.contains(&c)),
             "trace: {:?} {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
@@ -265,6 +276,49 @@ fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
     // The whole run: nothing the processes in scope did was missed.
     assert_eq!(report["totals"]["server_closed_first"], 40);
     assert_eq!(report["events_lost"], 0);
+}
+
+#[test]
+fn doctor_trace_names_the_process_behind_the_eaddrnotavail_and_the_time_wait() {
+    let Some(ns) = Netns::new("trace-doc") else {
+        return;
+    };
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40049");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let mut server = Peer::start(&ns, &["server", "5002", "client-closes"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5002", "80", "client-closes"]);
+    let doctor = Tracer::spawn(&["doctor", "--netns", ns.name(), "--trace", "3", "--json"]);
+    server.go();
+    client.go();
+    let did = client.result();
+    let failed = did["errors"]["EADDRNOTAVAIL"].as_u64().unwrap();
+    let v = doctor.finish(&[3]);
+    let findings = v["findings"].as_array().unwrap();
+    let named = |code: &str| {
+        findings
+            .iter()
+            .find(|f| f["code"] == code)
+            .unwrap_or_else(|| panic!("no {code}: {v:#}"))
+    };
+    let errors = named("process-connect-errors");
+    assert_eq!(errors["severity"], "critical");
+    let title = errors["title"].as_str().unwrap();
+    let who = format!(
+        "pid {} (python3) failed {failed} connects toward 127.0.0.1:5002",
+        client.pid
+    );
+    assert!(title.starts_with(&who), "{title}");
+    let closes = named("process-closes-first");
+    let title = closes["title"].as_str().unwrap();
+    let ok = did["ok"].as_u64().unwrap();
+    assert!(
+        title.starts_with(&format!(
+            "pid {} (python3) closed first {ok} times toward 127.0.0.1:5002",
+            client.pid
+        )),
+        "{title}"
+    );
+    assert_eq!(v["trace"]["processes"][0]["pid"], client.pid);
 }
 
 #[test]

@@ -8,6 +8,7 @@ use timewait_doctor::NginxInput;
 use timewait_doctor::{DoctorReport, Severity, TuneReport, plan};
 use timewait_host::nginx_files::{NginxFiles, installed_version, masters};
 use timewait_host::sysctl::{CONF_DIR, CONF_NAME, apply};
+use timewait_host::tracefs::TraceTarget;
 use timewait_host::{Target, collect, default_nginx_config};
 use timewait_nginx::check::Version;
 use timewait_nginx::parse_file;
@@ -40,12 +41,22 @@ fn observe(
 
 /// `timewait doctor`.
 pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
+    // The trace first: the snapshot then shows what the traced traffic left.
+    let traced = match args.trace {
+        Some(secs) => {
+            let duration = crate::trace_cmd::seconds("trace", secs)?;
+            let stop = crate::trace_cmd::stop_on_signals()?;
+            let t = TraceTarget::One(target(&args.target));
+            Some(crate::trace_cmd::traced(&t, duration, 5, &stop, &mut |_| {})?.report)
+        }
+        None => None,
+    };
     let (now, earlier) = match &args.from {
         Some(path) => (read_snapshot(path)?, None),
         None => observe(&target(&args.target), via(&args.target), args.interval)?,
     };
     let (configs, note) = nginx_configs(args);
-    let report = DoctorReport::new(&now, earlier.as_ref(), &configs, note);
+    let report = DoctorReport::new(&now, earlier.as_ref(), &configs, note, traced);
     let text = if args.json {
         render::json(&report)?
     } else {
@@ -135,6 +146,16 @@ fn render_doctor(r: &DoctorReport, st: &Style) -> String {
     if let Some(n) = &r.nginx {
         let _ = writeln!(o, "  nginx: {n}");
     }
+    if let Some(t) = &r.trace {
+        let _ = writeln!(
+            o,
+            "  traced {:.1} s: {} processes connected or closed, {} events, {} lost",
+            t.duration_seconds,
+            t.processes.len(),
+            int(t.events),
+            int(t.events_lost)
+        );
+    }
     let _ = writeln!(o);
     if r.findings.is_empty() {
         let _ = writeln!(
@@ -205,7 +226,7 @@ fn render_doctor(r: &DoctorReport, st: &Style) -> String {
 pub fn run_tune(args: &TuneArgs, st: &Style) -> Result<String, Failure> {
     let t = target(&args.target);
     let snap = collect(&t, via(&args.target), true)?;
-    let mut changes = plan(&DoctorReport::new(&snap, None, &[], None).findings);
+    let mut changes = plan(&DoctorReport::new(&snap, None, &[], None, None).findings);
     let mut persisted_to = None;
     if args.apply {
         let pairs: Vec<(String, String)> = changes

@@ -10,6 +10,7 @@ mod kernel_version;
 pub mod nginx;
 pub mod report;
 mod rules;
+mod trace;
 
 pub use finding::{Finding, Location, Severity, SysctlChange};
 pub use kernel_version::KernelVersion;

@@ -63,6 +63,9 @@ pub struct DoctorReport {
     pub worst_severity: Option<Severity>,
     /// Most severe first.
     pub findings: Vec<Finding>,
+    /// With `--trace`: the trace behind the process findings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<timewait_trace::TraceReport>,
 }
 
 impl DoctorReport {
@@ -74,11 +77,13 @@ impl DoctorReport {
         earlier: Option<&Snapshot>,
         configs: &[crate::nginx::NginxInput],
         nginx: Option<String>,
+        trace: Option<timewait_trace::TraceReport>,
     ) -> DoctorReport {
         let findings = diagnose(&DoctorInput {
             now,
             earlier,
             nginx: configs,
+            trace: trace.as_ref(),
         });
         let census = &now.census;
         DoctorReport {
@@ -106,6 +111,7 @@ impl DoctorReport {
             nginx,
             worst_severity: findings.iter().map(|f| f.severity).max(),
             findings,
+            trace,
         }
     }
 

@@ -20,6 +20,8 @@ pub struct DoctorInput<'a> {
     pub earlier: Option<&'a Snapshot>,
     /// nginx configurations in use there, to check and tie to the census.
     pub nginx: &'a [crate::nginx::NginxInput],
+    /// With `--trace`: what the processes there did meanwhile.
+    pub trace: Option<&'a timewait_trace::TraceReport>,
 }
 
 /// Port use at or above this share of usable ports is a warning…
@@ -173,6 +175,9 @@ pub fn diagnose(input: &DoctorInput) -> Vec<Finding> {
     }
     // nginx's findings, tied to what the census counted: a matched one
     // comes first within its severity (its fix is the real one).
+    if let Some(t) = input.trace {
+        out.extend(crate::trace::findings(t, &ctx.report));
+    }
     let nginx = crate::nginx::findings(input.nginx, &ctx.report, &out);
     let mut all: Vec<(Finding, bool)> = nginx;
     all.extend(out.into_iter().map(|f| (f, false)));

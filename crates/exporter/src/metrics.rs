@@ -91,7 +91,7 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: i64) {
 pub fn render(snap: &Snapshot, top: usize, scrape_seconds: f64) -> String {
     let mut r = Registry::with_prefix("timewait");
     let report = analyse(snap, GroupBy::Destination, usize::MAX);
-    let doctor = DoctorReport::new(snap, None, &[], None);
+    let doctor = DoctorReport::new(snap, None, &[], None, None);
 
     let states = gauges::<State>(
         &mut r,

@@ -136,6 +136,7 @@ impl Host {
     fn findings(&self) -> Vec<Finding> {
         diagnose(&DoctorInput {
             nginx: &[],
+            trace: None,
             now: &self.snapshot(),
             earlier: None,
         })
@@ -202,6 +203,7 @@ fn port_exhaustion_counts_listeners_inside_the_range_and_reports_growth() {
     let (now, before) = (later.snapshot(), earlier.snapshot());
     let f = diagnose(&DoctorInput {
         nginx: &[],
+        trace: None,
         now: &now,
         earlier: Some(&before),
     });
@@ -345,6 +347,7 @@ fn overflow_severity_follows_the_table_and_the_trend() {
     let now = full.snapshot();
     let f = diagnose(&DoctorInput {
         nginx: &[],
+        trace: None,
         now: &now,
         earlier: Some(&before),
     });
@@ -516,6 +519,7 @@ fn an_nginx_upstream_without_keepalive_is_tied_to_the_time_wait_it_causes_and_ra
         now: &snap,
         earlier: None,
         nginx: &nginx,
+        trace: None,
     });
     assert_eq!(f[0].code, "nginx-upstream-no-keepalive", "{:?}", codes(&f));
     assert_eq!(f[0].severity, Severity::Warning);
@@ -534,6 +538,7 @@ fn an_nginx_upstream_without_keepalive_is_tied_to_the_time_wait_it_causes_and_ra
         now: &quiet,
         earlier: None,
         nginx: &nginx,
+        trace: None,
     });
     let n = f
         .iter()
