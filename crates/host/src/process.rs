@@ -34,6 +34,24 @@ pub fn thread_process(tid: u32) -> Option<ProcessInfo> {
     })
 }
 
+/// The host's answers to the trace tally's questions.
+pub struct HostLookup;
+
+impl timewait_trace::Lookup for HostLookup {
+    fn process(&mut self, tid: u32) -> Option<ProcessInfo> {
+        thread_process(tid)
+    }
+
+    fn port_range(&mut self, tid: u32) -> Option<(u16, u16)> {
+        let text = crate::in_namespace(&crate::Target::Pid(tid), || {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()
+        })
+        .ok()??;
+        let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    }
+}
+
 /// Every thread now running in the network namespace `netns` (all of them
 /// for `None`), with its process.
 pub fn threads_in(netns: Option<u64>) -> Vec<(u32, ProcessInfo)> {

@@ -1,5 +1,5 @@
 //! `timewait trace`'s only contact with the kernel's tracing: a tracefs
-//! instance of its own (`instances/timewait-PID-N`), with the four
+//! instance of its own (`instances/timewait-PID-N`), with the three
 //! tracepoints enabled there and filtered in the kernel, read page by page
 //! from `per_cpu/cpuN/trace_pipe_raw`.
 //!
@@ -327,8 +327,8 @@ fn read(path: &Path) -> Result<String, HostError> {
     })
 }
 
-fn formats(root: &Path) -> Result<[Format; 4], HostError> {
-    let mut out = Vec::with_capacity(4);
+fn formats(root: &Path) -> Result<[Format; 3], HostError> {
+    let mut out = Vec::with_capacity(3);
     for tp in TRACEPOINTS {
         let path = root
             .join("events")
@@ -406,7 +406,7 @@ pub fn trace(
             tally.seed(tid, info);
         }
     }
-    let mut lookup = crate::process::thread_process;
+    let mut lookup = crate::process::HostLookup;
     let start = Instant::now();
     let mut next_tick = start + Duration::from_secs(1);
     let mut interrupted = false;

@@ -1,4 +1,4 @@
-//! The four tracepoints `trace` reads, their kernel-side filters, and the
+//! The three tracepoints `trace` reads, their kernel-side filters, and the
 //! decoding of their records into [`Event`]s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -32,28 +32,26 @@ pub struct Tracepoint {
     pub filter: &'static str,
 }
 
-/// connect() entered: the next CLOSE→SYN_SENT of this thread belongs to it.
-pub const CONNECT_ENTER: Tracepoint = Tracepoint {
-    system: "syscalls",
-    name: "sys_enter_connect",
-    filter: "",
-};
-/// connect() returned an error (including EINPROGRESS; successes are not
-/// needed: the handshake's start is the SYN_SENT transition).
+/// connect() failed. Not its entry, nor its EINPROGRESS or success: the
+/// handshake's start is the CLOSE→SYN_SENT state change, in the caller's
+/// context, so only failures need the system call (for their errno).
+/// Enabling any system-call tracepoint puts every system call of every task
+/// on the kernel's slow path; an event per connect would add a record per
+/// connect on top (BENCHMARKS.md).
 pub const CONNECT_EXIT: Tracepoint = Tracepoint {
     system: "syscalls",
     name: "sys_exit_connect",
-    filter: "ret < 0",
+    filter: "ret < 0 && ret != -115",
 };
 /// TCP state changes: a connect starting (CLOSE→SYN_SENT) or failing
-/// (SYN_SENT→CLOSE), an accepted connection (SYN_RECV→ESTABLISHED), a
-/// first close (→FIN_WAIT1: this side will hold the TIME_WAIT), the peer
-/// closing first (ESTABLISHED→CLOSE_WAIT) and aborts (→CLOSE from
-/// ESTABLISHED or CLOSE_WAIT: a reset, no TIME_WAIT).
+/// (SYN_SENT→CLOSE), a first close (→FIN_WAIT1: this side will hold the
+/// TIME_WAIT), the peer closing first (ESTABLISHED→CLOSE_WAIT) and aborts
+/// (→CLOSE from ESTABLISHED or CLOSE_WAIT: a reset, no TIME_WAIT). On a
+/// busy client that is two records per connection.
 pub const SET_STATE: Tracepoint = Tracepoint {
     system: "sock",
     name: "inet_sock_set_state",
-    filter: "protocol == 6 && ((oldstate == 7 && newstate == 2) || (oldstate == 2 && newstate == 7) || (oldstate == 3 && newstate == 1) || newstate == 4 || (oldstate == 1 && (newstate == 8 || newstate == 7)) || (oldstate == 8 && newstate == 7))",
+    filter: "protocol == 6 && ((oldstate == 7 && newstate == 2) || (oldstate == 2 && newstate == 7) || newstate == 4 || (oldstate == 1 && (newstate == 8 || newstate == 7)) || (oldstate == 8 && newstate == 7))",
 };
 /// A reset received: during a handshake, the connection was refused.
 pub const RECEIVE_RESET: Tracepoint = Tracepoint {
@@ -64,7 +62,7 @@ pub const RECEIVE_RESET: Tracepoint = Tracepoint {
 
 /// Every tracepoint `trace` enables, in the order [`Decoder::new`] takes
 /// their formats.
-pub const TRACEPOINTS: [Tracepoint; 4] = [CONNECT_ENTER, CONNECT_EXIT, SET_STATE, RECEIVE_RESET];
+pub const TRACEPOINTS: [Tracepoint; 3] = [CONNECT_EXIT, SET_STATE, RECEIVE_RESET];
 
 /// Who was running when the event fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,12 +96,7 @@ pub struct StateChange {
 /// A decoded record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
-    /// `tid` entered connect().
-    ConnectEnter {
-        /// Thread id.
-        tid: u32,
-    },
-    /// `tid`'s connect() returned `ret` (negative: an errno).
+    /// `tid`'s connect() failed with `-ret`.
     ConnectExit {
         /// Thread id.
         tid: u32,
@@ -152,7 +145,6 @@ struct StateFields {
 /// files give.
 pub struct Decoder {
     common: Common,
-    enter: u16,
     exit: u16,
     exit_ret: Field,
     state: StateFields,
@@ -169,15 +161,14 @@ fn id(f: &Format) -> Result<u16, TraceError> {
 
 impl Decoder {
     /// From the formats of [`TRACEPOINTS`], in that order.
-    pub fn new(formats: &[Format; 4]) -> Result<Decoder, TraceError> {
-        let [enter, exit, state, reset] = formats;
+    pub fn new(formats: &[Format; 3]) -> Result<Decoder, TraceError> {
+        let [exit, state, reset] = formats;
         Ok(Decoder {
             common: Common {
                 kind: state.field("common_type")?,
                 flags: state.field("common_flags")?,
                 pid: state.field("common_pid")?,
             },
-            enter: id(enter)?,
             exit: id(exit)?,
             exit_ret: exit.field("ret")?,
             state: StateFields {
@@ -203,9 +194,7 @@ impl Decoder {
     pub fn decode(&self, record: &[u8]) -> Option<Event> {
         let kind = u16::try_from(read_u64(record, self.common.kind)?).ok()?;
         let tid = u32::try_from(read_u64(record, self.common.pid)?).ok()?;
-        if kind == self.enter {
-            Some(Event::ConnectEnter { tid })
-        } else if kind == self.exit {
+        if kind == self.exit {
             let ret = read_u64(record, self.exit_ret)? as i64;
             Some(Event::ConnectExit { tid, ret })
         } else if kind == self.reset {
@@ -264,9 +253,8 @@ fn v6(b: &[u8]) -> Option<IpAddr> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn formats() -> [Format; 4] {
+    pub(crate) fn formats() -> [Format; 3] {
         [
-            include_str!("../testdata/sys_enter_connect.format"),
             include_str!("../testdata/sys_exit_connect.format"),
             include_str!("../testdata/inet_sock_set_state.format"),
             include_str!("../testdata/tcp_receive_reset.format"),
@@ -278,12 +266,6 @@ pub(crate) mod tests {
     pub(crate) mod record {
         use std::net::Ipv4Addr;
 
-        pub(crate) fn enter(tid: u32) -> Vec<u8> {
-            let mut r = vec![0u8; 40];
-            r[..2].copy_from_slice(&2230u16.to_ne_bytes());
-            r[4..8].copy_from_slice(&tid.to_ne_bytes());
-            r
-        }
         pub(crate) fn exit(tid: u32, ret: i64) -> Vec<u8> {
             let mut r = vec![0u8; 24];
             r[..2].copy_from_slice(&2229u16.to_ne_bytes());
@@ -328,10 +310,6 @@ pub(crate) mod tests {
     fn records_decode_with_the_kernels_offsets() {
         let d = Decoder::new(&formats()).unwrap();
         assert_eq!(
-            d.decode(&record::enter(7)),
-            Some(Event::ConnectEnter { tid: 7 })
-        );
-        assert_eq!(
             d.decode(&record::exit(7, -99)),
             Some(Event::ConnectExit { tid: 7, ret: -99 })
         );
@@ -354,7 +332,7 @@ pub(crate) mod tests {
             d.decode(&record::state(false, 7, 1, 7, 2, (lo, 0), (lo, 80))[..20]),
             None
         );
-        let mut other = record::enter(7);
+        let mut other = record::exit(7, -99);
         other[..2].copy_from_slice(&1u16.to_ne_bytes());
         assert_eq!(d.decode(&other), None);
     }

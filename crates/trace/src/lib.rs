@@ -1,6 +1,6 @@
-//! Who burns the ports. `timewait trace` reads four kernel tracepoints —
-//! `syscalls:sys_enter_connect`/`sys_exit_connect`,
-//! `sock:inet_sock_set_state` and `tcp:tcp_receive_reset` — from a tracefs
+//! Who burns the ports. `timewait trace` reads three kernel tracepoints —
+//! `sock:inet_sock_set_state`, `syscalls:sys_exit_connect` (failures only)
+//! and `tcp:tcp_receive_reset` — from a tracefs
 //! instance of its own, and this crate turns what it reads into a report:
 //! per process, connects, failed connects by errno (with their
 //! destinations), first closes (each one a TIME_WAIT socket on this host)

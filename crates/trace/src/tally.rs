@@ -1,21 +1,27 @@
 //! The per-process tally: a state machine over [`Event`]s in time order.
 //!
-//! - A connect is a CLOSE→SYN_SENT in a thread's own context; the thread's
-//!   connect() call (entered just before) owns it. It fails if its
-//!   connect() returns an errno other than EINPROGRESS (EADDRNOTAVAIL comes
-//!   this way: the kernel moves the socket to SYN_SENT, finds no port and
-//!   moves it back), or, for a non-blocking connect, when the socket goes
-//!   SYN_SENT→CLOSE later: refused if a reset arrived, else timed out.
-//!   The destination is the SYN_SENT event's, so failures have one too.
-//! - A first close is ESTABLISHED→FIN_WAIT1 in the closing thread's
-//!   context: that socket ends in TIME_WAIT here. It is server-side when the
-//!   socket was accepted (its local address and port accepted a connection
-//!   during the trace) and was not one this host connected.
+//! - A connect is a CLOSE→SYN_SENT in a thread's own context: that thread
+//!   is in connect() (or TCP Fast Open's sendto), and its process owns the
+//!   socket. The destination is the event's, so failures have one too.
+//! - It fails when the socket goes SYN_SENT→CLOSE. The errno is the one
+//!   connect() returned if it returns one within [`GRACE_NS`] (a blocking
+//!   connect); otherwise, for a non-blocking connect whose connect() said
+//!   EINPROGRESS (not traced: a record per connect), it is inferred: a reset
+//!   arrived first → ECONNREFUSED; no local port was ever chosen →
+//!   EADDRNOTAVAIL (the kernel moves the socket to SYN_SENT, finds no free
+//!   port and moves it back); the owner closed it → `abandoned`; else the
+//!   handshake timed out → ETIMEDOUT.
+//! - A first close is →FIN_WAIT1 in the closing thread's context: that
+//!   socket ends in TIME_WAIT here. It is client-side when this host
+//!   connected it during the trace, or when its local port is in the
+//!   namespace's ephemeral range (opened before the trace); otherwise it is
+//!   an accepted connection: server-side TIME_WAIT.
 //! - Interrupt-context events (packets, timers) are never charged to the
 //!   thread that happened to run: they are tied to their owner through the
 //!   socket address.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 
 use timewait_kernel::TcpState;
@@ -23,16 +29,14 @@ use timewait_kernel::TcpState;
 use crate::event::{Context, Event, StateChange, Timed};
 use crate::report::{DestinationReport, ProcessReport, Totals, TraceReport};
 
-const EINTR: i64 = 4;
-const EALREADY: i64 = 114;
-const EINPROGRESS: i64 = 115;
-const EISCONN: i64 = 106;
+const ECONNREFUSED: i64 = 111;
+const EADDRNOTAVAIL: i64 = 99;
 const ENETUNREACH: i64 = 101;
 const EHOSTUNREACH: i64 = 113;
 
-/// Accepting endpoints remembered, at most (one per listening address and
-/// port, so a real host has few).
-const MAX_SERVER_ENDPOINTS: usize = 65_536;
+/// How long (ns of trace time) after a connecting socket closes its
+/// connect() may still return the errno; after that, the errno is inferred.
+pub const GRACE_NS: u64 = 200_000_000;
 
 /// A process as the host sees it when one of its threads is first met.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +59,7 @@ pub enum Scope {
 }
 
 /// Why a failed connect failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 enum Failure {
     Errno(i64),
     TimedOut,
@@ -74,6 +78,42 @@ impl Failure {
 
 type Endpoint = (IpAddr, u16);
 
+/// FxHash's multiply-rotate: the keys are kernel addresses, thread ids and
+/// endpoints, not attacker-chosen strings, and SipHash was a third of the
+/// time spent per event.
+#[derive(Default, Clone, Copy)]
+struct Fast(u64);
+
+impl Hasher for Fast {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+}
+
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<Fast>>;
+
 #[derive(Default)]
 struct Counts {
     connects: u64,
@@ -88,23 +128,16 @@ struct Process {
     resets: u64,
     /// Failed connects with no route fail before SYN_SENT, so they have
     /// no destination: `own.errors` counts them, no destination does.
-    destinations: HashMap<Endpoint, Counts>,
-}
-
-/// Where a connecting socket is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Its connect() has not returned; `closed` if it already went back to CLOSE.
-    InSyscall { closed: bool },
-    /// connect() said EINPROGRESS: the outcome comes as a state change.
-    Async,
+    destinations: Map<Endpoint, Counts>,
 }
 
 struct Client {
     pid: u32,
     remote: Endpoint,
-    phase: Phase,
     reset: bool,
+    /// Went back to CLOSE while connecting, at this time, with this
+    /// inferred reason (connect()'s errno, if it comes, wins).
+    closed: Option<(u64, Failure)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -114,27 +147,27 @@ enum Who {
     Gone,
 }
 
-/// Looks up the process a thread belongs to (the host's job).
+/// What the tally asks the host.
 pub trait Lookup {
-    /// `None` if the thread has exited.
+    /// The process of a thread; `None` if the thread has exited.
     fn process(&mut self, tid: u32) -> Option<ProcessInfo>;
-}
-
-impl<F: FnMut(u32) -> Option<ProcessInfo>> Lookup for F {
-    fn process(&mut self, tid: u32) -> Option<ProcessInfo> {
-        self(tid)
-    }
+    /// The ephemeral port range (`ip_local_port_range`) of the network
+    /// namespace thread `tid` is in, if it can be read.
+    fn port_range(&mut self, tid: u32) -> Option<(u16, u16)>;
 }
 
 /// The running tally.
 pub struct Tally {
     scope: Scope,
     queue: Vec<Timed>,
-    tids: HashMap<u32, Who>,
-    processes: HashMap<u32, Process>,
-    in_connect: HashMap<u32, Option<u64>>,
-    clients: HashMap<u64, Client>,
-    servers: HashSet<Endpoint>,
+    tids: Map<u32, Who>,
+    processes: Map<u32, Process>,
+    /// The socket each thread last began a handshake on.
+    connecting: Map<u32, u64>,
+    clients: Map<u64, Client>,
+    /// Connecting sockets that closed, awaiting connect()'s errno.
+    closing: VecDeque<(u64, u64)>,
+    port_ranges: Map<u64, Option<(u16, u16)>>,
     events: u64,
     unattributed: u64,
 }
@@ -145,11 +178,12 @@ impl Tally {
         Tally {
             scope,
             queue: Vec::new(),
-            tids: HashMap::new(),
-            processes: HashMap::new(),
-            in_connect: HashMap::new(),
-            clients: HashMap::new(),
-            servers: HashSet::new(),
+            tids: Map::default(),
+            processes: Map::default(),
+            connecting: Map::default(),
+            clients: Map::default(),
+            closing: VecDeque::new(),
+            port_ranges: Map::default(),
             events: 0,
             unattributed: 0,
         }
@@ -164,16 +198,27 @@ impl Tally {
     /// Applies, in time order, every queued event at or before `watermark`
     /// (a time by which every CPU's buffer has been read); later ones wait,
     /// so events of one CPU read after another's still apply in order.
+    /// Then settles the failed connects whose errno did not come in time.
     pub fn advance(&mut self, watermark: u64, lookup: &mut dyn Lookup) {
+        // Each CPU's records are in order: the sort merges runs.
         self.queue.sort_by_key(|t| t.ts);
         let n = self.queue.partition_point(|t| t.ts <= watermark);
         let ready: Vec<Timed> = self.queue.drain(..n).collect();
         for t in ready {
-            self.apply(t.event, lookup);
+            self.apply(t, lookup);
+        }
+        while let Some(&(at, sk)) = self.closing.front() {
+            if at.saturating_add(GRACE_NS) > watermark {
+                break;
+            }
+            self.closing.pop_front();
+            if let Some((_, inferred)) = self.clients.get(&sk).and_then(|c| c.closed) {
+                self.fail(sk, inferred);
+            }
         }
     }
 
-    /// Applies everything queued.
+    /// Applies everything queued and settles every failed connect.
     pub fn finish(&mut self, lookup: &mut dyn Lookup) {
         self.advance(u64::MAX, lookup);
     }
@@ -233,52 +278,34 @@ impl Tally {
         }
     }
 
-    fn apply(&mut self, event: Event, lookup: &mut dyn Lookup) {
-        match event {
-            Event::ConnectEnter { tid } => {
-                self.in_connect.insert(tid, None);
-            }
-            Event::ConnectExit { tid, ret } => self.connect_returned(tid, ret, lookup),
+    fn apply(&mut self, t: Timed, lookup: &mut dyn Lookup) {
+        match t.event {
+            Event::ConnectExit { tid, ret } => self.connect_failed(tid, -ret, lookup),
             Event::Reset { sk } => {
                 if let Some(c) = self.clients.get_mut(&sk) {
                     c.reset = true;
                 }
             }
-            Event::State(s) => self.state_changed(s, lookup),
+            Event::State(s) => self.state_changed(t.ts, s, lookup),
         }
     }
 
-    fn connect_returned(&mut self, tid: u32, ret: i64, lookup: &mut dyn Lookup) {
-        let errno = -ret;
-        let sk = self.in_connect.remove(&tid).flatten();
-        let Some(sk) = sk else {
-            // No handshake started in this call: a failure before one
-            // could (no route), or not TCP (a UNIX or UDP socket), or a
-            // second call on a socket already connecting.
-            if matches!(errno, ENETUNREACH | EHOSTUNREACH)
-                && let Some(pid) = self.owner(tid, lookup)
-                && let Some(p) = self.processes.get_mut(&pid)
-            {
-                p.own.connects += 1;
-                *p.own.errors.entry(Failure::Errno(errno)).or_default() += 1;
-            }
+    fn connect_failed(&mut self, tid: u32, errno: i64, lookup: &mut dyn Lookup) {
+        if let Some(sk) = self.connecting.remove(&tid)
+            && self.clients.get(&sk).is_some_and(|c| c.closed.is_some())
+        {
+            self.fail(sk, Failure::Errno(errno));
             return;
-        };
-        let Some(c) = self.clients.get_mut(&sk) else {
-            return;
-        };
-        let closed = matches!(c.phase, Phase::InSyscall { closed: true });
-        match errno {
-            EINPROGRESS | EINTR | EALREADY | EISCONN if !closed => c.phase = Phase::Async,
-            EINPROGRESS | EINTR | EALREADY | EISCONN => {
-                let failure = if c.reset {
-                    Failure::Errno(111)
-                } else {
-                    Failure::TimedOut
-                };
-                self.fail(sk, failure);
-            }
-            e => self.fail(sk, Failure::Errno(e)),
+        }
+        // No handshake of this thread failed: a failure before one could
+        // start (no route), or not TCP at all (a UNIX or UDP socket's
+        // connect(), an EALREADY or EINTR): only the first kind counts.
+        if matches!(errno, ENETUNREACH | EHOSTUNREACH)
+            && let Some(pid) = self.owner(tid, lookup)
+            && let Some(p) = self.processes.get_mut(&pid)
+        {
+            p.own.connects += 1;
+            *p.own.errors.entry(Failure::Errno(errno)).or_default() += 1;
         }
     }
 
@@ -294,29 +321,38 @@ impl Tally {
         }
     }
 
-    fn state_changed(&mut self, s: StateChange, lookup: &mut dyn Lookup) {
+    /// Whether a local port is in the ephemeral range of `tid`'s namespace
+    /// (unknown: taken as yes, the client side).
+    fn ephemeral(&mut self, tid: u32, port: u16, lookup: &mut dyn Lookup) -> bool {
+        let netns = match self.tids.get(&tid) {
+            Some(Who::Pid(pid)) => self.processes.get(pid).and_then(|p| p.info.netns),
+            _ => None,
+        };
+        let range = match netns {
+            Some(ns) => *self
+                .port_ranges
+                .entry(ns)
+                .or_insert_with(|| lookup.port_range(tid)),
+            None => lookup.port_range(tid),
+        };
+        range.is_none_or(|(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    fn state_changed(&mut self, ts: u64, s: StateChange, lookup: &mut dyn Lookup) {
         use TcpState::*;
         match (s.old, s.new, s.context) {
             (Close, SynSent, Context::Task) => {
                 let Some(pid) = self.owner(s.tid, lookup) else {
-                    self.in_connect.remove(&s.tid);
                     return;
                 };
-                let phase = match self.in_connect.get_mut(&s.tid) {
-                    Some(slot) => {
-                        *slot = Some(s.sk);
-                        Phase::InSyscall { closed: false }
-                    }
-                    // A handshake begun outside connect() (TCP Fast Open's sendto).
-                    None => Phase::Async,
-                };
+                self.connecting.insert(s.tid, s.sk);
                 self.clients.insert(
                     s.sk,
                     Client {
                         pid,
                         remote: s.remote,
-                        phase,
                         reset: false,
+                        closed: None,
                     },
                 );
                 if let Some(p) = self.processes.get_mut(&pid) {
@@ -325,37 +361,32 @@ impl Tally {
                 }
             }
             (SynSent, Close, context) => {
-                if !self.clients.contains_key(&s.sk) {
-                    return;
-                }
-                let closer = match context {
-                    Context::Task => self.who(s.tid, lookup),
-                    Context::Interrupt => Who::OutOfScope,
-                };
-                let Some(c) = self.clients.get_mut(&s.sk) else {
+                let Some(c) = self.clients.get(&s.sk) else {
                     return;
                 };
-                match c.phase {
-                    Phase::InSyscall { .. } => c.phase = Phase::InSyscall { closed: true },
-                    Phase::Async => {
-                        let failure = match closer {
-                            _ if c.reset => Failure::Errno(111),
-                            Who::Pid(p) if p == c.pid => Failure::Abandoned,
-                            _ => Failure::TimedOut,
-                        };
-                        self.fail(s.sk, failure);
-                    }
+                let owner = c.pid;
+                let inferred = if c.reset {
+                    Failure::Errno(ECONNREFUSED)
+                } else if context == Context::Task && s.local.1 == 0 {
+                    Failure::Errno(EADDRNOTAVAIL)
+                } else if context == Context::Task
+                    && matches!(self.who(s.tid, lookup), Who::Pid(p) if p == owner)
+                {
+                    Failure::Abandoned
+                } else {
+                    Failure::TimedOut
+                };
+                if let Some(c) = self.clients.get_mut(&s.sk) {
+                    c.closed = Some((ts, inferred));
+                    self.closing.push_back((ts, s.sk));
                 }
-            }
-            (SynRecv, Established, _) if self.servers.len() < MAX_SERVER_ENDPOINTS => {
-                self.servers.insert(s.local);
             }
             (_, FinWait1, Context::Task) => {
                 let client = self.clients.remove(&s.sk);
                 let Some(pid) = self.owner(s.tid, lookup) else {
                     return;
                 };
-                let server = client.is_none() && self.servers.contains(&s.local);
+                let server = client.is_none() && !self.ephemeral(s.tid, s.local.1, lookup);
                 if let Some(p) = self.processes.get_mut(&pid) {
                     if server {
                         p.server_closed_first += 1;
@@ -476,7 +507,7 @@ impl Process {
             own: Counts::default(),
             server_closed_first: 0,
             resets: 0,
-            destinations: HashMap::new(),
+            destinations: Map::default(),
         }
     }
 }

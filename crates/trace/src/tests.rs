@@ -9,7 +9,7 @@ use crate::event::tests::{formats, record};
 use crate::event::{Context, Decoder, Event, StateChange, Timed};
 use crate::ring::tests::{HEADER_PAGE, PageBuilder};
 use crate::ring::{PageLayout, parse_page};
-use crate::tally::{ProcessInfo, Scope, Tally};
+use crate::tally::{GRACE_NS, Lookup, ProcessInfo, Scope, Tally};
 use timewait_kernel::TcpState::{self, *};
 
 const NS: u64 = 4026532000;
@@ -17,19 +17,27 @@ const OTHER_NS: u64 = 4026531840;
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Threads 100..199 are process 100 ("app") in NS; 200.. are "srv" in NS;
-/// 300.. are "other" in another namespace; 400.. have exited.
-fn lookup(tid: u32) -> Option<ProcessInfo> {
-    let (pid, comm, netns) = match tid {
-        100..=199 => (100, "app", NS),
-        200..=299 => (200, "srv", NS),
-        300..=399 => (300, "other", OTHER_NS),
-        _ => return None,
-    };
-    Some(ProcessInfo {
-        pid,
-        comm: Some(comm.into()),
-        netns: Some(netns),
-    })
+/// 300.. are "other" in another namespace; 400.. have exited. Every
+/// namespace's ephemeral range is the kernel's default.
+struct Host;
+
+impl Lookup for Host {
+    fn process(&mut self, tid: u32) -> Option<ProcessInfo> {
+        let (pid, comm, netns) = match tid {
+            100..=199 => (100, "app", NS),
+            200..=299 => (200, "srv", NS),
+            300..=399 => (300, "other", OTHER_NS),
+            _ => return None,
+        };
+        Some(ProcessInfo {
+            pid,
+            comm: Some(comm.into()),
+            netns: Some(netns),
+        })
+    }
+    fn port_range(&mut self, _tid: u32) -> Option<(u16, u16)> {
+        Some((32768, 60999))
+    }
 }
 
 struct Script {
@@ -44,9 +52,6 @@ impl Script {
         let ts = self.events.len() as u64 * 10;
         self.events.push(Timed { ts, event });
         self
-    }
-    fn enter(&mut self, tid: u32) -> &mut Script {
-        self.push(Event::ConnectEnter { tid })
     }
     fn exit(&mut self, tid: u32, ret: i64) -> &mut Script {
         self.push(Event::ConnectExit { tid, ret })
@@ -80,24 +85,29 @@ impl Script {
         for e in &self.events {
             t.push(*e);
         }
-        t.finish(&mut lookup);
+        t.finish(&mut Host);
         t.report(1.0, "test", 0, 5, &|ns| format!("net:[{ns}]"))
     }
 }
 
 use Context::{Interrupt, Task};
 
-/// A blocking connect toward port 80 that succeeds and is closed first.
+/// A connect toward port 80 that succeeds and is closed first.
 fn connect_and_close(s: &mut Script, tid: u32, sk: u64, port: u16) {
-    s.enter(tid)
-        .state(Task, tid, sk, Close, SynSent, 0, 80)
-        .state(Task, tid, sk, Established, FinWait1, port, 80);
+    s.state(Task, tid, sk, Close, SynSent, 0, 80).state(
+        Task,
+        tid,
+        sk,
+        Established,
+        FinWait1,
+        port,
+        80,
+    );
 }
 
-/// A blocking connect that finds no free port.
+/// A connect that finds no free port: connect() says EADDRNOTAVAIL.
 fn connect_no_port(s: &mut Script, tid: u32, sk: u64) {
-    s.enter(tid)
-        .state(Task, tid, sk, Close, SynSent, 0, 80)
+    s.state(Task, tid, sk, Close, SynSent, 0, 80)
         .state(Task, tid, sk, SynSent, Close, 0, 80)
         .exit(tid, -99);
 }
@@ -129,26 +139,33 @@ fn n_connects_with_m_eaddrnotavail_give_n_m_and_n_minus_m_first_closes() {
 }
 
 #[test]
+fn a_non_blocking_connect_without_a_port_is_eaddrnotavail_without_its_errno() {
+    // tokio's connect(): EADDRNOTAVAIL is returned at once, but even if the
+    // exit were missed the port left unchosen says it.
+    let mut s = Script::new();
+    s.state(Task, 101, 1, Close, SynSent, 0, 80)
+        .state(Task, 101, 1, SynSent, Close, 0, 80);
+    let p = &s.report(Scope::Netns(NS)).processes[0];
+    assert_eq!(p.errors.get("EADDRNOTAVAIL"), Some(&1));
+}
+
+#[test]
 fn refused_connects_count_once_whichever_way_the_kernel_reports_them() {
     let mut s = Script::new();
     // blocking: reset, SYN_SENT→CLOSE, then connect() returns ECONNREFUSED
-    s.enter(101)
-        .state(Task, 101, 1, Close, SynSent, 0, 81)
+    s.state(Task, 101, 1, Close, SynSent, 0, 81)
         .reset(1)
-        .state(Task, 101, 1, SynSent, Close, 0, 81)
+        .state(Task, 101, 1, SynSent, Close, 40001, 81)
         .exit(101, -111);
-    // non-blocking on loopback: the reset is processed before connect() returns EINPROGRESS
-    s.enter(101)
-        .state(Task, 101, 2, Close, SynSent, 0, 81)
+    // non-blocking on loopback: the reset is processed before connect()
+    // returns EINPROGRESS (not traced)
+    s.state(Task, 101, 2, Close, SynSent, 0, 81)
         .reset(2)
-        .state(Task, 101, 2, SynSent, Close, 0, 81)
-        .exit(101, -115);
-    // non-blocking across a network: EINPROGRESS, then the reset in a softirq
-    s.enter(101)
-        .state(Task, 101, 3, Close, SynSent, 0, 81)
-        .exit(101, -115)
+        .state(Task, 101, 2, SynSent, Close, 40002, 81);
+    // non-blocking across a network: the reset comes in a softirq
+    s.state(Task, 101, 3, Close, SynSent, 0, 81)
         .reset(3)
-        .state(Interrupt, 999, 3, SynSent, Close, 0, 81);
+        .state(Interrupt, 999, 3, SynSent, Close, 40003, 81);
     let r = s.report(Scope::Netns(NS));
     let p = &r.processes[0];
     assert_eq!(p.connects, 3);
@@ -157,34 +174,72 @@ fn refused_connects_count_once_whichever_way_the_kernel_reports_them() {
 }
 
 #[test]
-fn async_failures_without_a_reset_are_timeouts_or_abandoned() {
+fn failures_without_a_reset_are_timeouts_or_abandoned_and_connects_errno_wins() {
     let mut s = Script::new();
-    s.enter(101)
-        .state(Task, 101, 1, Close, SynSent, 0, 82)
-        .exit(101, -115)
-        .state(Interrupt, 0, 1, SynSent, Close, 0, 82);
-    s.enter(101)
-        .state(Task, 101, 2, Close, SynSent, 0, 82)
-        .exit(101, -115)
-        .state(Task, 103, 2, SynSent, Close, 0, 82);
-    // an async connect that succeeds and is closed first is no failure
-    s.enter(101)
-        .state(Task, 101, 3, Close, SynSent, 0, 82)
-        .exit(101, -115)
-        .state(Task, 101, 3, Established, FinWait1, 40000, 82);
+    s.state(Task, 101, 1, Close, SynSent, 0, 82)
+        .state(Interrupt, 0, 1, SynSent, Close, 40001, 82);
+    s.state(Task, 101, 2, Close, SynSent, 0, 82)
+        .state(Task, 103, 2, SynSent, Close, 40002, 82);
+    // an ICMP error ends a blocking connect: the errno says what it was
+    s.state(Task, 104, 4, Close, SynSent, 0, 82)
+        .state(Interrupt, 0, 4, SynSent, Close, 40004, 82)
+        .exit(104, -113);
+    // a connect that succeeds and is closed first is no failure
+    s.state(Task, 101, 3, Close, SynSent, 0, 82).state(
+        Task,
+        101,
+        3,
+        Established,
+        FinWait1,
+        40003,
+        82,
+    );
     let p = &s.report(Scope::Netns(NS)).processes[0];
-    assert_eq!(p.errors.get("ETIMEDOUT"), Some(&1));
+    assert_eq!(p.errors.get("ETIMEDOUT"), Some(&1), "{:?}", p.errors);
     assert_eq!(p.errors.get("abandoned"), Some(&1));
-    assert_eq!(p.error_count(), 2);
-    assert_eq!((p.connects, p.closed_first), (3, 1));
+    assert_eq!(p.errors.get("EHOSTUNREACH"), Some(&1));
+    assert_eq!(p.error_count(), 3);
+    assert_eq!((p.connects, p.closed_first), (4, 1));
+}
+
+#[test]
+fn an_errno_arriving_after_the_grace_is_not_counted_twice() {
+    let mut t = Tally::new(Scope::Netns(NS));
+    let state = |old, new, local| {
+        Event::State(StateChange {
+            context: Task,
+            tid: 101,
+            sk: 1,
+            old,
+            new,
+            local: (IpAddr::V4(LO), local),
+            remote: (IpAddr::V4(LO), 80),
+        })
+    };
+    t.push(Timed {
+        ts: 10,
+        event: state(Close, SynSent, 0),
+    });
+    t.push(Timed {
+        ts: 20,
+        event: state(SynSent, Close, 0),
+    });
+    t.advance(20 + GRACE_NS, &mut Host);
+    let errors =
+        |t: &Tally| t.report(1.0, "t", 0, 5, &|_| String::new()).processes[0].error_count();
+    assert_eq!(errors(&t), 1, "settled once the grace ran out");
+    t.push(Timed {
+        ts: 30 + GRACE_NS,
+        event: Event::ConnectExit { tid: 101, ret: -99 },
+    });
+    t.finish(&mut Host);
+    assert_eq!(errors(&t), 1);
 }
 
 #[test]
 fn the_server_that_closes_first_is_charged_server_side_and_the_client_nothing() {
     let mut s = Script::new();
-    s.enter(101)
-        .state(Task, 101, 1, Close, SynSent, 0, 8080)
-        .state(Interrupt, 101, 2, SynRecv, Established, 8080, 40000)
+    s.state(Task, 101, 1, Close, SynSent, 0, 8080)
         // the server closes first; the client's socket sees the FIN
         .state(Task, 201, 2, Established, FinWait1, 8080, 40000)
         .state(Interrupt, 201, 1, Established, CloseWait, 40000, 8080);
@@ -199,11 +254,24 @@ fn the_server_that_closes_first_is_charged_server_side_and_the_client_nothing() 
 }
 
 #[test]
+fn sockets_opened_before_the_trace_are_told_apart_by_their_local_port() {
+    let mut s = Script::new();
+    // a pooled connection from an ephemeral port, and an accepted one on 8080
+    s.state(Task, 101, 7, Established, FinWait1, 45000, 5432)
+        .state(Task, 201, 8, Established, FinWait1, 8080, 50000);
+    let r = s.report(Scope::Netns(NS));
+    let app = r.processes.iter().find(|p| p.pid == 100).unwrap();
+    assert_eq!((app.closed_first, app.server_closed_first), (1, 0));
+    assert_eq!(app.destinations[0].remote_port, 5432);
+    let srv = r.processes.iter().find(|p| p.pid == 200).unwrap();
+    assert_eq!((srv.closed_first, srv.server_closed_first), (0, 1));
+}
+
+#[test]
 fn interrupt_context_is_never_charged_to_the_thread_that_happened_to_run() {
     let mut s = Script::new();
-    // softirq work done on app's time: an accept and an unknown socket's close
-    s.state(Interrupt, 101, 9, SynRecv, Established, 8080, 40000)
-        .state(Interrupt, 101, 10, Established, FinWait1, 5000, 6000);
+    // softirq work done on app's time: an unknown socket's close
+    s.state(Interrupt, 101, 10, Established, FinWait1, 5000, 6000);
     let r = s.report(Scope::Netns(NS));
     assert!(r.processes.is_empty(), "{:?}", r.processes);
     assert_eq!(r.unattributed, 1);
@@ -230,12 +298,17 @@ fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unattribute
 #[test]
 fn resets_are_counted_and_leave_no_first_close() {
     let mut s = Script::new();
-    s.enter(101)
-        .state(Task, 101, 1, Close, SynSent, 0, 80)
+    s.state(Task, 101, 1, Close, SynSent, 0, 80)
         .state(Task, 101, 1, Established, Close, 40000, 80); // SO_LINGER 0
-    s.enter(101)
-        .state(Task, 101, 2, Close, SynSent, 0, 80)
-        .state(Interrupt, 7, 2, Established, Close, 40001, 80); // reset received
+    s.state(Task, 101, 2, Close, SynSent, 0, 80).state(
+        Interrupt,
+        7,
+        2,
+        Established,
+        Close,
+        40001,
+        80,
+    ); // reset received
     let p = &s.report(Scope::Netns(NS)).processes[0];
     assert_eq!((p.resets, p.closed_first), (2, 0));
 }
@@ -258,38 +331,31 @@ fn processes_sort_by_errors_then_first_closes() {
 fn events_from_several_buffers_apply_in_time_order_up_to_the_watermark() {
     let mut t = Tally::new(Scope::Netns(NS));
     let at = |ts, event| Timed { ts, event };
-    let syn = Event::State(StateChange {
-        context: Task,
-        tid: 101,
-        sk: 1,
-        old: Close,
-        new: SynSent,
-        local: (IpAddr::V4(LO), 0),
-        remote: (IpAddr::V4(LO), 80),
-    });
-    let fail = Event::State(StateChange {
-        old: SynSent,
-        new: Close,
-        ..match syn {
-            Event::State(s) => s,
-            _ => unreachable!(),
-        }
-    });
+    let change = |old, new, local| {
+        Event::State(StateChange {
+            context: Task,
+            tid: 101,
+            sk: 1,
+            old,
+            new,
+            local: (IpAddr::V4(LO), local),
+            remote: (IpAddr::V4(LO), 80),
+        })
+    };
     // CPU 1's buffer, read first, holds the later events
-    t.push(at(30, fail));
-    t.push(at(40, Event::ConnectExit { tid: 101, ret: -99 }));
+    t.push(at(30, change(Established, FinWait1, 40000)));
     // CPU 0's, read second
-    t.push(at(10, Event::ConnectEnter { tid: 101 }));
-    t.push(at(20, syn));
-    t.advance(25, &mut lookup);
+    t.push(at(20, change(Close, SynSent, 0)));
+    t.advance(25, &mut Host);
     let r = t.report(1.0, "t", 0, 5, &|_| String::new());
     assert_eq!(
-        (r.processes[0].connects, r.processes[0].error_count()),
+        (r.processes[0].connects, r.processes[0].closed_first),
         (1, 0)
     );
-    t.advance(100, &mut lookup);
+    t.advance(100, &mut Host);
     let r = t.report(1.0, "t", 0, 5, &|_| String::new());
-    assert_eq!(r.processes[0].errors.get("EADDRNOTAVAIL"), Some(&1));
+    assert_eq!(r.processes[0].closed_first, 1);
+    assert_eq!(r.processes[0].destinations[0].connects, 1);
 }
 
 #[test]
@@ -297,11 +363,9 @@ fn pages_of_real_record_layouts_decode_into_the_tally() {
     let d = Decoder::new(&formats()).unwrap();
     let layout = PageLayout::parse(HEADER_PAGE).unwrap();
     let page = PageBuilder::new(1_000)
-        .record(1, &record::enter(101))
         .record(1, &record::state(false, 101, 5, 7, 2, (LO, 0), (LO, 80)))
         .record(1, &record::state(false, 101, 5, 2, 7, (LO, 0), (LO, 80)))
         .record(1, &record::exit(101, -99))
-        .record(1, &record::enter(101))
         .record(1, &record::state(false, 101, 6, 7, 2, (LO, 0), (LO, 80)))
         .record(
             1,
@@ -315,13 +379,13 @@ fn pages_of_real_record_layouts_decode_into_the_tally() {
         }
     })
     .unwrap();
-    assert_eq!(info.records, 7);
-    t.finish(&mut lookup);
+    assert_eq!(info.records, 5);
+    t.finish(&mut Host);
     let r = t.report(1.0, "t", 0, 5, &|_| String::new());
     let p = &r.processes[0];
     assert_eq!((p.connects, p.closed_first), (2, 1));
     assert_eq!(p.errors.get("EADDRNOTAVAIL"), Some(&1));
-    assert_eq!(r.events, 7);
+    assert_eq!(r.events, 5);
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["processes"][0]["errors"]["EADDRNOTAVAIL"], 1);
     assert_eq!(json["events_lost"], 0);

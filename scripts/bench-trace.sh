@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Benchmark: what `timewait trace` costs a connect-heavy workload, beside
+# perf_event_open ring buffers (`perf record` of the same three tracepoints
+# with the same kernel-side filters) in the same run.
+#
+# In a throw-away namespace, nginx (one worker) accepts on loopback and
+# `timewait load tcp://… --mode close` connects and closes as fast as it
+# can (each connect is 4-5 trace events). Runs alternate: no tracer,
+# `timewait trace --netns`, `perf record -a`. Medians of connects/s;
+# overhead = 1 - traced / untraced. For timewait trace also: events/s,
+# events lost, and its own CPU per event.
+# Usage: scripts/bench-trace.sh [RUNS] [SECS] [CONCURRENCY]   (default 5 5 32)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS="${1:-5}"; SECS="${2:-5}"; CONC="${3:-32}"
+source scripts/bench-lib.sh
+need_packages nginx:nginx-light perf:linux-perf
+cargo build --release --quiet --bin timewait
+BIN=$PWD/target/release/timewait
+bench_dir
+ns="twbench-trace-$$"
+ip netns add "$ns"
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns delete "$ns" 2>/dev/null || true; rm -rf "$DIR"' EXIT
+ip -n "$ns" link set lo up
+# Ports must not be what limits the rate (32,000/s with the 1 s reuse
+# delay): reuse TIME_WAIT ports after 1 ms where the kernel allows (6.14+).
+ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse_delay=1 2>/dev/null || true
+# nginx accepts; the client closes first (a TIME_WAIT on its side each time).
+cat > "$DIR/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; server { listen 127.0.0.1:7000 backlog=8192; location / { return 200; } } }
+CONF
+ip netns exec "$ns" nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
+sleep 0.5
+
+FILTER=$(python3 - <<'PY'
+import re
+src = open("crates/trace/src/event.rs").read()
+print(re.search(r'name: "inet_sock_set_state",\s*filter: "([^"]*)"', src).group(1))
+PY
+)
+
+# Saturated: as many connects/s as the machine gives (noisy here: the
+# neighbours' load moves it by tens of percent). Counted: N connects at
+# RATE/s, and the CPU time they cost: the load generator's (rusage of the
+# child, which includes the loopback softirq work done in its context),
+# nginx's worker's and the tracer's own; a tracer's cost shows as more CPU
+# per connect.
+RATE="${RATE:-10000}"
+load() { ip netns exec "$ns" "$BIN" load tcp://127.0.0.1:7000 --mode close --concurrency "$CONC" --json "$@"; }
+rate() {
+    python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+if r["errors"]: print("load errors:", r["errors"], file=sys.stderr)
+print(r["succeeded"] / r["duration_seconds"], r["succeeded"])'
+}
+# "cpu-seconds-of-children" after running the command.
+child_cpu() {
+    python3 -c '
+import resource, subprocess, sys
+out = subprocess.run(sys.argv[1:], check=True, capture_output=True).stdout
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stdout.buffer.write(out)
+print(ru.ru_utime + ru.ru_stime, file=sys.stderr)' "$@"
+}
+worker=""
+# One condition: "connects/s cpu-µs-per-connect"; $1 is the tracer's pid (or 0).
+measure() {
+    local sat sn n c t0 t1 w0 w1 cpu
+    read -r sat sn < <(load --duration "$SECS" | rate)
+    [[ -n "$worker" ]] || worker=$(pgrep -P "$(cat "$DIR/nginx.pid")")
+    read -r w0 w1 < <(ticks "$worker"); t0=$((w0 + w1))
+    if [[ "$1" != 0 ]]; then read -r a b < <(ticks "$1"); tr0=$((a + b)); fi
+    read -r _ n < <(child_cpu ip netns exec "$ns" "$BIN" load tcp://127.0.0.1:7000 --mode close \
+        --concurrency "$CONC" --rate "$RATE" --requests "$((RATE * SECS))" --json 2>"$DIR/cpu" | rate)
+    c=$(cat "$DIR/cpu")
+    read -r w0 w1 < <(ticks "$worker"); t1=$((w0 + w1))
+    tr=0; if [[ "$1" != 0 ]]; then read -r a b < <(ticks "$1"); tr=$((a + b - tr0)); fi
+    cpu=$(python3 -c "print(($c + ($t1 - $t0 + $tr) / $HZ) / $n * 1e6)")
+    echo "$sat $cpu $((sn + n))"
+}
+start_trace() {
+    "$BIN" trace --netns "$ns" --duration 600 --json > "$DIR/trace.json" & tp=$!
+    for _ in $(seq 200); do [[ "$(cat /sys/kernel/tracing/instances/timewait-$tp-0/tracing_on 2>/dev/null)" == 1 ]] && break; sleep 0.02; done
+}
+start_perf() {
+    perf record -q -a -o "$DIR/perf.data" \
+        -e syscalls:sys_exit_connect --filter 'ret < 0 && ret != -115' \
+        -e sock:inet_sock_set_state --filter "$FILTER" -e tcp:tcp_receive_reset 2>/dev/null & pp=$!
+    sleep 1
+}
+
+none=(); none_cpu=(); traced=(); traced_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
+for i in $(seq "$RUNS"); do
+    read -r a b _ < <(measure 0); none+=("$a"); none_cpu+=("$b")
+
+    start_trace
+    read -r u0 s0 < <(ticks "$tp")
+    read -r a b conns < <(measure "$tp"); traced+=("$a"); traced_cpu+=("$b")
+    read -r u1 s1 < <(ticks "$tp")
+    kill -INT "$tp"; wait "$tp"
+    read -r ev lo secs < <(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(r["events"], r["events_lost"], r["duration_seconds"])' "$DIR/trace.json")
+    # Peak event rate: the saturated phase's connects/s times events per connect.
+    eps+=("$(python3 -c "print($ev / $conns * $a)")"); epc=$(python3 -c "print(round($ev / $conns, 2))"); lost+=("$lo")
+    cpu+=("$(python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ / max($ev, 1) * 1e9)")")
+
+    start_perf
+    read -r a b _ < <(measure "$pp"); perfed+=("$a"); perfed_cpu+=("$b")
+    kill -INT "$pp"; wait "$pp" || true
+done
+echo "| tracer | connects/s, saturated | vs none | CPU µs per connect at ${RATE}/s (client + nginx + tracer) | vs none |"
+echo "|---|---:|---:|---:|---:|"
+row() {
+    python3 - "$@" <<'PY'
+import statistics, sys
+name, base_s, base_c = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+sat = statistics.median(map(float, sys.argv[4].split()))
+cpu = statistics.median(map(float, sys.argv[5].split()))
+rel = lambda x, b: "" if b == 0 else f"{100 * (x / b - 1):+.1f}%"
+print(f"| {name} | {sat:,.0f} | {rel(sat, base_s)} | {cpu:.2f} | {rel(cpu, base_c)} |")
+PY
+}
+bs=$(median "${none[@]}"); bc=$(median "${none_cpu[@]}")
+row "none" "$bs" "$bc" "${none[*]}" "${none_cpu[*]}"
+row "timewait trace (tracefs instance)" "$bs" "$bc" "${traced[*]}" "${traced_cpu[*]}"
+row "perf record (perf_event_open rings)" "$bs" "$bc" "${perfed[*]}" "${perfed_cpu[*]}"
+echo
+echo "timewait trace: $epc events per connect; at the saturated rate $(median "${eps[@]}" | xargs printf '%.0f') events/s (median of runs), events lost in all runs: $(IFS=+; echo $((${lost[*]}))); its own CPU $(median "${cpu[@]}" | xargs printf '%.0f') ns per event."
+echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2
