@@ -4,13 +4,13 @@
 //! from `per_cpu/cpuN/trace_pipe_raw`.
 //!
 //! Why an instance and not `perf_event_open`: both write to a per-CPU ring
-//! in the kernel, but an instance has its own buffers, filters and enable
+//! in the kernel and cost the workload the same (measured side by side,
+//! BENCHMARKS.md), but an instance has its own buffers, filters and enable
 //! switches, so the global tracing state (`/sys/kernel/tracing/trace`,
-//! `set_event`, other tools' sessions) is never touched; its pages are
-//! read with plain `read(2)` (no `mmap`, no unsafe code); and the measured
-//! cost per event was the lower (BENCHMARKS.md). The price: a `SIGKILL`ed
-//! run leaves its instance behind, so each run first removes instances of
-//! runs whose process is gone.
+//! `set_event`, other tools' sessions) is never touched, and its pages are
+//! read with plain `read(2)` (no `mmap`, no unsafe code). The price: a
+//! `SIGKILL`ed run leaves its instance behind, so each run first removes
+//! instances of runs whose process is gone.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};

@@ -10,7 +10,7 @@
 //! reads the pages; every decision about what the bytes mean is here and
 //! tested on recorded bytes.
 //!
-//! - [`format`]: tracefs `format` files (ids and field offsets).
+//! - [`mod@format`]: tracefs `format` files (ids and field offsets).
 //! - [`ring`]: ring-buffer pages (`trace_pipe_raw`).
 //! - [`event`]: the tracepoints, their kernel-side filters, and records
 //!   decoded into [`Event`]s.
