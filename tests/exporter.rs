@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::netns::Netns;
+use crate::harness::peer::Peer;
 use crate::harness::traffic::client_closes_first;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
@@ -311,4 +312,62 @@ fn the_dashboard_and_alerts_name_only_metrics_the_exporter_serves() {
             );
         }
     }
+}
+
+#[test]
+fn with_trace_the_exporter_counts_each_process_connect_errors_and_first_closes() {
+    let Some(ns) = Netns::new("exp-trace") else {
+        return;
+    };
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40049");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let mut server = Peer::start(&ns, &["server", "5000", "client-closes"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5000", "80", "client-closes"]);
+    // It prints its address once the tracer records.
+    let exp = Exporter::start(&["--netns", ns.name(), "--trace", "--cache-ms", "0"]);
+    server.go();
+    client.go();
+    let did = client.result();
+    let failed = did["errors"]["EADDRNOTAVAIL"].as_f64().unwrap();
+    let ok = did["ok"].as_f64().unwrap();
+    let labels = format!("{{pid=\"{}\",comm=\"python3\"", client.pid);
+    let errors = format!("timewait_process_connect_errors_total{labels},errno=\"EADDRNOTAVAIL\"}}");
+    let closed = format!("timewait_process_closed_first_total{labels}}}");
+    // The tracer publishes its tally once a second: wait (bounded) for it.
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = exp.get("/metrics").1;
+        if value(&text, &errors) == Some(failed) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(value(&text, &errors), Some(failed), "{text}");
+    assert_eq!(value(&text, &closed), Some(ok), "{text}");
+    assert_eq!(
+        value(&text, &format!("timewait_process_connects_total{labels}}}")),
+        Some(80.0)
+    );
+    assert_eq!(value(&text, "timewait_trace_running"), Some(1.0));
+    assert_eq!(value(&text, "timewait_trace_events_lost_total"), Some(0.0));
+    promtool_check_metrics(&text);
+    // SIGTERM: the tracer's instance goes with it.
+    let pid = exp.child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut exp = exp;
+    let status = exp.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let left = std::fs::read_dir("/sys/kernel/tracing/instances")
+        .unwrap()
+        .flatten()
+        .any(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("timewait-{pid}-"))
+        });
+    assert!(!left, "the exporter's tracefs instance was left behind");
 }

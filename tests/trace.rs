@@ -3,75 +3,15 @@
 //! namespace left out, server-side first closes charged to the server, and
 //! tracefs left as it was found (also after SIGINT).
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
 use crate::harness::netns::Netns;
+use crate::harness::peer::Peer;
 
-const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/harness/peer.py");
 const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// A peer.py process in a namespace, waiting for its go.
-struct Peer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-    pid: u32,
-}
-
-impl Peer {
-    fn start(ns: &Netns, args: &[&str]) -> Peer {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name(), "python3", PEER])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start python3 peer");
-        let stdin = child.stdin.take();
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        stdout.read_line(&mut line).unwrap();
-        let pid = line
-            .strip_prefix("ready ")
-            .and_then(|p| p.trim().parse().ok())
-            .unwrap_or_else(|| panic!("peer {args:?} said {line:?}"));
-        Peer {
-            child,
-            stdin,
-            stdout,
-            pid,
-        }
-    }
-
-    fn go(&mut self) {
-        let s = self.stdin.as_mut().unwrap();
-        s.write_all(b"go\n").unwrap();
-        s.flush().unwrap();
-    }
-
-    /// What a client did (its JSON line).
-    fn result(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-        self.stdin.take();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A running `timewait trace`, started and seen to be recording.
 struct Tracer {

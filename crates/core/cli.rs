@@ -586,8 +586,13 @@ pub struct ExporterArgs {
     pub cache_ms: u64,
     /// Print the metrics of a snapshot file (from `timewait snapshot`) once
     /// and exit, instead of serving.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid", "trace"])]
     pub from: Option<PathBuf>,
+    /// Also trace connect() and TCP state changes while serving, and export
+    /// per process connects, failed connects by errno and first closes
+    /// (needs root; see `timewait trace`).
+    #[arg(long)]
+    pub trace: bool,
 }
 
 #[derive(Debug, Args)]

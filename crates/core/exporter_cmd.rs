@@ -5,8 +5,11 @@ use std::net::{TcpListener, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use timewait_exporter::{Exporter, metrics, serve};
-use timewait_host::collect;
+use std::sync::Mutex;
+
+use timewait_exporter::{Exporter, TraceState, metrics, serve};
+use timewait_host::tracefs::TraceTarget;
+use timewait_host::{Target, collect};
 
 use crate::Failure;
 use crate::cli::ExporterArgs;
@@ -24,7 +27,7 @@ pub fn run_exporter(a: &ExporterArgs) -> Result<String, Failure> {
         )));
     }
     if let Some(path) = &a.from {
-        return Ok(metrics::render(&read_snapshot(path)?, a.top, 0.0));
+        return Ok(metrics::render(&read_snapshot(path)?, None, a.top, 0.0));
     }
     let addr = a
         .listen
@@ -39,17 +42,89 @@ pub fn run_exporter(a: &ExporterArgs) -> Result<String, Failure> {
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("--listen {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
     let label = t.label();
-    let exporter = Arc::new(Exporter::new(
+    let tracer = a
+        .trace
+        .then(|| start_tracer(t.clone(), a.top))
+        .transpose()?;
+    let mut exporter = Exporter::new(
         // Without the kernel log: a scan of the whole ring buffer per scrape
         // costs more than the one finding it adds on kernels before 4.10.
         move || collect(&t, v, false).map_err(|e| e.to_string()),
         a.top,
         Duration::from_millis(a.cache_ms),
-    ));
+    );
+    if let Some(state) = tracer {
+        exporter = exporter.with_trace(state);
+    }
+    let exporter = Arc::new(exporter);
     crate::render::emit(&format!(
         "timewait exporter: serving http://{bound}/metrics for namespace {label}\n"
     ))
     .map_err(|e| Failure::Runtime(e.into()))?;
     serve(listener, exporter).map_err(|e| Failure::Runtime(e.into()))?;
     Ok(String::new())
+}
+
+/// The tracer of `--trace`, on a thread of its own: its report each second
+/// goes to the returned state. SIGINT and SIGTERM stop it (its tracefs
+/// instance removed) and then end the exporter.
+fn start_tracer(target: Target, top: usize) -> Result<Arc<Mutex<TraceState>>, Failure> {
+    let state = Arc::new(Mutex::new(TraceState::Starting));
+    let stop = crate::trace_cmd::stop_on_signals()?;
+    let shared = Arc::clone(&state);
+    std::thread::spawn(move || {
+        let set = |s: TraceState| {
+            *shared
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
+        };
+        // Ten years: until stopped.
+        let forever = Duration::from_secs(10 * 365 * 24 * 3600);
+        let r =
+            crate::trace_cmd::traced(&TraceTarget::One(target), forever, top, &stop, &mut |r| {
+                set(TraceState::Running(r.clone()));
+            });
+        match r {
+            Ok(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => std::process::exit(0),
+            Ok(_) => set(TraceState::Stopped("the trace ended".into())),
+            Err(e) => {
+                let why = match e {
+                    Failure::Usage(m) => m,
+                    Failure::Runtime(e) => format!("{e:#}"),
+                    Failure::NotBuilt(..) => "not built".into(),
+                };
+                let serving = matches!(
+                    *shared
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                    TraceState::Running(_)
+                );
+                if serving {
+                    eprintln!("timewait exporter: --trace stopped: {why}");
+                }
+                set(TraceState::Stopped(why));
+                // The signals are still ours: honour them.
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                std::process::exit(0);
+            }
+        }
+    });
+    // Serve only once it records (its first report comes then), or fail
+    // now if it cannot start.
+    loop {
+        match &*state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
+            TraceState::Starting => {}
+            TraceState::Running(_) => break,
+            TraceState::Stopped(why) => {
+                return Err(Failure::Runtime(anyhow::anyhow!("--trace: {why}")));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(state)
 }

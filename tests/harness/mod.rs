@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod netns;
+pub mod peer;
 pub mod traffic;
 
 /// Held by tests whose timing must not be disturbed (paced connect streams

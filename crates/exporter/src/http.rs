@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 use timewait_snapshot::Snapshot;
 
-use crate::metrics::render;
+use crate::metrics::{TraceState, render};
 
 /// Scrapers served at once; more are answered 503.
 pub const MAX_CLIENTS: usize = 16;
@@ -27,6 +27,7 @@ pub struct Exporter<F> {
     cache: Duration,
     cached: Mutex<Option<(Instant, String)>>,
     clients: AtomicUsize,
+    trace: Option<Arc<Mutex<TraceState>>>,
 }
 
 impl<F: Fn() -> Result<Snapshot, String> + Send + Sync> Exporter<F> {
@@ -39,7 +40,14 @@ impl<F: Fn() -> Result<Snapshot, String> + Send + Sync> Exporter<F> {
             cache,
             cached: Mutex::new(None),
             clients: AtomicUsize::new(0),
+            trace: None,
         }
+    }
+
+    /// Also exports what a tracer running beside the exporter counted.
+    pub fn with_trace(mut self, trace: Arc<Mutex<TraceState>>) -> Exporter<F> {
+        self.trace = Some(trace);
+        self
     }
 
     /// The metrics text: cached if fresh, else collected now. Holding the
@@ -53,7 +61,16 @@ impl<F: Fn() -> Result<Snapshot, String> + Send + Sync> Exporter<F> {
         }
         let start = Instant::now();
         let snap = (self.collect)()?;
-        let text = render(&snap, self.top, start.elapsed().as_secs_f64());
+        let trace = self
+            .trace
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(PoisonError::into_inner).clone());
+        let text = render(
+            &snap,
+            trace.as_ref(),
+            self.top,
+            start.elapsed().as_secs_f64(),
+        );
         *cached = Some((Instant::now(), text.clone()));
         Ok(text)
     }

@@ -12,3 +12,4 @@ pub mod http;
 pub mod metrics;
 
 pub use http::{Exporter, serve};
+pub use metrics::TraceState;

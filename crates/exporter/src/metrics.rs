@@ -19,6 +19,19 @@ use prometheus_client::registry::{Registry, Unit};
 use timewait_analysis::{GroupBy, Reading, analyse};
 use timewait_doctor::DoctorReport;
 use timewait_snapshot::Snapshot;
+use timewait_trace::TraceReport;
+
+/// What `--trace` has to say: the tracer's report since it started, or why
+/// it is not running.
+#[derive(Debug, Clone)]
+pub enum TraceState {
+    /// Started; no report yet.
+    Starting,
+    /// The running tally.
+    Running(TraceReport),
+    /// It stopped (tracefs refused, or the process lost its rights).
+    Stopped(String),
+}
 
 /// The label value of the series that sums the destinations past `top`.
 pub const OTHER: &str = "other";
@@ -46,6 +59,19 @@ struct ServicePort {
 struct FindingLabels {
     code: String,
     severity: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessLabels {
+    pid: String,
+    comm: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProcessErrorLabels {
+    pid: String,
+    comm: String,
+    errno: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -86,10 +112,100 @@ fn counter(r: &mut Registry, name: &str, help: &str, v: i64) {
     r.register(name, help_text(help), c);
 }
 
-/// The metrics of one snapshot; `top` bounds the per-destination and
-/// per-port series; `scrape_seconds` is what collecting it took.
-pub fn render(snap: &Snapshot, top: usize, scrape_seconds: f64) -> String {
+/// Counters of a running total, one family.
+fn counters<L>(r: &mut Registry, name: &str, help: &str) -> Family<L, Counter<u64>>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    let f = Family::<L, Counter<u64>>::default();
+    r.register(name, help_text(help), f.clone());
+    f
+}
+
+/// The tracer's per-process counts (the `top` processes, most errors and
+/// first closes first), counted since the exporter started.
+fn trace_metrics(r: &mut Registry, state: &TraceState, top: usize) {
+    gauge(
+        r,
+        "trace_running",
+        "1 while the connect() and TCP state tracer of --trace runs, 0 if it stopped (the exporter's log says why).",
+        None,
+        f64::from(u8::from(!matches!(state, TraceState::Stopped(_)))),
+    );
+    let TraceState::Running(t) = state else {
+        return;
+    };
+    let labels = |p: &timewait_trace::ProcessReport| ProcessLabels {
+        pid: p.pid.to_string(),
+        comm: p.comm.clone().unwrap_or_default(),
+    };
+    let connects = counters::<ProcessLabels>(
+        r,
+        "process_connects",
+        "connect() calls on TCP sockets per process, since the exporter started (from tracepoints).",
+    );
+    let errors = counters::<ProcessErrorLabels>(
+        r,
+        "process_connect_errors",
+        "Failed connects per process by errno (EADDRNOTAVAIL: no free port toward the destination), since the exporter started.",
+    );
+    let closed = counters::<ProcessLabels>(
+        r,
+        "process_closed_first",
+        "Connections a process opened and closed first, since the exporter started: each left a TIME_WAIT socket on this host.",
+    );
+    let server = counters::<ProcessLabels>(
+        r,
+        "process_server_closed_first",
+        "Accepted connections a process closed first (server-side TIME_WAIT), since the exporter started.",
+    );
+    for p in t.processes.iter().take(top) {
+        let l = labels(p);
+        connects.get_or_create(&l).inc_by(p.connects);
+        closed.get_or_create(&l).inc_by(p.closed_first);
+        server.get_or_create(&l).inc_by(p.server_closed_first);
+        for (errno, n) in &p.errors {
+            errors
+                .get_or_create(&ProcessErrorLabels {
+                    pid: l.pid.clone(),
+                    comm: l.comm.clone(),
+                    errno: errno.clone(),
+                })
+                .inc_by(*n);
+        }
+    }
+    let c = |r: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        r.register(name, help_text(help), c);
+    };
+    c(
+        r,
+        "trace_events",
+        "Trace records read since the exporter started.",
+        t.events,
+    );
+    c(
+        r,
+        "trace_events_lost",
+        "Trace records the kernel dropped (buffers full): the per-process counts are short by about this many.",
+        t.events_lost,
+    );
+}
+
+/// The metrics of one snapshot (and, with `--trace`, of the tracer);
+/// `top` bounds the per-destination, per-port and per-process series;
+/// `scrape_seconds` is what collecting it took.
+pub fn render(
+    snap: &Snapshot,
+    trace: Option<&TraceState>,
+    top: usize,
+    scrape_seconds: f64,
+) -> String {
     let mut r = Registry::with_prefix("timewait");
+    if let Some(t) = trace {
+        trace_metrics(&mut r, t, top);
+    }
     let report = analyse(snap, GroupBy::Destination, usize::MAX);
     let doctor = DoctorReport::new(snap, None, &[], None, None);
 
@@ -439,7 +555,7 @@ mod tests {
     #[test]
     fn top_bounds_the_destination_series_and_other_keeps_the_sums() {
         let snap = snapshot(300, "1");
-        let text = render(&snap, 20, 0.001);
+        let text = render(&snap, None, 20, 0.001);
         let tw_lines: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("timewait_destination_time_wait{"))
@@ -463,7 +579,7 @@ mod tests {
 
     #[test]
     fn kernel_counters_settings_and_findings_are_exported() {
-        let text = render(&snapshot(3, "0"), 50, 0.25);
+        let text = render(&snapshot(3, "0"), None, 50, 0.25);
         assert_eq!(
             value(&text, "timewait_tcp_time_wait_overflow_total"),
             Some(6.0)
@@ -499,7 +615,7 @@ mod tests {
 
     #[test]
     fn an_unreadable_value_is_left_out_and_counted() {
-        let text = render(&snapshot(3, "7"), 50, 0.0);
+        let text = render(&snapshot(3, "7"), None, 50, 0.0);
         assert_eq!(value(&text, "timewait_sysctl_tcp_tw_reuse"), None);
         assert!(
             !text.contains("timewait_destination_max_new_connections_per_second{"),

@@ -370,7 +370,8 @@ pub struct Traced {
 }
 
 /// Traces `target` for `duration` (or until `stop` is set), calling
-/// `each_second` with the report so far about once a second.
+/// `each_second` with the report so far once recording has started and
+/// then about once a second.
 pub fn trace(
     target: &TraceTarget,
     duration: Duration,
@@ -408,6 +409,7 @@ pub fn trace(
     }
     let mut lookup = crate::process::HostLookup;
     let start = Instant::now();
+    each_second(&tally.report(0.0, &label, 0, top, &name_of));
     let mut next_tick = start + Duration::from_secs(1);
     let mut interrupted = false;
     loop {
