@@ -279,8 +279,42 @@ fn the_dashboard_and_alerts_name_only_metrics_the_exporter_serves() {
         .output()
         .unwrap();
     assert!(o.status.success());
-    let text = String::from_utf8(o.stdout).unwrap();
+    let mut text = String::from_utf8(o.stdout).unwrap();
     promtool_check_metrics(&text);
+    // With --trace, also the tracer's families (their names, from the same
+    // renderer; the values are checked against the kernel above).
+    let snap = timewait_snapshot::Snapshot::from_json(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/hosts/netns-mixed/snapshot.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let mut one = timewait_trace::Tally::new(timewait_trace::Scope::All).report(
+        1.0,
+        "all",
+        0,
+        5,
+        &|_| String::new(),
+    );
+    one.processes.push(timewait_trace::ProcessReport {
+        pid: 1,
+        comm: Some("app".into()),
+        netns: None,
+        connects: 2,
+        errors: [("EADDRNOTAVAIL".to_string(), 1)].into(),
+        closed_first: 1,
+        server_closed_first: 1,
+        resets: 0,
+        destinations: vec![],
+    });
+    text.push_str(&timewait_exporter::metrics::render(
+        &snap,
+        Some(&timewait_exporter::TraceState::Running(one)),
+        5,
+        0.0,
+    ));
     let served: std::collections::BTreeSet<String> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
