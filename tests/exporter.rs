@@ -291,13 +291,9 @@ fn the_dashboard_and_alerts_name_only_metrics_the_exporter_serves() {
         .unwrap(),
     )
     .unwrap();
-    let mut one = timewait_trace::Tally::new(timewait_trace::Scope::All).report(
-        1.0,
-        "all",
-        0,
-        5,
-        &|_| String::new(),
-    );
+    let mut one =
+        timewait_trace::Tally::new(timewait_trace::Scope::All)
+            .report(1.0, "all", 0, 5, &|_| String::new());
     one.processes.push(timewait_trace::ProcessReport {
         pid: 1,
         comm: Some("app".into()),

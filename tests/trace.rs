@@ -130,14 +130,23 @@ fn trace_names_the_process_with_exact_connects_failures_and_first_closes() {
     a.sysctl("net.ipv4.tcp_tw_reuse", "0");
     let mut server_a = Peer::start(&a, &["server", "5000", "client-closes"]);
     let mut client_a = Peer::start(&a, &["client", "127.0.0.1", "5000", "150", "client-closes"]);
+    // Nothing listens on 5999: refused, no TIME_WAIT.
+    let mut refused = Peer::start(&a, &["client", "127.0.0.1", "5999", "10", "client-closes"]);
     let mut server_b = Peer::start(&b, &["server", "5000", "client-closes"]);
     let mut client_b = Peer::start(&b, &["client", "127.0.0.1", "5000", "20", "client-closes"]);
     let tracer = Tracer::start(&["--netns", a.name()]);
     let global = global_state();
     let everywhere = Tracer::start(&["--all"]);
-    for p in [&mut server_a, &mut server_b, &mut client_a, &mut client_b] {
+    for p in [
+        &mut server_a,
+        &mut server_b,
+        &mut client_a,
+        &mut client_b,
+        &mut refused,
+    ] {
         p.go();
     }
+    assert_eq!(refused.result()["errors"]["ECONNREFUSED"], 10);
     let did_a = client_a.result();
     let did_b = client_b.result();
     let report = tracer.stop();
@@ -164,6 +173,11 @@ fn trace_names_the_process_with_exact_connects_failures_and_first_closes() {
     );
     assert_eq!(d["errors"]["EADDRNOTAVAIL"], failed);
     assert_eq!(d["closed_first"], ok);
+    let r = process(&report, refused.pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(r["connects"], 10);
+    assert_eq!(r["errors"], serde_json::json!({"ECONNREFUSED": 10}));
+    assert_eq!(r["closed_first"], 0);
+    assert_eq!(r["destinations"][0]["remote_port"], 5999);
     // The server closed second: no TIME_WAIT of its making.
     assert!(process(&report, server_a.pid).is_none(), "{report:#}");
     // The other namespace's processes are not counted.
@@ -194,7 +208,8 @@ fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
     };
     let mut server = Peer::start(&ns, &["server", "5001", "server-closes"]);
     let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5001", "40", "server-closes"]);
-    let tracer = Tracer::start(&["--netns", ns.name()]);
+    // With --syscalls too: the same counts.
+    let tracer = Tracer::start(&["--netns", ns.name(), "--syscalls"]);
     server.go();
     client.go();
     assert_eq!(client.result()["ok"], 40);

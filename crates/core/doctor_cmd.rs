@@ -8,7 +8,7 @@ use timewait_doctor::NginxInput;
 use timewait_doctor::{DoctorReport, Severity, TuneReport, plan};
 use timewait_host::nginx_files::{NginxFiles, installed_version, masters};
 use timewait_host::sysctl::{CONF_DIR, CONF_NAME, apply};
-use timewait_host::tracefs::TraceTarget;
+use timewait_host::tracefs::{TraceOptions, TraceTarget};
 use timewait_host::{Target, collect, default_nginx_config};
 use timewait_nginx::check::Version;
 use timewait_nginx::parse_file;
@@ -44,10 +44,14 @@ pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
     // The trace first: the snapshot then shows what the traced traffic left.
     let traced = match args.trace {
         Some(secs) => {
-            let duration = crate::trace_cmd::seconds("trace", secs)?;
+            let options = TraceOptions {
+                duration: crate::trace_cmd::seconds("trace", secs)?,
+                top: 5,
+                syscalls: false,
+            };
             let stop = crate::trace_cmd::stop_on_signals()?;
             let t = TraceTarget::One(target(&args.target));
-            Some(crate::trace_cmd::traced(&t, duration, 5, &stop, &mut |_| {})?.report)
+            Some(crate::trace_cmd::traced(&t, &options, &stop, &mut |_| {})?.report)
         }
         None => None,
     };

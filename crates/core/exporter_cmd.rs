@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use timewait_exporter::{Exporter, TraceState, metrics, serve};
-use timewait_host::tracefs::TraceTarget;
+use timewait_host::tracefs::{TraceOptions, TraceTarget};
 use timewait_host::{Target, collect};
 
 use crate::Failure;
@@ -78,12 +78,15 @@ fn start_tracer(target: Target, top: usize) -> Result<Arc<Mutex<TraceState>>, Fa
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = s;
         };
-        // Ten years: until stopped.
-        let forever = Duration::from_secs(10 * 365 * 24 * 3600);
-        let r =
-            crate::trace_cmd::traced(&TraceTarget::One(target), forever, top, &stop, &mut |r| {
-                set(TraceState::Running(r.clone()));
-            });
+        let options = TraceOptions {
+            // Ten years: until stopped.
+            duration: Duration::from_secs(10 * 365 * 24 * 3600),
+            top,
+            syscalls: false,
+        };
+        let r = crate::trace_cmd::traced(&TraceTarget::One(target), &options, &stop, &mut |r| {
+            set(TraceState::Running(r.clone()));
+        });
         match r {
             Ok(_) if stop.load(std::sync::atomic::Ordering::Relaxed) => std::process::exit(0),
             Ok(_) => set(TraceState::Stopped("the trace ended".into())),

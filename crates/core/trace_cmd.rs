@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use timewait_host::tracefs::{TraceTarget, Traced, trace};
+use timewait_host::tracefs::{TraceOptions, TraceTarget, Traced, trace};
 use timewait_trace::{ProcessReport, TraceReport};
 
 use crate::Failure;
@@ -44,12 +44,11 @@ pub fn seconds(flag: &str, v: f64) -> Result<Duration, Failure> {
 /// Traces and tells the user what it did to tracefs.
 pub fn traced(
     target: &TraceTarget,
-    duration: Duration,
-    top: usize,
+    options: &TraceOptions,
     stop: &AtomicBool,
     each_second: &mut dyn FnMut(&TraceReport),
 ) -> Result<Traced, Failure> {
-    let t = trace(target, duration, top, stop, each_second)?;
+    let t = trace(target, options, stop, each_second)?;
     if t.tracefs.mounted_now {
         eprintln!(
             "timewait: mounted tracefs at {} (it was not mounted; left mounted)",
@@ -81,7 +80,12 @@ pub fn run_trace(a: &TraceArgs, st: &Style) -> Result<String, Failure> {
             let _ = render::emit(&format!("\x1b[H\x1b[2J{}", human(r, st)));
         }
     };
-    let t = traced(&target, duration, a.top, &stop, &mut redraw)?;
+    let options = TraceOptions {
+        duration,
+        top: a.top,
+        syscalls: a.syscalls,
+    };
+    let t = traced(&target, &options, &stop, &mut redraw)?;
     if a.json {
         return Ok(render::json(&t.report)?);
     }

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 use timewait_trace::{
-    Decoder, Format, PageLayout, Scope, TRACEPOINTS, Tally, Timed, TraceReport, parse_page,
+    CONNECT_EXIT, Decoder, Format, Formats, PageLayout, Scope, TRACEPOINTS, Tally, Timed,
+    TraceReport, Tracepoint, parse_page,
 };
 
 use crate::{HostError, Target};
@@ -140,8 +141,9 @@ pub struct Instance {
 
 impl Instance {
     /// Creates the instance, sets its buffers, clock and filters, enables
-    /// the tracepoints and opens every CPU's pipe.
-    pub fn create(fs_: &Tracefs) -> Result<Instance, HostError> {
+    /// the tracepoints (with `syscalls`, also connect()'s failures) and
+    /// opens every CPU's pipe.
+    pub fn create(fs_: &Tracefs, syscalls: bool) -> Result<Instance, HostError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let instances = fs_.root.join("instances");
         remove_stale(&instances);
@@ -152,7 +154,7 @@ impl Instance {
         ));
         let layout = PageLayout::parse(&read(&fs_.root.join("events/header_page"))?)
             .map_err(HostError::Trace)?;
-        let decoder = Decoder::new(&formats(&fs_.root)?).map_err(HostError::Trace)?;
+        let decoder = Decoder::new(&formats(&fs_.root, syscalls)?).map_err(HostError::Trace)?;
         fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
         // From here on, Drop removes it, whatever fails.
         let mut me = Instance {
@@ -164,11 +166,11 @@ impl Instance {
             undecodable: 0,
             pages_after_loss: 0,
         };
-        me.configure()?;
+        me.configure(syscalls)?;
         Ok(me)
     }
 
-    fn configure(&mut self) -> Result<(), HostError> {
+    fn configure(&mut self, syscalls: bool) -> Result<(), HostError> {
         let d = self.dir.clone();
         write(&d.join("tracing_on"), "0")?;
         write(&d.join("buffer_size_kb"), &BUFFER_KB.to_string())?;
@@ -176,7 +178,8 @@ impl Instance {
         // than overwrite unread ones; one clock for every CPU.
         write(&d.join("options/overwrite"), "0")?;
         write(&d.join("trace_clock"), "mono")?;
-        for tp in TRACEPOINTS {
+        let extra = syscalls.then_some(CONNECT_EXIT);
+        for tp in TRACEPOINTS.into_iter().chain(extra) {
             let ev = d.join("events").join(tp.system).join(tp.name);
             if !tp.filter.is_empty() {
                 fs::write(ev.join("filter"), tp.filter).map_err(|e| {
@@ -327,20 +330,23 @@ fn read(path: &Path) -> Result<String, HostError> {
     })
 }
 
-fn formats(root: &Path) -> Result<[Format; 3], HostError> {
-    let mut out = Vec::with_capacity(3);
-    for tp in TRACEPOINTS {
-        let path = root
-            .join("events")
-            .join(tp.system)
-            .join(tp.name)
-            .join("format");
-        out.push(
-            Format::parse(&path.display().to_string(), &read(&path)?).map_err(HostError::Trace)?,
-        );
-    }
-    out.try_into()
-        .map_err(|_| HostError::Tracefs("tracepoint formats".into()))
+fn format(root: &Path, tp: Tracepoint) -> Result<Format, HostError> {
+    let path = root
+        .join("events")
+        .join(tp.system)
+        .join(tp.name)
+        .join("format");
+    Format::parse(&path.display().to_string(), &read(&path)?).map_err(HostError::Trace)
+}
+
+fn formats(root: &Path, syscalls: bool) -> Result<Formats, HostError> {
+    let [set_state, receive_reset, error_report] = TRACEPOINTS;
+    Ok(Formats {
+        set_state: format(root, set_state)?,
+        receive_reset: format(root, receive_reset)?,
+        error_report: format(root, error_report)?,
+        connect_exit: syscalls.then(|| format(root, CONNECT_EXIT)).transpose()?,
+    })
 }
 
 fn now_ns() -> u64 {
@@ -356,6 +362,19 @@ pub enum TraceTarget {
     One(Target),
     /// Every namespace (`--all`).
     All,
+}
+
+/// How to trace.
+#[derive(Debug, Clone, Copy)]
+pub struct TraceOptions {
+    /// For how long (unless stopped).
+    pub duration: Duration,
+    /// Destinations kept per process in the report.
+    pub top: usize,
+    /// Also trace connect()'s failures (`--syscalls`): those before any
+    /// handshake (no route) are seen only so, at the cost of every system
+    /// call taking the kernel's slow path while tracing.
+    pub syscalls: bool,
 }
 
 /// A finished trace.
@@ -374,17 +393,21 @@ pub struct Traced {
 /// then about once a second.
 pub fn trace(
     target: &TraceTarget,
-    duration: Duration,
-    top: usize,
+    options: &TraceOptions,
     stop: &AtomicBool,
     each_second: &mut dyn FnMut(&TraceReport),
 ) -> Result<Traced, HostError> {
+    let TraceOptions {
+        duration,
+        top,
+        syscalls,
+    } = *options;
     let scope = match target {
         TraceTarget::All => Scope::All,
         TraceTarget::One(t) => Scope::Netns(t.netns_inode()?),
     };
     let fs_ = tracefs()?;
-    let mut instance = Instance::create(&fs_)?;
+    let mut instance = Instance::create(&fs_, syscalls)?;
     let names = crate::process::netns_names();
     let name_of = |ino: u64| {
         names
@@ -399,7 +422,7 @@ pub fn trace(
         (_, Scope::Netns(ns)) => format!("netns {}", name_of(ns)),
         (_, Scope::All) => "all namespaces".to_string(),
     };
-    let mut tally = Tally::new(scope);
+    let mut tally = Tally::new(scope).with_syscalls(syscalls);
     if let Scope::Netns(ns) = scope {
         // Threads already running are placed now: one that exits before its
         // first event is read could no longer be.

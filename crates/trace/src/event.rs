@@ -1,4 +1,4 @@
-//! The three tracepoints `trace` reads, their kernel-side filters, and the
+//! The tracepoints `trace` reads, their kernel-side filters, and the
 //! decoding of their records into [`Event`]s.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -32,12 +32,13 @@ pub struct Tracepoint {
     pub filter: &'static str,
 }
 
-/// connect() failed. Not its entry, nor its EINPROGRESS or success: the
-/// handshake's start is the CLOSE→SYN_SENT state change, in the caller's
-/// context, so only failures need the system call (for their errno).
-/// Enabling any system-call tracepoint puts every system call of every task
-/// on the kernel's slow path; an event per connect would add a record per
-/// connect on top (BENCHMARKS.md).
+/// connect() failed (with `--syscalls` only). Not its entry, nor its
+/// EINPROGRESS or success: the handshake's start is the CLOSE→SYN_SENT
+/// state change in the caller's context, and a failed handshake's errno
+/// comes from the state changes and [`ERROR_REPORT`]. What only this gives
+/// is a connect() that fails before any handshake (no route, refused by a
+/// firewall hook): but enabling any system-call tracepoint puts every
+/// system call of every task on the kernel's slow path (BENCHMARKS.md).
 pub const CONNECT_EXIT: Tracepoint = Tracepoint {
     system: "syscalls",
     name: "sys_exit_connect",
@@ -59,10 +60,20 @@ pub const RECEIVE_RESET: Tracepoint = Tracepoint {
     name: "tcp_receive_reset",
     filter: "",
 };
+/// An error set on a TCP socket (`sk_err`): a handshake ended by a reset
+/// (ECONNREFUSED), an ICMP error (EHOSTUNREACH, ENETUNREACH, …) or its
+/// timer (ETIMEDOUT) reports it just before the socket goes back to CLOSE.
+/// Errors are rare, so this costs nothing on a healthy host.
+pub const ERROR_REPORT: Tracepoint = Tracepoint {
+    system: "sock",
+    name: "inet_sk_error_report",
+    filter: "protocol == 6",
+};
 
-/// Every tracepoint `trace` enables, in the order [`Decoder::new`] takes
-/// their formats.
-pub const TRACEPOINTS: [Tracepoint; 3] = [CONNECT_EXIT, SET_STATE, RECEIVE_RESET];
+/// The tracepoints `trace` always enables, in the order
+/// [`Formats::from_iter`] expects them; [`CONNECT_EXIT`] is added with
+/// `--syscalls`.
+pub const TRACEPOINTS: [Tracepoint; 3] = [SET_STATE, RECEIVE_RESET, ERROR_REPORT];
 
 /// Who was running when the event fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +121,16 @@ pub enum Event {
         /// The kernel's socket address.
         sk: u64,
     },
+    /// An error (a positive errno) was set on the TCP socket with this
+    /// local and remote address.
+    Error {
+        /// The errno.
+        errno: i64,
+        /// Local address and port.
+        local: (IpAddr, u16),
+        /// Remote address and port.
+        remote: (IpAddr, u16),
+    },
 }
 
 /// An event and when it happened (ns of the trace clock).
@@ -127,11 +148,8 @@ struct Common {
     pid: Field,
 }
 
-struct StateFields {
-    id: u16,
-    sk: Field,
-    old: Field,
-    new: Field,
+/// Where a record keeps its two endpoints.
+struct Addrs {
     sport: Field,
     dport: Field,
     family: Field,
@@ -141,15 +159,70 @@ struct StateFields {
     daddr_v6: Field,
 }
 
+impl Addrs {
+    fn of(f: &Format) -> Result<Addrs, TraceError> {
+        Ok(Addrs {
+            sport: f.field("sport")?,
+            dport: f.field("dport")?,
+            family: f.field("family")?,
+            saddr: f.field("saddr")?,
+            daddr: f.field("daddr")?,
+            saddr_v6: f.field("saddr_v6")?,
+            daddr_v6: f.field("daddr_v6")?,
+        })
+    }
+
+    /// (local, remote), or `None` for another family or a short record.
+    fn read(&self, r: &[u8]) -> Option<((IpAddr, u16), (IpAddr, u16))> {
+        let (saddr, daddr) = match read_u64(r, self.family)? {
+            AF_INET => (
+                v4(read_bytes(r, self.saddr)?)?,
+                v4(read_bytes(r, self.daddr)?)?,
+            ),
+            AF_INET6 => (
+                v6(read_bytes(r, self.saddr_v6)?)?,
+                v6(read_bytes(r, self.daddr_v6)?)?,
+            ),
+            _ => return None,
+        };
+        Some((
+            (saddr, u16::try_from(read_u64(r, self.sport)?).ok()?),
+            (daddr, u16::try_from(read_u64(r, self.dport)?).ok()?),
+        ))
+    }
+}
+
+struct StateFields {
+    id: u16,
+    sk: Field,
+    old: Field,
+    new: Field,
+    addrs: Addrs,
+}
+
+/// The formats of the tracepoints enabled.
+pub struct Formats {
+    /// [`SET_STATE`]'s.
+    pub set_state: Format,
+    /// [`RECEIVE_RESET`]'s.
+    pub receive_reset: Format,
+    /// [`ERROR_REPORT`]'s.
+    pub error_report: Format,
+    /// [`CONNECT_EXIT`]'s, with `--syscalls`.
+    pub connect_exit: Option<Format>,
+}
+
 /// Turns records into [`Event`]s with the offsets this kernel's format
 /// files give.
 pub struct Decoder {
     common: Common,
-    exit: u16,
-    exit_ret: Field,
+    exit: Option<(u16, Field)>,
     state: StateFields,
     reset: u16,
     reset_sk: Field,
+    error: u16,
+    error_errno: Field,
+    error_addrs: Addrs,
 }
 
 fn id(f: &Format) -> Result<u16, TraceError> {
@@ -160,32 +233,32 @@ fn id(f: &Format) -> Result<u16, TraceError> {
 }
 
 impl Decoder {
-    /// From the formats of [`TRACEPOINTS`], in that order.
-    pub fn new(formats: &[Format; 3]) -> Result<Decoder, TraceError> {
-        let [exit, state, reset] = formats;
+    /// From the formats of the tracepoints enabled.
+    pub fn new(f: &Formats) -> Result<Decoder, TraceError> {
+        let state = &f.set_state;
+        let exit = match &f.connect_exit {
+            Some(e) => Some((id(e)?, e.field("ret")?)),
+            None => None,
+        };
         Ok(Decoder {
             common: Common {
                 kind: state.field("common_type")?,
                 flags: state.field("common_flags")?,
                 pid: state.field("common_pid")?,
             },
-            exit: id(exit)?,
-            exit_ret: exit.field("ret")?,
+            exit,
             state: StateFields {
                 id: id(state)?,
                 sk: state.field("skaddr")?,
                 old: state.field("oldstate")?,
                 new: state.field("newstate")?,
-                sport: state.field("sport")?,
-                dport: state.field("dport")?,
-                family: state.field("family")?,
-                saddr: state.field("saddr")?,
-                daddr: state.field("daddr")?,
-                saddr_v6: state.field("saddr_v6")?,
-                daddr_v6: state.field("daddr_v6")?,
+                addrs: Addrs::of(state)?,
             },
-            reset: id(reset)?,
-            reset_sk: reset.field("skaddr")?,
+            reset: id(&f.receive_reset)?,
+            reset_sk: f.receive_reset.field("skaddr")?,
+            error: id(&f.error_report)?,
+            error_errno: f.error_report.field("error")?,
+            error_addrs: Addrs::of(&f.error_report)?,
         })
     }
 
@@ -194,9 +267,19 @@ impl Decoder {
     pub fn decode(&self, record: &[u8]) -> Option<Event> {
         let kind = u16::try_from(read_u64(record, self.common.kind)?).ok()?;
         let tid = u32::try_from(read_u64(record, self.common.pid)?).ok()?;
-        if kind == self.exit {
-            let ret = read_u64(record, self.exit_ret)? as i64;
+        if let Some((exit, ret)) = self.exit
+            && kind == exit
+        {
+            let ret = read_u64(record, ret)? as i64;
             Some(Event::ConnectExit { tid, ret })
+        } else if kind == self.error {
+            let (local, remote) = self.error_addrs.read(record)?;
+            let errno = i64::from(read_u64(record, self.error_errno)? as u32 as i32);
+            Some(Event::Error {
+                errno,
+                local,
+                remote,
+            })
         } else if kind == self.reset {
             Some(Event::Reset {
                 sk: read_u64(record, self.reset_sk)?,
@@ -217,22 +300,15 @@ impl Decoder {
             Context::Task
         };
         let state = |f| TcpState::from_kernel(u8::try_from(read_u64(r, f)?).ok()?);
-        let (saddr, daddr) = match read_u64(r, s.family)? {
-            AF_INET => (v4(read_bytes(r, s.saddr)?)?, v4(read_bytes(r, s.daddr)?)?),
-            AF_INET6 => (
-                v6(read_bytes(r, s.saddr_v6)?)?,
-                v6(read_bytes(r, s.daddr_v6)?)?,
-            ),
-            _ => return None,
-        };
+        let (local, remote) = s.addrs.read(r)?;
         Some(StateChange {
             context,
             tid,
             sk: read_u64(r, s.sk)?,
             old: state(s.old)?,
             new: state(s.new)?,
-            local: (saddr, u16::try_from(read_u64(r, s.sport)?).ok()?),
-            remote: (daddr, u16::try_from(read_u64(r, s.dport)?).ok()?),
+            local,
+            remote,
         })
     }
 }
@@ -253,13 +329,14 @@ fn v6(b: &[u8]) -> Option<IpAddr> {
 pub(crate) mod tests {
     use super::*;
 
-    pub(crate) fn formats() -> [Format; 3] {
-        [
-            include_str!("../testdata/sys_exit_connect.format"),
-            include_str!("../testdata/inet_sock_set_state.format"),
-            include_str!("../testdata/tcp_receive_reset.format"),
-        ]
-        .map(|t| Format::parse("testdata", t).unwrap())
+    pub(crate) fn formats() -> Formats {
+        let f = |t: &str| Format::parse("testdata", t).unwrap();
+        Formats {
+            set_state: f(include_str!("../testdata/inet_sock_set_state.format")),
+            receive_reset: f(include_str!("../testdata/tcp_receive_reset.format")),
+            error_report: f(include_str!("../testdata/inet_sk_error_report.format")),
+            connect_exit: Some(f(include_str!("../testdata/sys_exit_connect.format"))),
+        }
     }
 
     /// Records as this kernel writes them, for the formats in testdata.
@@ -304,6 +381,22 @@ pub(crate) mod tests {
             r[8..16].copy_from_slice(&sk.to_ne_bytes());
             r
         }
+        pub(crate) fn error(
+            errno: i32,
+            local: (Ipv4Addr, u16),
+            remote: (Ipv4Addr, u16),
+        ) -> Vec<u8> {
+            let mut r = vec![0u8; 60];
+            r[..2].copy_from_slice(&2286u16.to_ne_bytes());
+            r[8..12].copy_from_slice(&errno.to_ne_bytes());
+            r[12..14].copy_from_slice(&local.1.to_ne_bytes());
+            r[14..16].copy_from_slice(&remote.1.to_ne_bytes());
+            r[16..18].copy_from_slice(&2u16.to_ne_bytes());
+            r[18..20].copy_from_slice(&6u16.to_ne_bytes());
+            r[20..24].copy_from_slice(&local.0.octets());
+            r[24..28].copy_from_slice(&remote.0.octets());
+            r
+        }
     }
 
     #[test]
@@ -323,6 +416,14 @@ pub(crate) mod tests {
         assert_eq!((s.old, s.new), (TcpState::Close, TcpState::SynSent));
         assert_eq!(s.remote, (IpAddr::V4(lo), 80));
         assert_eq!(s.sk, 0xfeed);
+        assert_eq!(
+            d.decode(&record::error(113, (lo, 40000), (lo, 80))),
+            Some(Event::Error {
+                errno: 113,
+                local: (IpAddr::V4(lo), 40000),
+                remote: (IpAddr::V4(lo), 80)
+            })
+        );
         assert_eq!(
             d.decode(&record::reset(0xfeed)),
             Some(Event::Reset { sk: 0xfeed })

@@ -1,6 +1,7 @@
-//! Who burns the ports. `timewait trace` reads three kernel tracepoints —
-//! `sock:inet_sock_set_state`, `syscalls:sys_exit_connect` (failures only)
-//! and `tcp:tcp_receive_reset` — from a tracefs
+//! Who burns the ports. `timewait trace` reads kernel tracepoints —
+//! `sock:inet_sock_set_state`, `tcp:tcp_receive_reset`,
+//! `sock:inet_sk_error_report` and, with `--syscalls`,
+//! `syscalls:sys_exit_connect` (failures only) — from a tracefs
 //! instance of its own, and this crate turns what it reads into a report:
 //! per process, connects, failed connects by errno (with their
 //! destinations), first closes (each one a TIME_WAIT socket on this host)
@@ -24,7 +25,7 @@ pub mod report;
 pub mod ring;
 pub mod tally;
 
-pub use event::{Decoder, Event, TRACEPOINTS, Timed, Tracepoint};
+pub use event::{CONNECT_EXIT, Decoder, Event, Formats, TRACEPOINTS, Timed, Tracepoint};
 pub use format::Format;
 pub use report::{DestinationReport, ProcessReport, Totals, TraceReport};
 pub use ring::{PageLayout, parse_page};

@@ -3,14 +3,14 @@
 //! - A connect is a CLOSE→SYN_SENT in a thread's own context: that thread
 //!   is in connect() (or TCP Fast Open's sendto), and its process owns the
 //!   socket. The destination is the event's, so failures have one too.
-//! - It fails when the socket goes SYN_SENT→CLOSE. The errno is the one
-//!   connect() returned if it returns one within [`GRACE_NS`] (a blocking
-//!   connect); otherwise, for a non-blocking connect whose connect() said
-//!   EINPROGRESS (not traced: a record per connect), it is inferred: a reset
-//!   arrived first → ECONNREFUSED; no local port was ever chosen →
-//!   EADDRNOTAVAIL (the kernel moves the socket to SYN_SENT, finds no free
-//!   port and moves it back); the owner closed it → `abandoned`; else the
-//!   handshake timed out → ETIMEDOUT.
+//! - It fails when the socket goes SYN_SENT→CLOSE. Its errno is, first,
+//!   what connect() returned, when that is traced (`--syscalls`) and comes
+//!   within [`GRACE_NS`] (a blocking connect); else the error the kernel
+//!   set on the socket just before (ECONNREFUSED, EHOSTUNREACH, ETIMEDOUT…);
+//!   else inferred: a reset arrived → ECONNREFUSED; no local port was ever
+//!   chosen → EADDRNOTAVAIL (the kernel moves the socket to SYN_SENT, finds
+//!   no free port and moves it back: no error is set, connect() just
+//!   returns it); the owner closed it → `abandoned`; else ETIMEDOUT.
 //! - A first close is →FIN_WAIT1 in the closing thread's context: that
 //!   socket ends in TIME_WAIT here. It is client-side when this host
 //!   connected it during the trace, or when its local port is in the
@@ -32,6 +32,8 @@ use crate::report::{DestinationReport, ProcessReport, Totals, TraceReport};
 const ECONNREFUSED: i64 = 111;
 const EADDRNOTAVAIL: i64 = 99;
 const ENETUNREACH: i64 = 101;
+/// Socket errors remembered, at most, until their socket closes.
+const MAX_REPORTED: usize = 65_536;
 const EHOSTUNREACH: i64 = 113;
 
 /// How long (ns of trace time) after a connecting socket closes its
@@ -159,6 +161,8 @@ pub trait Lookup {
 /// The running tally.
 pub struct Tally {
     scope: Scope,
+    /// connect()'s failures are traced: wait for their errno.
+    syscalls: bool,
     queue: Vec<Timed>,
     tids: Map<u32, Who>,
     processes: Map<u32, Process>,
@@ -168,6 +172,9 @@ pub struct Tally {
     /// Connecting sockets that closed, awaiting connect()'s errno.
     closing: VecDeque<(u64, u64)>,
     port_ranges: Map<u64, Option<(u16, u16)>>,
+    /// Errors reported on sockets, by (local, remote), until their socket
+    /// goes back to CLOSE.
+    reported: Map<(Endpoint, Endpoint), i64>,
     events: u64,
     unattributed: u64,
 }
@@ -177,6 +184,7 @@ impl Tally {
     pub fn new(scope: Scope) -> Tally {
         Tally {
             scope,
+            syscalls: false,
             queue: Vec::new(),
             tids: Map::default(),
             processes: Map::default(),
@@ -184,9 +192,17 @@ impl Tally {
             clients: Map::default(),
             closing: VecDeque::new(),
             port_ranges: Map::default(),
+            reported: Map::default(),
             events: 0,
             unattributed: 0,
         }
+    }
+
+    /// connect()'s failures are traced too (`--syscalls`): a connecting
+    /// socket that closes waits [`GRACE_NS`] for its errno.
+    pub fn with_syscalls(mut self, syscalls: bool) -> Tally {
+        self.syscalls = syscalls;
+        self
     }
 
     /// Queues an event (from any CPU's buffer, in any order).
@@ -286,6 +302,18 @@ impl Tally {
                     c.reset = true;
                 }
             }
+            Event::Error {
+                errno,
+                local,
+                remote,
+            } => {
+                // Bounded: errors on sockets that were not connecting are
+                // never looked up.
+                if self.reported.len() >= MAX_REPORTED {
+                    self.reported.clear();
+                }
+                self.reported.insert((local, remote), errno);
+            }
             Event::State(s) => self.state_changed(t.ts, s, lookup),
         }
     }
@@ -346,6 +374,11 @@ impl Tally {
                     return;
                 };
                 self.connecting.insert(s.tid, s.sk);
+                // The kernel reuses a freed socket's address: settle the
+                // failure of the socket that had it.
+                if let Some((_, inferred)) = self.clients.get(&s.sk).and_then(|c| c.closed) {
+                    self.fail(s.sk, inferred);
+                }
                 self.clients.insert(
                     s.sk,
                     Client {
@@ -365,7 +398,10 @@ impl Tally {
                     return;
                 };
                 let owner = c.pid;
-                let inferred = if c.reset {
+                let reported = self.reported.remove(&(s.local, s.remote));
+                let inferred = if let Some(errno) = reported {
+                    Failure::Errno(errno)
+                } else if c.reset {
                     Failure::Errno(ECONNREFUSED)
                 } else if context == Context::Task && s.local.1 == 0 {
                     Failure::Errno(EADDRNOTAVAIL)
@@ -376,7 +412,9 @@ impl Tally {
                 } else {
                     Failure::TimedOut
                 };
-                if let Some(c) = self.clients.get_mut(&s.sk) {
+                if !self.syscalls {
+                    self.fail(s.sk, inferred);
+                } else if let Some(c) = self.clients.get_mut(&s.sk) {
                     c.closed = Some((ts, inferred));
                     self.closing.push_back((ts, s.sk));
                 }

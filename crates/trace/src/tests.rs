@@ -81,7 +81,7 @@ impl Script {
         }))
     }
     fn report(&self, scope: Scope) -> TraceReport {
-        let mut t = Tally::new(scope);
+        let mut t = Tally::new(scope).with_syscalls(true);
         for e in &self.events {
             t.push(*e);
         }
@@ -204,7 +204,7 @@ fn failures_without_a_reset_are_timeouts_or_abandoned_and_connects_errno_wins() 
 
 #[test]
 fn an_errno_arriving_after_the_grace_is_not_counted_twice() {
-    let mut t = Tally::new(Scope::Netns(NS));
+    let mut t = Tally::new(Scope::Netns(NS)).with_syscalls(true);
     let state = |old, new, local| {
         Event::State(StateChange {
             context: Task,
@@ -389,4 +389,60 @@ fn pages_of_real_record_layouts_decode_into_the_tally() {
     let json = serde_json::to_value(&r).unwrap();
     assert_eq!(json["processes"][0]["errors"]["EADDRNOTAVAIL"], 1);
     assert_eq!(json["events_lost"], 0);
+}
+
+#[test]
+fn the_error_the_kernel_set_on_the_socket_names_an_async_failure() {
+    let mut s = Script::new();
+    // ICMP host unreachable during a non-blocking handshake
+    s.state(Task, 101, 1, Close, SynSent, 0, 82)
+        .push(Event::Error {
+            errno: 113,
+            local: (IpAddr::V4(LO), 40001),
+            remote: (IpAddr::V4(LO), 82),
+        })
+        .state(Interrupt, 0, 1, SynSent, Close, 40001, 82);
+    // its retries ran out
+    s.state(Task, 101, 2, Close, SynSent, 0, 82)
+        .push(Event::Error {
+            errno: 110,
+            local: (IpAddr::V4(LO), 40002),
+            remote: (IpAddr::V4(LO), 82),
+        })
+        .state(Interrupt, 0, 2, SynSent, Close, 40002, 82);
+    let p = &s.report(Scope::Netns(NS)).processes[0];
+    assert_eq!(p.errors.get("EHOSTUNREACH"), Some(&1), "{:?}", p.errors);
+    assert_eq!(p.errors.get("ETIMEDOUT"), Some(&1));
+}
+
+#[test]
+fn a_failed_socket_whose_address_is_reused_at_once_is_still_counted() {
+    // Without --syscalls, and with it: the next socket gets the same
+    // kernel address before the first one's failure is settled.
+    for syscalls in [false, true] {
+        let mut t = Tally::new(Scope::Netns(NS)).with_syscalls(syscalls);
+        for i in 0..5u64 {
+            for (k, (old, new)) in [(Close, SynSent), (SynSent, Close)].into_iter().enumerate() {
+                t.push(Timed {
+                    ts: i * 10 + k as u64,
+                    event: Event::State(StateChange {
+                        context: Task,
+                        tid: 101,
+                        sk: 1,
+                        old,
+                        new,
+                        local: (IpAddr::V4(LO), 0),
+                        remote: (IpAddr::V4(LO), 80),
+                    }),
+                });
+            }
+        }
+        t.finish(&mut Host);
+        let r = t.report(1.0, "t", 0, 5, &|_| String::new());
+        assert_eq!(
+            r.processes[0].errors.get("EADDRNOTAVAIL"),
+            Some(&5),
+            "syscalls {syscalls}"
+        );
+    }
 }
