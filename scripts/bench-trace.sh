@@ -83,17 +83,17 @@ measure() {
     echo "$sat $cpu $((sn + n))"
 }
 start_trace() {
-    "$BIN" trace --netns "$ns" --duration 600 --json > "$DIR/trace.json" & tp=$!
+    "$BIN" trace --netns "$ns" --duration 600 --json "$@" > "$DIR/trace.json" & tp=$!
     for _ in $(seq 200); do [[ "$(cat /sys/kernel/tracing/instances/timewait-$tp-0/tracing_on 2>/dev/null)" == 1 ]] && break; sleep 0.02; done
 }
 start_perf() {
     perf record -q -a -o "$DIR/perf.data" \
-        -e syscalls:sys_exit_connect --filter 'ret < 0 && ret != -115' \
-        -e sock:inet_sock_set_state --filter "$FILTER" -e tcp:tcp_receive_reset 2>/dev/null & pp=$!
+        -e sock:inet_sock_set_state --filter "$FILTER" -e tcp:tcp_receive_reset \
+        -e sock:inet_sk_error_report --filter 'protocol == 6' 2>/dev/null & pp=$!
     sleep 1
 }
 
-none=(); none_cpu=(); traced=(); traced_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
+none=(); none_cpu=(); traced=(); traced_cpu=(); sys=(); sys_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
 for i in $(seq "$RUNS"); do
     read -r a b _ < <(measure 0); none+=("$a"); none_cpu+=("$b")
 
@@ -106,6 +106,10 @@ for i in $(seq "$RUNS"); do
     # Peak event rate: the saturated phase's connects/s times events per connect.
     eps+=("$(python3 -c "print($ev / $conns * $a)")"); epc=$(python3 -c "print(round($ev / $conns, 2))"); lost+=("$lo")
     cpu+=("$(python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ / max($ev, 1) * 1e9)")")
+
+    start_trace --syscalls
+    read -r a b _ < <(measure "$tp"); sys+=("$a"); sys_cpu+=("$b")
+    kill -INT "$tp"; wait "$tp"
 
     start_perf
     read -r a b _ < <(measure "$pp"); perfed+=("$a"); perfed_cpu+=("$b")
@@ -126,7 +130,8 @@ PY
 bs=$(median "${none[@]}"); bc=$(median "${none_cpu[@]}")
 row "none" "$bs" "$bc" "${none[*]}" "${none_cpu[*]}"
 row "timewait trace (tracefs instance)" "$bs" "$bc" "${traced[*]}" "${traced_cpu[*]}"
-row "perf record (perf_event_open rings)" "$bs" "$bc" "${perfed[*]}" "${perfed_cpu[*]}"
+row "timewait trace --syscalls" "$bs" "$bc" "${sys[*]}" "${sys_cpu[*]}"
+row "perf record (perf_event_open rings, same tracepoints as timewait trace)" "$bs" "$bc" "${perfed[*]}" "${perfed_cpu[*]}"
 echo
 echo "timewait trace: $epc events per connect; at the saturated rate $(median "${eps[@]}" | xargs printf '%.0f') events/s (median of runs), events lost in all runs: $(IFS=+; echo $((${lost[*]}))); its own CPU $(median "${cpu[@]}" | xargs printf '%.0f') ns per event."
-echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2
+echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; --syscalls ${sys[*]} / ${sys_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2
