@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Benchmark: what `timewait trace` costs a connect-heavy workload, beside
-# perf_event_open ring buffers (`perf record` of the same three tracepoints
-# with the same kernel-side filters) in the same run.
+# perf_event_open ring buffers (`perf record` of the same tracepoints with
+# the same kernel-side filters) in the same run.
 #
 # In a throw-away namespace, nginx (one worker) accepts on loopback and
-# `timewait load tcp://… --mode close` connects and closes as fast as it
-# can (each connect is 4-5 trace events). Runs alternate: no tracer,
-# `timewait trace --netns`, `perf record -a`. Medians of connects/s;
-# overhead = 1 - traced / untraced. For timewait trace also: events/s,
-# events lost, and its own CPU per event.
+# `timewait load tcp://… --mode close` connects and closes (3 trace records
+# per connection). Runs alternate: no tracer, `timewait trace --netns`, the
+# same with `--syscalls`, `perf record -a`. Medians of connects/s
+# (saturated) and of CPU µs per connect at a paced rate (the number to
+# read on noisy machines). For timewait trace also: events per connect, the
+# event rate at saturation, events lost, and its own CPU per event.
 # Usage: scripts/bench-trace.sh [RUNS] [SECS] [CONCURRENCY]   (default 5 5 32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
