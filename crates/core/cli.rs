@@ -411,7 +411,11 @@ pub enum LoadMode {
 
 #[derive(Debug, Args)]
 pub struct LabArgs {
-    /// Write an HTML report with charts.
+    /// Run one scenario: exhaustion, tw-reuse, wide-range, max-tw-buckets,
+    /// server-closes or proxy.
+    #[arg(long, value_name = "NAME")]
+    pub scenario: Option<String>,
+    /// Write a self-contained HTML report with an SVG chart per scenario.
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
     /// Print JSON.

@@ -8,6 +8,7 @@
 mod cli;
 mod doctor_cmd;
 mod exporter_cmd;
+mod lab_cmd;
 mod load_cmd;
 mod model_cmd;
 mod nginx_cmd;
@@ -126,7 +127,7 @@ fn dispatch(command: &Command, style: &Style) -> Result<Done, Failure> {
         Command::Tune(a) => doctor_cmd::run_tune(a, style).map(Done::from),
         Command::Proxy(a) => proxy_cmd::run_proxy(a).map(Done::from),
         Command::Load(a) => load_cmd::run_load(a, style).map(Done::from),
-        Command::Lab(_) => Err(Failure::NotBuilt("lab", "#12")),
+        Command::Lab(a) => lab_cmd::run_lab(a, style).map(Done::from),
         Command::Nginx(NginxCommand::Check(a)) => nginx_cmd::run_check(a, style),
         Command::Nginx(NginxCommand::Parse(a)) => nginx_cmd::run_parse(a, style).map(Done::from),
         Command::Exporter(a) => exporter_cmd::run_exporter(a).map(Done::from),

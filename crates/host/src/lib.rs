@@ -7,6 +7,7 @@
 //! - `decode` (private): bytes to a
 //!   [`Snapshot`], with every fallback and
 //!   every problem decided there, unit-tested without root.
+//! - [`scratch`]: throw-away network namespaces for `lab`.
 //! - [`tracefs`]: a tracefs instance of our own, for `trace`.
 //! - [`sysctl`]: `tune --apply`'s effects (runtime values and the
 //!   persistent `/etc/sysctl.d` file).
@@ -21,6 +22,7 @@ mod decode;
 mod netns;
 pub mod nginx_files;
 mod process;
+pub mod scratch;
 pub mod sockdiag;
 mod source;
 pub mod sysctl;
@@ -113,6 +115,9 @@ pub enum HostError {
     /// tracefs text that did not parse.
     #[error("tracefs: {0}")]
     Trace(timewait_trace::TraceError),
+    /// A command the host crate runs (iproute2's `ip`) failed.
+    #[error("{0}")]
+    Command(String),
     /// Other I/O.
     #[error("{what}: {source}")]
     Io {
