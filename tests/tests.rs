@@ -5,6 +5,7 @@ mod cli;
 mod doctor;
 mod exporter;
 mod harness;
+mod lab;
 mod load;
 mod model_vs_kernel;
 mod nginx;

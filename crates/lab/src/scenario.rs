@@ -11,8 +11,9 @@ use std::net::Ipv4Addr;
 
 /// New connections per second.
 pub const RATE: f64 = 400.0;
-/// How long each scenario's traffic runs.
-pub const DURATION_SECONDS: f64 = 4.0;
+/// How long each scenario's traffic runs (a whole number of the model's
+/// half-second timeline slices, so its seconds line up with the kernel's).
+pub const DURATION_SECONDS: f64 = 5.0;
 /// The backend's address: RFC 2544's benchmarking range, on `lo`.
 pub const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 /// The backend's port.
