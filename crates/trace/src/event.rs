@@ -70,9 +70,8 @@ pub const ERROR_REPORT: Tracepoint = Tracepoint {
     filter: "protocol == 6",
 };
 
-/// The tracepoints `trace` always enables, in the order
-/// [`Formats::from_iter`] expects them; [`CONNECT_EXIT`] is added with
-/// `--syscalls`.
+/// The tracepoints `trace` always enables (their formats go into
+/// [`Formats`]); [`CONNECT_EXIT`] is added with `--syscalls`.
 pub const TRACEPOINTS: [Tracepoint; 3] = [SET_STATE, RECEIVE_RESET, ERROR_REPORT];
 
 /// Who was running when the event fired.
