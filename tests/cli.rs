@@ -207,14 +207,6 @@ fn bad_input_is_one_line_naming_the_flag_with_exit_2() {
 }
 
 #[test]
-fn subcommands_not_built_yet_say_so_and_exit_1() {
-    let o = timewait(&["lab"]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).contains("not built yet"));
-    assert!(o.stdout.is_empty(), "no fake result on stdout");
-}
-
-#[test]
 fn every_subcommand_has_help_that_explains_it() {
     let top = timewait(&["--help"]);
     assert!(top.status.success());

@@ -94,7 +94,6 @@ fn start_tracer(target: Target, top: usize) -> Result<Arc<Mutex<TraceState>>, Fa
                 let why = match e {
                     Failure::Usage(m) => m,
                     Failure::Runtime(e) => format!("{e:#}"),
-                    Failure::NotBuilt(..) => "not built".into(),
                 };
                 let serving = matches!(
                     *shared

@@ -1,8 +1,7 @@
 //! `timewait`: parse flags, call the libraries, render, and choose the exit
 //! status. Nothing else lives here.
 //!
-//! Exit status: 0 success; 1 runtime failure (or a subcommand not built
-//! yet); 2 bad usage or bad input, with a one-line error naming the flag;
+//! Exit status: 0 success; 1 runtime failure; 2 bad usage or bad input, with a one-line error naming the flag;
 //! doctor adds 1 = worst finding is a warning, 3 = critical.
 
 mod cli;
@@ -29,8 +28,6 @@ use render::Style;
 pub enum Failure {
     /// Bad flag values or input: exit 2.
     Usage(String),
-    /// A subcommand that a later issue builds: exit 1.
-    NotBuilt(&'static str, &'static str),
     /// Anything else at run time: exit 1.
     Runtime(anyhow::Error),
 }
@@ -102,10 +99,6 @@ fn main() -> ExitCode {
         Err(Failure::Usage(msg)) => {
             eprintln!("timewait: error: {msg}");
             ExitCode::from(2)
-        }
-        Err(Failure::NotBuilt(what, issue)) => {
-            eprintln!("timewait {what}: not built yet (tracked in issue {issue}); nothing was run");
-            ExitCode::from(1)
         }
         Err(Failure::Runtime(e)) => {
             eprintln!("timewait: error: {e:#}");
