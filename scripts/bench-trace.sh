@@ -85,7 +85,13 @@ measure() {
 }
 start_trace() {
     "$BIN" trace --netns "$ns" --duration 600 --json "$@" > "$DIR/trace.json" & tp=$!
-    for _ in $(seq 200); do [[ "$(cat /sys/kernel/tracing/instances/timewait-$tp-0/tracing_on 2>/dev/null)" == 1 ]] && break; sleep 0.02; done
+    # Recording once its last event is enabled and tracing is on (a new
+    # instance starts with tracing_on 1, turned off while it is set up).
+    local d=/sys/kernel/tracing/instances/timewait-$tp-0
+    for _ in $(seq 200); do
+        [[ "$(cat $d/events/sock/inet_sk_error_report/enable 2>/dev/null)" == 1 && "$(cat $d/tracing_on 2>/dev/null)" == 1 ]] && break
+        sleep 0.02
+    done
 }
 start_perf() {
     perf record -q -a -o "$DIR/perf.data" \

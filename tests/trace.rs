@@ -45,14 +45,21 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let on = PathBuf::from(format!(
-            "{TRACEFS}/instances/timewait-{}-0/tracing_on",
-            child.id()
-        ));
-        // Wait (bounded) until the instance records: then every connect of
-        // the peers is seen.
+        let dir = PathBuf::from(format!("{TRACEFS}/instances/timewait-{}-0", child.id()));
+        let on = dir.join("tracing_on");
+        // Wait (bounded) until the instance records: its events enabled and
+        // then tracing switched on (a new instance starts with tracing_on
+        // 1, which timewait turns off while it sets the instance up).
+        let is_one = |p: PathBuf| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == "1");
         for _ in 0..1000 {
-            if std::fs::read_to_string(&on).is_ok_and(|s| s.trim() == "1") {
+            let enabled = [
+                "sock/inet_sock_set_state",
+                "tcp/tcp_receive_reset",
+                "sock/inet_sk_error_report",
+            ]
+            .iter()
+            .all(|e| is_one(dir.join("events").join(e).join("enable")));
+            if enabled && is_one(on.clone()) {
                 return Tracer { child };
             }
             std::thread::sleep(std::time::Duration::from_millis(10));

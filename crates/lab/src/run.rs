@@ -82,24 +82,30 @@ fn counter(snap: &Snapshot, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// TIME_WAIT on the side that closes first, in the namespace this runs in.
+/// TIME_WAIT on the side that closes first, in the namespace this runs in,
+/// and the client's port headroom toward the backend (all free when it
+/// holds no socket toward it).
 fn time_wait_now(traffic: Traffic) -> Option<(u64, f64)> {
     let snap = collect(&Target::Current, timewait_host::Via::Auto, false).ok()?;
     let r = analyse(&snap, GroupBy::Destination, usize::MAX);
     let ip = IpAddr::V4(BACKEND_IP);
+    let toward = || {
+        r.time_wait
+            .by_destination
+            .iter()
+            .filter(|d| d.remote_ip == ip && d.remote_port == BACKEND_PORT)
+    };
     let tw = match traffic {
         // The client holds none: every TIME_WAIT in the namespace is the
         // backend's (/proc/net/sockstat's count).
         Traffic::ServerCloses => *r.settings.sockstat_time_wait.known()?,
-        _ => r
-            .time_wait
-            .by_destination
-            .iter()
-            .filter(|d| d.remote_ip == ip && d.remote_port == BACKEND_PORT)
-            .map(|d| d.time_wait)
-            .sum(),
+        _ => toward().map(|d| d.time_wait).sum(),
     };
-    Some((tw, 1.0))
+    let mut headroom = 1.0;
+    for d in toward() {
+        headroom = f64::min(headroom, d.headroom_ratio?);
+    }
+    Some((tw, headroom))
 }
 
 fn plan(traffic: Traffic) -> Plan {
