@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::harness::netns::Netns;
-use crate::harness::peer::Peer;
+use crate::harness::peer::running_out;
 use crate::harness::traffic::client_closes_first;
 
 const DEPLOY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy");
@@ -346,13 +346,10 @@ fn the_dashboard_and_alerts_name_only_metrics_the_exporter_serves() {
 
 #[test]
 fn with_trace_the_exporter_counts_each_process_connect_errors_and_first_closes() {
-    let Some(ns) = Netns::new("exp-trace") else {
+    let Some((ns, mut server, mut client)) = running_out("exp-trace", "40000 40049", 5000, 80)
+    else {
         return;
     };
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40049");
-    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
-    let mut server = Peer::start(&ns, &["server", "5000", "client-closes"]);
-    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5000", "80", "client-closes"]);
     // It prints its address once the tracer records.
     let exp = Exporter::start(&["--netns", ns.name(), "--trace", "--cache-ms", "0"]);
     server.go();

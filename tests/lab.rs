@@ -21,6 +21,19 @@ fn lab_namespaces(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Waits for a lab run: it succeeded, left no namespace, printed JSON.
+fn finished(child: std::process::Child) -> Value {
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 fn scenario<'a>(r: &'a Value, name: &str) -> &'a Value {
     r["scenarios"]
         .as_array()
@@ -102,15 +115,7 @@ fn every_scenario_agrees_with_the_model_and_the_report_renders_in_chromium() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = finished(child);
     assert_eq!(r["scenarios"].as_array().unwrap().len(), 6);
     for s in r["scenarios"].as_array().unwrap() {
         let (m, p) = (&s["measured"], &s["predicted"]);
@@ -193,14 +198,7 @@ fn ctrl_c_stops_the_lab_with_the_scenarios_so_far_and_no_namespace_left() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
-    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = finished(child);
     assert_eq!(r["interrupted"], true);
     let n = r["scenarios"].as_array().unwrap().len();
     assert!((1..6).contains(&n), "{n} scenarios");

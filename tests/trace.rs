@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::Value;
 
 use crate::harness::netns::Netns;
-use crate::harness::peer::Peer;
+use crate::harness::peer::{Peer, running_out};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 
@@ -190,6 +190,7 @@ fn trace_names_the_process_with_exact_connects_failures_and_first_closes() {
     // The other namespace's processes are not counted.
     assert!(process(&report, client_b.pid).is_none(), "{report:#}");
     assert_eq!(report["events_lost"], 0);
+    assert_eq!(report["records_undecoded"], 0);
     assert_eq!(report["unattributed"], 0);
 
     // --all sees both, each in its namespace.
@@ -242,13 +243,10 @@ fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
 
 #[test]
 fn doctor_trace_names_the_process_behind_the_eaddrnotavail_and_the_time_wait() {
-    let Some(ns) = Netns::new("trace-doc") else {
+    let Some((ns, mut server, mut client)) = running_out("trace-doc", "40000 40049", 5002, 80)
+    else {
         return;
     };
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40049");
-    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
-    let mut server = Peer::start(&ns, &["server", "5002", "client-closes"]);
-    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5002", "80", "client-closes"]);
     let doctor = Tracer::spawn(&["doctor", "--netns", ns.name(), "--trace", "3", "--json"]);
     server.go();
     client.go();

@@ -138,6 +138,16 @@ pub fn human(r: &TraceReport, st: &Style) -> String {
             int(r.events_lost)
         ),
     );
+    if r.records_undecoded > 0 {
+        let _ = writeln!(
+            o,
+            "  {}",
+            st.red(&format!(
+                "{} records did not decode (shorter than this kernel's format says): the counts below are short",
+                int(r.records_undecoded)
+            ))
+        );
+    }
     if r.events_lost > 0 {
         let _ = writeln!(
             o,

@@ -71,3 +71,25 @@ impl Drop for Peer {
         let _ = self.child.wait();
     }
 }
+
+/// A namespace with `ports` ephemeral ports and no TIME_WAIT reuse, a
+/// server peer on `port` that closes second, and a client peer that will
+/// make `n` connects to it: past the ports, they fail with EADDRNOTAVAIL.
+pub fn running_out(tag: &str, ports: &str, port: u16, n: u32) -> Option<(Netns, Peer, Peer)> {
+    let ns = Netns::new(tag)?;
+    ns.sysctl("net.ipv4.ip_local_port_range", ports);
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    let port = port.to_string();
+    let server = Peer::start(&ns, &["server", &port, "client-closes"]);
+    let client = Peer::start(
+        &ns,
+        &[
+            "client",
+            "127.0.0.1",
+            &port,
+            &n.to_string(),
+            "client-closes",
+        ],
+    );
+    Some((ns, server, client))
+}

@@ -17,6 +17,13 @@ fn parse_ns_link(link: &str) -> Option<u64> {
     link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
 }
 
+/// `/proc/PID/comm`, if the process is there.
+fn comm(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end_matches('\n').to_string())
+}
+
 /// The process a thread belongs to, or `None` once it has exited.
 pub fn thread_process(tid: u32) -> Option<ProcessInfo> {
     let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
@@ -24,12 +31,9 @@ pub fn thread_process(tid: u32) -> Option<ProcessInfo> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())?;
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|c| c.trim_end_matches('\n').to_string());
     Some(ProcessInfo {
         pid,
-        comm,
+        comm: comm(pid),
         netns: process_netns(tid),
     })
 }
@@ -47,8 +51,8 @@ impl timewait_trace::Lookup for HostLookup {
             std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()
         })
         .ok()??;
-        let mut it = text.split_whitespace().map(|v| v.parse::<u16>().ok());
-        Some((it.next()??, it.next()??))
+        let range: timewait_model::ports::PortRange = text.parse().ok()?;
+        Some((range.low, range.high))
     }
 }
 
@@ -67,9 +71,7 @@ pub fn threads_in(netns: Option<u64>) -> Vec<(u32, ProcessInfo)> {
         if ns.is_none() || (netns.is_some() && ns != netns) {
             continue;
         }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
-            .ok()
-            .map(|c| c.trim_end_matches('\n').to_string());
+        let comm = comm(pid);
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
             continue;
         };

@@ -133,10 +133,6 @@ pub struct Instance {
     page: Vec<u8>,
     layout: PageLayout,
     decoder: Decoder,
-    /// Records of the traced events that did not decode (never guessed at).
-    pub undecodable: u64,
-    /// Pages the kernel flagged with lost events before them.
-    pub pages_after_loss: u64,
 }
 
 impl Instance {
@@ -163,8 +159,6 @@ impl Instance {
             page: Vec::new(),
             layout,
             decoder,
-            undecodable: 0,
-            pages_after_loss: 0,
         };
         me.configure(syscalls)?;
         Ok(me)
@@ -215,16 +209,15 @@ impl Instance {
     }
 
     /// Reads every CPU's buffer dry into `tally`, then applies what is
-    /// ordered: returns the number of records read.
+    /// ordered.
     pub fn drain(
         &mut self,
         tally: &mut Tally,
         lookup: &mut dyn timewait_trace::Lookup,
-    ) -> Result<u64, HostError> {
+    ) -> Result<(), HostError> {
         // Every event stamped before this instant is in a buffer by the time
         // the last one is read.
         let watermark = now_ns();
-        let mut records = 0u64;
         for i in 0..self.pipes.len() {
             loop {
                 let n = match self.pipes[i].read(&mut self.page) {
@@ -235,21 +228,17 @@ impl Instance {
                     Err(e) => return Err(io(format!("reading {}", self.dir.display()))(e)),
                 };
                 let decoder = &self.decoder;
-                let mut bad = 0u64;
-                let info = parse_page(&self.page[..n], &self.layout, |ts, r| {
+                parse_page(&self.page[..n], &self.layout, |ts, r| {
                     match decoder.decode(r) {
                         Some(event) => tally.push(Timed { ts, event }),
-                        None => bad += 1,
+                        None => tally.undecoded(),
                     }
                 })
                 .map_err(HostError::Trace)?;
-                self.undecodable += bad;
-                self.pages_after_loss += u64::from(info.missed_events);
-                records += info.records as u64;
             }
         }
         tally.advance(watermark, lookup);
-        Ok(records)
+        Ok(())
     }
 
     /// Stops recording (the buffers keep what they have).

@@ -16,8 +16,11 @@ pub struct TraceReport {
     pub processes: Vec<ProcessReport>,
     /// Sums over `processes`.
     pub totals: Totals,
-    /// Records read from the ring buffers.
+    /// Records read from the ring buffers and decoded.
     pub events: u64,
+    /// Records that did not decode (shorter than their format says): not
+    /// counted anywhere else, so a nonzero count means the numbers are short.
+    pub records_undecoded: u64,
     /// Records the kernel dropped because the buffers were full (never
     /// silent: a nonzero count means the numbers above are short).
     pub events_lost: u64,

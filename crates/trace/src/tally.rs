@@ -176,6 +176,7 @@ pub struct Tally {
     /// goes back to CLOSE.
     reported: Map<(Endpoint, Endpoint), i64>,
     events: u64,
+    undecoded: u64,
     unattributed: u64,
 }
 
@@ -194,6 +195,7 @@ impl Tally {
             port_ranges: Map::default(),
             reported: Map::default(),
             events: 0,
+            undecoded: 0,
             unattributed: 0,
         }
     }
@@ -203,6 +205,12 @@ impl Tally {
     pub fn with_syscalls(mut self, syscalls: bool) -> Tally {
         self.syscalls = syscalls;
         self
+    }
+
+    /// Counts a record of a traced event that did not decode (too short
+    /// for its fields): reported, never guessed at.
+    pub fn undecoded(&mut self) {
+        self.undecoded += 1;
     }
 
     /// Queues an event (from any CPU's buffer, in any order).
@@ -532,6 +540,7 @@ impl Tally {
             processes,
             totals,
             events: self.events,
+            records_undecoded: self.undecoded,
             events_lost,
             unattributed: self.unattributed,
         }
