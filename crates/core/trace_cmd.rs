@@ -195,15 +195,19 @@ pub fn human(r: &TraceReport, st: &Style) -> String {
     for k in r.totals.errors.keys() {
         let _ = writeln!(o, "  {k}: {}", timewait_kernel::errno::meaning(k));
     }
-    if r.unattributed > 0 {
-        let _ = writeln!(
-            o,
-            "  {}",
-            st.dim(&format!(
-                "{} events belonged to processes that exited before they could be named",
-                int(r.unattributed)
-            ))
-        );
+    for (n, what) in [
+        (
+            r.unattributed,
+            "events in scope belonged to no process that could be named",
+        ),
+        (
+            r.unplaced,
+            "events were left out: their process exited (or the socket was older than the trace) before its namespace could be read",
+        ),
+    ] {
+        if n > 0 {
+            let _ = writeln!(o, "  {}", st.dim(&format!("{} {what}", int(n))));
+        }
     }
     o
 }

@@ -24,11 +24,16 @@ pub struct TraceReport {
     /// Records the kernel dropped because the buffers were full (never
     /// silent: a nonzero count means the numbers above are short).
     pub events_lost: u64,
-    /// Events that belonged to no process we could name: it had exited
-    /// before it was looked up (with `--netns`/`--pid` its namespace is then
-    /// unknown, so it is left out), or a first close seen in interrupt
-    /// context on a socket opened before the trace.
+    /// Events in scope that belonged to no process we could name: with
+    /// `--all`, a first close seen in interrupt context on a socket opened
+    /// before the trace.
     pub unattributed: u64,
+    /// With `--netns`/`--pid`: events that could not be placed in a
+    /// namespace, so are left out — of processes that exited before they
+    /// could be looked up, or first closes in interrupt context on sockets
+    /// opened before the trace. They may be the target's or another
+    /// namespace's.
+    pub unplaced: u64,
 }
 
 /// One process (thread group).

@@ -178,6 +178,7 @@ pub struct Tally {
     events: u64,
     undecoded: u64,
     unattributed: u64,
+    unplaced: u64,
 }
 
 impl Tally {
@@ -197,6 +198,7 @@ impl Tally {
             events: 0,
             undecoded: 0,
             unattributed: 0,
+            unplaced: 0,
         }
     }
 
@@ -295,8 +297,9 @@ impl Tally {
         match self.who(tid, lookup) {
             Who::Pid(p) => Some(p),
             Who::OutOfScope => None,
+            // Only with a namespace scope: its namespace is unknown.
             Who::Gone => {
-                self.unattributed += 1;
+                self.unplaced += 1;
                 None
             }
         }
@@ -443,8 +446,11 @@ impl Tally {
                 }
             }
             (_, FinWait1, Context::Interrupt) => {
-                let known = self.clients.remove(&s.sk).is_some();
-                self.unattributed += u64::from(!known);
+                let unknown = u64::from(self.clients.remove(&s.sk).is_none());
+                match self.scope {
+                    Scope::All => self.unattributed += unknown,
+                    Scope::Netns(_) => self.unplaced += unknown,
+                }
             }
             (Established, CloseWait, _) => {
                 // The peer closed first: no TIME_WAIT on this side.
@@ -543,6 +549,7 @@ impl Tally {
             records_undecoded: self.undecoded,
             events_lost,
             unattributed: self.unattributed,
+            unplaced: self.unplaced,
         }
     }
 }

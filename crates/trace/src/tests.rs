@@ -273,22 +273,24 @@ fn interrupt_context_is_never_charged_to_the_thread_that_happened_to_run() {
     s.state(Interrupt, 101, 10, Established, FinWait1, 5000, 6000);
     let r = s.report(Scope::Netns(NS));
     assert!(r.processes.is_empty(), "{:?}", r.processes);
-    assert_eq!(r.unattributed, 1);
+    assert_eq!((r.unattributed, r.unplaced), (0, 1));
 }
 
 #[test]
-fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unattributed() {
+fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unplaced() {
     let mut s = Script::new();
     connect_and_close(&mut s, 301, 1, 40000);
     connect_and_close(&mut s, 401, 2, 40001);
     let r = s.report(Scope::Netns(NS));
     assert!(r.processes.is_empty());
     assert_eq!(
-        r.unattributed, 2,
+        (r.unattributed, r.unplaced),
+        (0, 2),
         "the SYN_SENT and the first close of the exited one"
     );
     let all = s.report(Scope::All);
     assert_eq!(all.processes.len(), 2);
+    assert_eq!((all.unattributed, all.unplaced), (0, 0));
     let gone = all.processes.iter().find(|p| p.pid == 401).unwrap();
     assert_eq!((gone.comm.as_ref(), gone.netns.as_ref()), (None, None));
     assert_eq!(gone.closed_first, 1);
