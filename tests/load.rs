@@ -36,6 +36,12 @@ fn eaddrnotavail_is_counted_exactly_against_the_ports_a_namespace_has() {
     };
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40099");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0");
+    // A TIME_WAIT that receives an RST is dropped and its port freed (RFC
+    // 1337's "assassination", allowed by default). Under the parallel
+    // suite a stray RST in the namespace (TcpOutRsts 1) did that, and one
+    // or two more connects succeeded than the ports allow; with
+    // tcp_rfc1337=1 TIME_WAIT ignores RSTs and the count is exact.
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1");
     // A server that closes after the client: every connection leaves a
     // client-side TIME_WAIT holding its port.
     let listener = ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 5000)).unwrap());
@@ -64,13 +70,8 @@ fn eaddrnotavail_is_counted_exactly_against_the_ports_a_namespace_has() {
         "{v}"
     );
     assert_eq!(v["connections_opened"].as_u64(), Some(succeeded));
-    // And about what the namespace's 100 ports allow. Seen: 100 alone,
-    // 101-102 when the suite runs in parallel (a port freed without a
-    // TIME_WAIT: not yet explained, see the session note).
-    assert!(
-        (usable..=usable + 5).contains(&succeeded),
-        "{succeeded} of {usable}: {v}"
-    );
+    // And exactly what the namespace's 100 ports allow.
+    assert_eq!(succeeded, usable, "{v}");
     assert!(
         v["error_meanings"]["EADDRNOTAVAIL"]
             .as_str()
@@ -146,4 +147,53 @@ fn the_rate_schedule_is_kept_and_latency_includes_the_queueing() {
     );
     assert_eq!(v["succeeded"], 10, "{v}");
     assert!(v["latency_ms"]["max"].as_f64().unwrap() >= 1100.0, "{v}");
+}
+
+#[test]
+fn the_progress_bar_is_drawn_on_a_terminal_and_nowhere_else() {
+    let Some(ns) = Netns::new("loadbar") else {
+        return;
+    };
+    let backend = Backend::start_on(
+        ns.run(|| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap()),
+        None,
+    );
+    let target = format!("http://{}/", backend.addr);
+    let args = ["load", &target, "--duration", "2", "--concurrency", "2"];
+    let bin = env!("CARGO_BIN_EXE_timewait");
+    // On a terminal (script(1) gives it one): the bar, redrawn, with the
+    // live counts, then the report.
+    let line = std::iter::once(bin)
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "script",
+            "-qec",
+            &line,
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains(" req/s ") && tty.contains(" ok ") && tty.contains("TIME_WAIT"),
+        "{tty}"
+    );
+    assert!(tty.contains("/2 s"), "{tty}");
+    assert!(tty.contains("attempted"), "{tty}");
+    // Not a terminal: the report alone, nothing on standard error.
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns.name(), bin])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("req/s  "));
 }

@@ -2,14 +2,18 @@
 //! census sampling TIME_WAIT toward the target once a second.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use timewait_analysis::{GroupBy, analyse};
 use timewait_host::{Target as HostTarget, Via, collect};
+use timewait_load::Report;
 use timewait_load::plan::{Mode, Plan, Target};
-use timewait_load::{Report, run};
+use timewait_load::run::{Live, run_with};
 
 use crate::Failure;
 use crate::cli::{LoadArgs, LoadMode};
@@ -141,12 +145,63 @@ fn human(r: &Report, st: &Style) -> String {
     o
 }
 
+/// A progress bar on standard error while the load runs (rate, errors,
+/// TIME_WAIT toward the target); cleared when it ends. Only on a terminal
+/// and never with `--json`: nothing of it reaches a pipe or a log.
+fn progress(p: &Plan, live: Arc<Live>, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (len, by_time) = match (p.duration, p.requests) {
+        (Some(d), _) => (d.as_secs().max(1), true),
+        (None, Some(n)) => (n, false),
+        (None, None) => (1, true),
+    };
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr_with_hz(4));
+    bar.set_style(
+        ProgressStyle::with_template("{bar:20} {pos}/{len}{wide_msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    std::thread::spawn(move || {
+        let unit = if by_time { " s" } else { " requests" };
+        let (mut last_ok, mut last_at) = (0u64, Duration::ZERO);
+        let mut rate = 0.0;
+        while !done.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let elapsed = live.elapsed().unwrap_or_default();
+            let ok = live.succeeded();
+            if elapsed.saturating_sub(last_at) >= Duration::from_secs(1) {
+                rate = (ok - last_ok) as f64 / (elapsed - last_at).as_secs_f64();
+                (last_ok, last_at) = (ok, elapsed);
+            }
+            bar.set_position(if by_time {
+                elapsed.as_secs().min(len)
+            } else {
+                live.attempted().min(len)
+            });
+            let tw = live.time_wait().map_or("unknown".to_string(), int);
+            bar.set_message(format!(
+                "{unit}  {} req/s  {} ok  {} failed  TIME_WAIT {tw}",
+                int(rate.round() as u64),
+                int(ok),
+                int(live.failed()),
+            ));
+        }
+        bar.finish_and_clear();
+    })
+}
+
 /// `timewait load`.
 pub fn run_load(a: &LoadArgs, st: &Style) -> Result<String, Failure> {
     let p = plan(a)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let report =
-        run(&p, Some(sampler(p.target.addr())), stop).map_err(|e| Failure::Runtime(e.into()))?;
+    let live = Arc::new(Live::new(&p));
+    let done = Arc::new(AtomicBool::new(false));
+    let bar = (!a.json && std::io::stderr().is_terminal())
+        .then(|| progress(&p, live.clone(), done.clone()));
+    let report = run_with(&p, Some(sampler(p.target.addr())), stop, live);
+    done.store(true, Ordering::Relaxed);
+    if let Some(b) = bar {
+        let _ = b.join();
+    }
+    let report = report.map_err(|e| Failure::Runtime(e.into()))?;
     if a.json {
         return Ok(render::json(&report)?);
     }

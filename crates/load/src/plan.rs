@@ -186,8 +186,27 @@ impl Plan {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A valid plan toward a remote address, one request.
+    pub(crate) fn plan() -> Plan {
+        Plan {
+            target: Target::Tcp {
+                addr: "192.0.2.1:80".parse().unwrap(),
+            },
+            mode: Mode::Close,
+            concurrency: 1,
+            rate: None,
+            duration: None,
+            requests: Some(1),
+            timeout: Duration::from_secs(1),
+            threads: 1,
+            method: "GET".into(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
 
     #[test]
     fn targets_parse() {
@@ -213,21 +232,7 @@ mod tests {
 
     #[test]
     fn remote_targets_need_the_flag() {
-        let plan = Plan {
-            target: Target::Tcp {
-                addr: "192.0.2.1:80".parse().unwrap(),
-            },
-            mode: Mode::Close,
-            concurrency: 1,
-            rate: None,
-            duration: None,
-            requests: Some(1),
-            timeout: Duration::from_secs(1),
-            threads: 1,
-            method: "GET".into(),
-            headers: vec![],
-            body: vec![],
-        };
+        let plan = plan();
         assert_eq!(plan.validate(false).unwrap_err().0, "TARGET");
         assert!(plan.validate(true).is_ok());
         let mut p = plan.clone();

@@ -6,15 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::plan::{Mode, Plan, Target};
+use crate::plan::{MAX_DURATION, Mode, Plan, Target};
 use crate::report::{Percentiles, Report, Second, meaning};
 
 /// What the caller samples once a second: TIME_WAIT toward the target and
@@ -40,56 +40,128 @@ fn error_name(e: &io::Error) -> String {
     }
 }
 
-/// One task's tallies, merged at the end.
-struct Tally {
+/// A run's counters while it runs, readable from any thread (a progress
+/// display polls them). Its size is fixed by the plan's length, not by how
+/// many requests are made.
+pub struct Live {
+    /// (completed, failed) per second since the start.
+    seconds: Box<[[AtomicU64; 2]]>,
+    /// One past the last second with an event.
+    len: AtomicUsize,
+    attempted: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    /// The last sample's TIME_WAIT, `u64::MAX` while none.
+    time_wait: AtomicU64,
+    started: OnceLock<Instant>,
+}
+
+impl Live {
+    /// Counters for a run of `plan`.
+    pub fn new(plan: &Plan) -> Live {
+        let secs = run_limit(plan).as_secs() + plan.timeout.as_secs() + 2;
+        Live {
+            seconds: (0..secs)
+                .map(|_| [AtomicU64::new(0), AtomicU64::new(0)])
+                .collect(),
+            len: AtomicUsize::new(0),
+            attempted: AtomicU64::new(0),
+            succeeded: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            time_wait: AtomicU64::new(u64::MAX),
+            started: OnceLock::new(),
+        }
+    }
+
+    fn count(&self, at: Duration, ok: bool) {
+        let s = (at.as_secs() as usize).min(self.seconds.len() - 1);
+        self.seconds[s][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+        self.len.fetch_max(s + 1, Ordering::Relaxed);
+        if ok { &self.succeeded } else { &self.failed }.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests started so far.
+    pub fn attempted(&self) -> u64 {
+        self.attempted.load(Ordering::Relaxed)
+    }
+
+    /// Requests that succeeded so far.
+    pub fn succeeded(&self) -> u64 {
+        self.succeeded.load(Ordering::Relaxed)
+    }
+
+    /// Requests that failed so far.
+    pub fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// TIME_WAIT toward the target at the last sample, if one was read.
+    pub fn time_wait(&self) -> Option<u64> {
+        Some(self.time_wait.load(Ordering::Relaxed)).filter(|&v| v != u64::MAX)
+    }
+
+    /// Time since the load started, once it has.
+    pub fn elapsed(&self) -> Option<Duration> {
+        self.started.get().map(Instant::elapsed)
+    }
+
+    /// (completed, failed) per second, up to the last second with an event.
+    fn series(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.seconds[..self.len.load(Ordering::Relaxed)]
+            .iter()
+            .map(|[c, f]| (c.load(Ordering::Relaxed), f.load(Ordering::Relaxed)))
+    }
+}
+
+/// The longest a run may last: its duration, and never more than
+/// [`MAX_DURATION`] (a run bounded by `--requests` alone included).
+fn run_limit(plan: &Plan) -> Duration {
+    plan.duration.map_or(MAX_DURATION, |d| d.min(MAX_DURATION))
+}
+
+/// Histograms and error counts, shared by the tasks of one shard: a few
+/// per worker thread, so their locks are seldom contended and memory does
+/// not grow with the concurrency.
+struct Shard {
     latency: Histogram<u64>,
     connect: Histogram<u64>,
     errors: BTreeMap<String, u64>,
-    /// (completed, failed) per second.
-    seconds: Vec<(u64, u64)>,
-    succeeded: u64,
-    attempted: u64,
     opened: u64,
 }
 
-impl Tally {
-    fn new() -> Tally {
-        Tally {
+impl Shard {
+    fn new() -> Shard {
+        Shard {
             latency: hist(),
             connect: hist(),
             errors: BTreeMap::new(),
-            seconds: Vec::new(),
-            succeeded: 0,
-            attempted: 0,
             opened: 0,
         }
     }
 
-    fn second(&mut self, at: Duration) -> &mut (u64, u64) {
-        let s = at.as_secs() as usize;
-        if self.seconds.len() <= s {
-            self.seconds.resize(s + 1, (0, 0));
-        }
-        &mut self.seconds[s]
-    }
-
-    fn merge(&mut self, o: Tally) {
+    fn merge(&mut self, o: &Shard) {
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&o.latency);
         let _ = self.connect.add(&o.connect);
-        for (k, v) in o.errors {
-            *self.errors.entry(k).or_default() += v;
+        for (k, v) in &o.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
         }
-        if self.seconds.len() < o.seconds.len() {
-            self.seconds.resize(o.seconds.len(), (0, 0));
-        }
-        for (a, b) in self.seconds.iter_mut().zip(o.seconds) {
-            a.0 += b.0;
-            a.1 += b.1;
-        }
-        self.succeeded += o.succeeded;
-        self.attempted += o.attempted;
         self.opened += o.opened;
+    }
+}
+
+/// What one request did, recorded in its shard once it ends.
+#[derive(Default)]
+struct Request {
+    /// connect() times, µs, of the connections it opened (at most two: a
+    /// kept connection the server had closed is retried once).
+    connects: [Option<u64>; 2],
+}
+
+impl Request {
+    fn connected(&mut self, us: u64) {
+        let slot = usize::from(self.connects[0].is_some());
+        self.connects[slot] = Some(us);
     }
 }
 
@@ -132,91 +204,212 @@ fn request_bytes(plan: &Plan) -> Vec<u8> {
     }
 }
 
-/// Reads one HTTP response; its status, and whether the connection can
-/// carry another request.
-async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(u16, bool)> {
-    buf.clear();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 64];
-        let mut resp = httparse::Response::new(&mut headers);
-        let head = match resp.parse(buf) {
-            Ok(httparse::Status::Complete(h)) => h,
-            Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => continue,
-            _ => return Err(io::ErrorKind::InvalidData.into()),
-        };
-        let status = resp.code.unwrap_or(0);
-        let header = |name: &str| {
-            resp.headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case(name))
-                .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
-        };
-        let connection = header("connection");
-        // HTTP/1.0 keeps a connection only when asked; 1.1 unless told to close.
-        let close = if resp.version == Some(0) {
-            !connection
-                .as_deref()
-                .is_some_and(|v| v.contains("keep-alive"))
-        } else {
-            connection.is_some_and(|v| v.contains("close"))
-        };
-        let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-        let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
-        let mut body = buf.split_off(head);
-        if chunked {
-            while !body.windows(5).any(|w| w == b"0\r\n\r\n") {
-                let n = s.read(&mut chunk).await?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                body.extend_from_slice(&chunk[..n]);
-            }
-            return Ok((status, !close));
-        }
-        match length {
-            Some(len) => {
-                while body.len() < len {
-                    let n = s.read(&mut chunk).await?;
-                    if n == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                return Ok((status, !close));
-            }
-            None if status == 204 || status == 304 || (100..200).contains(&status) => {
-                return Ok((status, !close));
-            }
-            None => {
-                // Delimited by the close.
-                while s.read(&mut chunk).await? > 0 {}
-                return Ok((status, false));
-            }
-        }
+/// The least a read asks for: a typical response head fits, and ten
+/// thousand idle connections hold 10 MB of buffers, not 100.
+const READ_SIZE: usize = 1024;
+
+/// Reads more of the connection into `buf`; end of stream is an error
+/// (the response was not complete).
+async fn fill<R: AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.reserve(READ_SIZE);
+    if s.read_buf(buf).await? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
     }
+    Ok(())
+}
+
+/// Reads and discards `n` bytes after `buf[at..]` has been consumed;
+/// returns where the unread rest of `buf` starts.
+async fn skip<R: AsyncRead + Unpin>(
+    s: &mut R,
+    buf: &mut Vec<u8>,
+    at: usize,
+    n: usize,
+) -> io::Result<usize> {
+    let mut want = at + n;
+    while buf.len() < want {
+        want -= buf.len();
+        buf.clear();
+        fill(s, buf).await?;
+    }
+    Ok(want)
+}
+
+/// A chunked body, from `buf[at..]` on (RFC 9112 §7.1, trailers skipped);
+/// where what follows it starts.
+async fn read_chunked<R: AsyncRead + Unpin>(
+    s: &mut R,
+    buf: &mut Vec<u8>,
+    mut at: usize,
+) -> io::Result<usize> {
+    let bad = || io::Error::from(io::ErrorKind::InvalidData);
+    loop {
+        let size = loop {
+            match httparse::parse_chunk_size(&buf[at..]) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    at += used;
+                    break size;
+                }
+                Ok(httparse::Status::Partial) if buf.len() - at < 1024 => {
+                    buf.drain(..at);
+                    at = 0;
+                    fill(s, buf).await?;
+                }
+                _ => return Err(bad()),
+            }
+        };
+        if size == 0 {
+            // Trailer fields, then the empty line.
+            loop {
+                match buf[at..].windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => return Ok(at + 2),
+                    Some(i) => at += i + 2,
+                    None if buf.len() - at < 8192 => {
+                        buf.drain(..at);
+                        at = 0;
+                        fill(s, buf).await?;
+                    }
+                    None => return Err(bad()),
+                }
+            }
+        }
+        let size = usize::try_from(size).map_err(|_| bad())?;
+        // The data and its CRLF.
+        at = skip(s, buf, at, size.checked_add(2).ok_or_else(bad)?).await?;
+    }
+}
+
+/// What a response's head says about its body and connection.
+#[derive(Debug, PartialEq)]
+struct Head {
+    /// Bytes of the head.
+    len: usize,
+    status: u16,
+    /// Whether the connection can carry another request.
+    reusable: bool,
+    body: Body,
+}
+
+#[derive(Debug, PartialEq)]
+enum Body {
+    Length(usize),
+    Chunked,
+    /// Delimited by the end of the connection.
+    UntilClose,
+    /// 1xx, 204 and 304 have none.
+    None,
+}
+
+/// The head at the start of `buf`, once it is all there.
+fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
+    let bad = || io::Error::from(io::ErrorKind::InvalidData);
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut headers);
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(h)) => h,
+        Ok(httparse::Status::Partial) if buf.len() < 64 * 1024 => return Ok(None),
+        _ => return Err(bad()),
+    };
+    let status = resp.code.unwrap_or(0);
+    let header = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
+    };
+    let connection = header("connection");
+    // HTTP/1.0 keeps a connection only when asked; 1.1 unless told to close.
+    let keep = if resp.version == Some(0) {
+        connection
+            .as_deref()
+            .is_some_and(|v| v.contains("keep-alive"))
+    } else {
+        !connection.is_some_and(|v| v.contains("close"))
+    };
+    let body = if status == 204 || status == 304 || (100..200).contains(&status) {
+        Body::None
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        Body::Chunked
+    } else {
+        match header("content-length") {
+            Some(v) => Body::Length(v.trim().parse().map_err(|_| bad())?),
+            None => Body::UntilClose,
+        }
+    };
+    Ok(Some(Head {
+        len,
+        status,
+        reusable: keep && body != Body::UntilClose,
+        body,
+    }))
+}
+
+/// Reads one HTTP response; its status, and whether the connection can
+/// carry another request. `buf` may start with bytes already read and
+/// keeps any that follow the response. Memory per connection stays at the
+/// size of the response head: bodies are read and dropped.
+async fn read_response<R: AsyncRead + Unpin>(
+    s: &mut R,
+    buf: &mut Vec<u8>,
+) -> io::Result<(u16, bool)> {
+    let head = loop {
+        if let Some(h) = parse_head(buf)? {
+            break h;
+        }
+        fill(s, buf).await?;
+    };
+    let end = match head.body {
+        Body::None => head.len,
+        Body::Length(n) => skip(s, buf, head.len, n).await?,
+        Body::Chunked => read_chunked(s, buf, head.len).await?,
+        Body::UntilClose => loop {
+            buf.clear();
+            buf.reserve(READ_SIZE);
+            if s.read_buf(buf).await? == 0 {
+                break 0;
+            }
+        },
+    };
+    buf.drain(..end);
+    Ok((head.status, head.reusable))
 }
 
 /// Runs the plan; `sample` is called once a second; `stop` (or Ctrl-C)
 /// ends it early, with the numbers so far.
 pub fn run(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> io::Result<Report> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.threads)
-        .enable_all()
-        .build()?;
-    rt.block_on(drive(plan, sample, stop))
+    run_with(plan, sample, stop, Arc::new(Live::new(plan)))
 }
 
-async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> io::Result<Report> {
+/// [`run`], counting into `live` (made by [`Live::new`] for this plan)
+/// so that another thread can show the progress.
+pub fn run_with(
+    plan: &Plan,
+    sample: Option<Sampler>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+) -> io::Result<Report> {
+    let mut rt = if plan.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(plan.threads);
+        b
+    };
+    let rt = rt.enable_all().build()?;
+    rt.block_on(drive(plan, sample, stop, live))
+}
+
+async fn drive(
+    plan: &Plan,
+    sample: Option<Sampler>,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+) -> io::Result<Report> {
     let plan = Arc::new(plan.clone());
     let request = Arc::new(request_bytes(&plan));
     let next = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
+    let _ = live.started.set(start);
     let ctrl_c = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -227,7 +420,7 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
     };
     let samples: Arc<Mutex<Vec<Sample>>> = Arc::default();
     let sampling = sample.map(|f| {
-        let (samples, stop) = (samples.clone(), stop.clone());
+        let (samples, stop, live) = (samples.clone(), stop.clone(), live.clone());
         tokio::spawn(async move {
             let f = Arc::new(f);
             let mut tick = tokio::time::interval_at(
@@ -242,6 +435,8 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
                     .await
                     .ok()
                     .flatten();
+                live.time_wait
+                    .store(s.map_or(u64::MAX, |s| s.0), Ordering::Relaxed);
                 samples
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
@@ -249,18 +444,27 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
             }
         })
     });
+    let shards: Arc<[Mutex<Shard>]> = (0..(plan.threads.max(1) * 4).min(plan.concurrency))
+        .map(|_| Mutex::new(Shard::new()))
+        .collect();
     let tasks: Vec<_> = (0..plan.concurrency)
-        .map(|_| {
-            let (plan, request, next, stop) =
-                (plan.clone(), request.clone(), next.clone(), stop.clone());
-            tokio::spawn(async move { worker(&plan, &request, &next, &stop, start).await })
+        .map(|i| {
+            let (plan, request, next, stop, live, shards) = (
+                plan.clone(),
+                request.clone(),
+                next.clone(),
+                stop.clone(),
+                live.clone(),
+                shards.clone(),
+            );
+            tokio::spawn(async move {
+                let shard = &shards[i % shards.len()];
+                worker(&plan, &request, &next, &stop, &live, shard, start).await;
+            })
         })
         .collect();
-    let mut total = Tally::new();
     for t in tasks {
-        if let Ok(t) = t.await {
-            total.merge(t);
-        }
+        let _ = t.await;
     }
     let elapsed = start.elapsed();
     let interrupted = stop.swap(true, Ordering::Relaxed);
@@ -268,18 +472,21 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
     if let Some(s) = sampling {
         s.abort();
     }
+    let mut total = Shard::new();
+    for s in shards.iter() {
+        total.merge(&s.lock().unwrap_or_else(PoisonError::into_inner));
+    }
     let samples = samples
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
-    let series = total
-        .seconds
-        .iter()
+    let series = live
+        .series()
         .enumerate()
         .map(|(i, (c, f))| Second {
             second: i as u64,
-            completed: *c,
-            failed: *f,
+            completed: c,
+            failed: f,
             time_wait: samples.get(i).copied().flatten().map(|s| s.0),
             port_headroom: samples.get(i).copied().flatten().map(|s| s.1),
         })
@@ -290,6 +497,7 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
         .keys()
         .map(|k| (k.clone(), meaning(k)))
         .collect();
+    let succeeded = live.succeeded();
     Ok(Report {
         target: match &plan.target {
             Target::Http { host, path, .. } => format!("http://{host}{path}"),
@@ -302,12 +510,12 @@ async fn drive(plan: &Plan, sample: Option<Sampler>, stop: Arc<AtomicBool>) -> i
         concurrency: plan.concurrency,
         rate: plan.rate,
         duration_seconds: elapsed.as_secs_f64(),
-        attempted: total.attempted,
-        succeeded: total.succeeded,
+        attempted: live.attempted(),
+        succeeded,
         errors: total.errors,
         error_meanings,
         connections_opened: total.opened,
-        requests_per_second: total.succeeded as f64 / elapsed.as_secs_f64().max(1e-9),
+        requests_per_second: succeeded as f64 / elapsed.as_secs_f64().max(1e-9),
         latency_ms: percentiles(&total.latency),
         connect_latency_ms: percentiles(&total.connect),
         series,
@@ -322,18 +530,17 @@ async fn worker(
     request: &[u8],
     next: &AtomicU64,
     stop: &AtomicBool,
+    live: &Live,
+    shard: &Mutex<Shard>,
     start: Instant,
-) -> Tally {
-    let mut t = Tally::new();
+) {
     let mut conn: Option<TcpStream> = None;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let deadline = plan.duration.map(|d| start + d);
+    let mut buf = Vec::new();
+    let deadline = start + run_limit(plan);
     loop {
         // Open loop: every request due before the end is sent, however
         // late (its lateness is latency); closed loop: stop at the end.
-        if stop.load(Ordering::Relaxed)
-            || (plan.rate.is_none() && deadline.is_some_and(|d| Instant::now() >= d))
-        {
+        if stop.load(Ordering::Relaxed) || (plan.rate.is_none() && Instant::now() >= deadline) {
             break;
         }
         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -343,7 +550,7 @@ async fn worker(
         let due = match plan.rate {
             Some(r) => {
                 let at = start + Duration::from_secs_f64(i as f64 / r);
-                if deadline.is_some_and(|d| at >= d) {
+                if at >= deadline {
                     break;
                 }
                 tokio::time::sleep_until(at.into()).await;
@@ -351,41 +558,41 @@ async fn worker(
             }
             None => Instant::now(),
         };
-        t.attempted += 1;
+        live.attempted.fetch_add(1, Ordering::Relaxed);
+        let mut r = Request::default();
         let outcome = tokio::time::timeout(
             plan.timeout,
-            one(plan, request, &mut conn, &mut buf, &mut t),
+            one(plan, request, &mut conn, &mut buf, &mut r),
         )
         .await;
         let done = Instant::now();
-        let at = done.saturating_duration_since(start);
-        match outcome {
-            Ok(Ok(status)) if status < 400 => {
-                t.succeeded += 1;
-                let _ = t
-                    .latency
-                    .record(done.saturating_duration_since(due).as_micros().max(1) as u64);
-                t.second(at).0 += 1;
-            }
-            Ok(Ok(status)) => {
-                *t.errors
-                    .entry(format!("http_{}xx", status / 100))
-                    .or_default() += 1;
-                t.second(at).1 += 1;
-            }
+        let error = match outcome {
+            Ok(Ok(status)) if status < 400 => None,
+            Ok(Ok(status)) => Some(format!("http_{}xx", status / 100)),
             Ok(Err(e)) => {
                 conn = None;
-                *t.errors.entry(error_name(&e)).or_default() += 1;
-                t.second(at).1 += 1;
+                Some(error_name(&e))
             }
             Err(_) => {
                 conn = None;
-                *t.errors.entry("timeout".into()).or_default() += 1;
-                t.second(at).1 += 1;
+                Some("timeout".into())
             }
+        };
+        live.count(done.saturating_duration_since(start), error.is_none());
+        let mut t = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        for us in r.connects.into_iter().flatten() {
+            let _ = t.connect.record(us);
+            t.opened += 1;
+        }
+        match error {
+            None => {
+                let _ = t
+                    .latency
+                    .record(done.saturating_duration_since(due).as_micros().max(1) as u64);
+            }
+            Some(e) => *t.errors.entry(e).or_default() += 1,
         }
     }
-    t
 }
 
 /// One request: a connection (new, or the kept one), the exchange; the
@@ -395,7 +602,7 @@ async fn one(
     request: &[u8],
     conn: &mut Option<TcpStream>,
     buf: &mut Vec<u8>,
-    t: &mut Tally,
+    t: &mut Request,
 ) -> io::Result<u16> {
     let reused = conn.is_some();
     match exchange(plan, request, conn, buf, t).await {
@@ -422,15 +629,16 @@ async fn exchange(
     request: &[u8],
     conn: &mut Option<TcpStream>,
     buf: &mut Vec<u8>,
-    t: &mut Tally,
+    t: &mut Request,
 ) -> io::Result<u16> {
     let mut s = match conn.take() {
         Some(s) => s,
         None => {
+            // Nothing read from an earlier connection belongs to this one.
+            buf.clear();
             let c0 = Instant::now();
             let s = TcpStream::connect(plan.target.addr()).await?;
-            let _ = t.connect.record(c0.elapsed().as_micros().max(1) as u64);
-            t.opened += 1;
+            t.connected(c0.elapsed().as_micros().max(1) as u64);
             // Nagle off: requests are small and latency matters.
             let _ = s.set_nodelay(true);
             s
@@ -457,4 +665,116 @@ async fn exchange(
     // closes first, as an HTTP/1.0 proxy does, and keeps the TIME_WAIT.
     drop(s);
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Every response of `wire`, read through a pipe that hands over at
+    /// most `piece` bytes per read (so every boundary is crossed).
+    async fn responses(
+        wire: &'static [u8],
+        piece: usize,
+        n: usize,
+    ) -> Vec<io::Result<(u16, bool)>> {
+        let (mut client, mut server) = tokio::io::duplex(piece);
+        let writer = tokio::spawn(async move {
+            let _ = server.write_all(wire).await;
+        });
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = read_response(&mut client, &mut buf).await;
+            let stop = r.is_err();
+            out.push(r);
+            if stop {
+                break;
+            }
+        }
+        // The writer may still be blocked on bytes nobody will read.
+        drop(client);
+        let _ = writer.await;
+        out
+    }
+
+    fn ok(v: &[io::Result<(u16, bool)>]) -> Vec<(u16, bool)> {
+        v.iter().map(|r| *r.as_ref().unwrap()).collect()
+    }
+
+    const KEPT: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello\
+HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: t\r\n\r\n\
+HTTP/1.1 204 No Content\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+
+    #[tokio::test]
+    async fn responses_on_one_connection_are_read_one_after_another_at_any_read_size() {
+        for piece in [1, 2, 3, 7, 64, 4096] {
+            let got = responses(KEPT, piece, 4).await;
+            assert_eq!(
+                ok(&got),
+                [(200, true), (404, true), (204, true), (200, false)],
+                "read {piece} bytes at a time"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_delimited_by_the_close_ends_the_connection() {
+        let got = responses(b"HTTP/1.0 200 OK\r\n\r\nsome body", 3, 1).await;
+        assert_eq!(ok(&got), [(200, false)]);
+        let got = responses(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            5,
+            1,
+        )
+        .await;
+        assert_eq!(ok(&got), [(200, true)]);
+    }
+
+    #[tokio::test]
+    async fn a_cut_or_malformed_response_is_an_error_not_a_hang() {
+        let cases: [(&'static [u8], io::ErrorKind); 4] = [
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+                io::ErrorKind::UnexpectedEof,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                io::ErrorKind::InvalidData,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+                io::ErrorKind::InvalidData,
+            ),
+            (b"SSH-2.0-OpenSSH\r\n\r\n", io::ErrorKind::InvalidData),
+        ];
+        for (wire, kind) in cases {
+            let got = responses(wire, 4, 1).await;
+            assert_eq!(
+                got[0].as_ref().unwrap_err().kind(),
+                kind,
+                "{}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+    }
+
+    #[test]
+    fn live_counters_are_sized_by_the_plan_and_never_index_past_it() {
+        let p = Plan {
+            duration: Some(Duration::from_secs(3)),
+            ..crate::plan::tests::plan()
+        };
+        let live = Live::new(&p);
+        assert_eq!(live.seconds.len() as u64, 3 + p.timeout.as_secs() + 2);
+        live.count(Duration::from_secs(1), true);
+        // Later than planned (a late answer): counted in the last slot.
+        live.count(Duration::from_secs(10_000), false);
+        assert_eq!((live.succeeded(), live.failed()), (1, 1));
+        let series: Vec<_> = live.series().collect();
+        assert_eq!(series.len(), live.seconds.len());
+        assert_eq!((series[1], *series.last().unwrap()), ((1, 0), (0, 1)));
+    }
 }
