@@ -102,3 +102,16 @@ CONF
     nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
     nginx_pid=$!
 }
+
+# A throw-away namespace $ns ("twbench-$1-PID") with its loopback up and
+# ports that do not limit short connections (the whole range, TIME_WAIT
+# ports reused after 1 ms where the kernel allows: 6.14+); deleted on exit
+# with everything bench_dir cleans up.
+bench_netns() {
+    ns="twbench-$1-$$"
+    ip netns add "$ns"
+    trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns delete "$ns" 2>/dev/null || true; rm -rf "$DIR"' EXIT
+    ip -n "$ns" link set lo up
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
+    ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse_delay=1 2>/dev/null || true
+}

@@ -19,14 +19,8 @@ need_packages nginx:nginx-light perf:linux-perf
 cargo build --release --quiet --bin timewait
 BIN=$PWD/target/release/timewait
 bench_dir
-ns="twbench-trace-$$"
-ip netns add "$ns"
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns delete "$ns" 2>/dev/null || true; rm -rf "$DIR"' EXIT
-ip -n "$ns" link set lo up
-# Ports must not be what limits the rate (32,000/s with the 1 s reuse
-# delay): reuse TIME_WAIT ports after 1 ms where the kernel allows (6.14+).
-ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
-ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse_delay=1 2>/dev/null || true
+# Ports must not be what limits the rate of short connections.
+bench_netns trace
 # nginx accepts; the client closes first (a TIME_WAIT on its side each time).
 cat > "$DIR/nginx.conf" <<CONF
 worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;

@@ -45,6 +45,12 @@ fn human(s: &ScenarioReport, st: &Style) -> String {
     }
     o.push_str(&t.render(st, "  "));
     let _ = writeln!(o, "  predicted by: {}", s.predicted.source);
+    let _ = writeln!(
+        o,
+        "  TIME_WAIT at the end: {} on the backend, {} toward it",
+        int(s.time_wait_held.by_backend),
+        int(s.time_wait_held.toward_backend)
+    );
     if !s.measured.other_errors.is_empty() {
         let e: Vec<String> = s
             .measured
@@ -110,5 +116,8 @@ pub fn run_lab(a: &LabArgs, st: &Style) -> Result<String, Failure> {
         let _ = write!(o, "; report written to {}", p.display());
     }
     o.push('\n');
+    for s in &report.skipped {
+        let _ = writeln!(o, "skipped {}: {}", s.name, s.why);
+    }
     Ok(o)
 }

@@ -96,18 +96,37 @@ fn serve(listener: &Socket, traffic: Traffic, stop: &AtomicBool, accepted: &Atom
     }
 }
 
-fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+/// The next request's head (lower-cased), or `None` at the end of the
+/// connection.
+fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<String>> {
     let mut chunk = [0u8; 1024];
     loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
             buf.drain(..i + 4);
-            return Ok(true);
+            return Ok(Some(head));
         }
         let n = conn.read(&mut chunk)?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Whether the client asked for the connection to end with this request:
+/// HTTP/1.0 unless it asked to keep it, or `Connection: close` (what nginx
+/// sends its upstream by default).
+fn wants_close(head: &str) -> bool {
+    let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+    let connection = |v: &str| {
+        head.lines()
+            .any(|l| l.strip_prefix("connection:").is_some_and(|x| x.contains(v)))
+    };
+    if http10 {
+        !connection("keep-alive")
+    } else {
+        connection("close")
     }
 }
 
@@ -120,15 +139,21 @@ fn handle(mut conn: TcpStream, traffic: Traffic) -> std::io::Result<()> {
         }
         Traffic::ServerCloses => {
             let mut buf = Vec::new();
-            if read_head(&mut conn, &mut buf)? {
+            if read_head(&mut conn, &mut buf)?.is_some() {
                 // HTTP/1.0, no length: the close ends the body, and the
                 // server closes first.
                 conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok")?;
             }
         }
-        Traffic::Proxy => {
+        Traffic::Proxy | Traffic::Nginx { .. } => {
             let mut buf = Vec::new();
-            while read_head(&mut conn, &mut buf)? {
+            while let Some(head) = read_head(&mut conn, &mut buf)? {
+                if wants_close(&head) {
+                    // As a server does: the answer delimited by the close,
+                    // so the backend closes first.
+                    conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok")?;
+                    return Ok(());
+                }
                 conn.write_all(
                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: text/plain\r\n\r\nok",
                 )?;
@@ -136,4 +161,22 @@ fn handle(mut conn: TcpStream, traffic: Traffic) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wants_close;
+
+    #[test]
+    fn a_request_ends_its_connection_as_http_says() {
+        // nginx's default request to an upstream.
+        assert!(wants_close(
+            "get / http/1.0\r\nhost: backend\r\nconnection: close"
+        ));
+        assert!(wants_close("get / http/1.0\r\nhost: x"));
+        assert!(!wants_close("get / http/1.0\r\nconnection: keep-alive"));
+        // The article's fix: HTTP/1.1, `Connection ""` (no header sent).
+        assert!(!wants_close("get / http/1.1\r\nhost: backend"));
+        assert!(wants_close("get / http/1.1\r\nconnection: close"));
+    }
 }

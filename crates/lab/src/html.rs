@@ -237,6 +237,14 @@ table{{border-collapse:collapse;margin:6px 0}} th,td{{text-align:left;padding:2p
     for s in &r.scenarios {
         scenario(&mut o, s);
     }
+    for s in &r.skipped {
+        let _ = write!(
+            o,
+            "<h2>{}</h2><p>Skipped: {}</p>",
+            esc(&s.name),
+            esc(&s.why)
+        );
+    }
     o.push_str("</body></html>\n");
     o
 }
@@ -275,12 +283,17 @@ mod tests {
             kernel_release: "6.18".into(),
             duration_seconds: 5.0,
             interrupted: false,
+            skipped: vec![],
             scenarios: vec![ScenarioReport {
                 name: "exhaustion".into(),
                 claim: "ports <run> out & fail".into(),
                 settings: BTreeMap::new(),
                 measured: outcome("kernel", 300, 1300),
                 predicted: outcome("model simulate", 300, 1300),
+                time_wait_held: crate::report::Held {
+                    by_backend: 0,
+                    toward_backend: 300,
+                },
                 agrees: true,
                 verdict: "ok".into(),
             }],

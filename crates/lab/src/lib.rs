@@ -6,6 +6,8 @@
 //!
 //! - [`scenario`]: the scenarios and the scaled-down settings.
 //! - `backend` (private): the built-in backend.
+//! - `service` (private): the proxies in front of it (`timewait proxy`,
+//!   nginx), as child processes in the namespace.
 //! - [`run`]: one scenario, measured and predicted.
 //! - [`report`]: the JSON document.
 //! - [`html`]: the self-contained HTML report with an SVG chart per scenario.
@@ -16,13 +18,14 @@ pub mod html;
 pub mod report;
 pub mod run;
 pub mod scenario;
+mod service;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-pub use report::{LabReport, ScenarioReport};
+pub use report::{LabReport, ScenarioReport, Skipped};
 pub use scenario::Scenario;
 
 /// Why the lab could not run.
@@ -38,9 +41,15 @@ pub enum LabError {
     /// The built-in backend could not start.
     #[error("the lab's backend: {0}")]
     Backend(String),
-    /// `timewait proxy` could not start.
-    #[error("timewait proxy: {0}")]
-    Proxy(String),
+    /// A proxy in front of the backend (`timewait proxy`, nginx) could not
+    /// start.
+    #[error("{what}: {why}")]
+    Service {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        why: String,
+    },
     /// The load generator failed.
     #[error("the load generator: {0}")]
     Load(String),
@@ -68,9 +77,18 @@ pub fn run_all(
 ) -> Result<LabReport, LabError> {
     let start = Instant::now();
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
+    let nginx = service::nginx_installed();
     for s in scenarios {
         if stop.load(Ordering::Relaxed) {
             break;
+        }
+        if matches!(s.traffic, scenario::Traffic::Nginx { .. }) && !nginx {
+            skipped.push(report::Skipped {
+                name: s.name.into(),
+                why: "nginx is not installed (Debian: apt-get install nginx-light)".into(),
+            });
+            continue;
         }
         let r = run::run_scenario(s, exe, stop)?;
         each(&r);
@@ -82,6 +100,7 @@ pub fn run_all(
             .unwrap_or_else(|_| "unknown".into()),
         duration_seconds: start.elapsed().as_secs_f64(),
         scenarios: out,
+        skipped,
         interrupted: stop.load(Ordering::Relaxed),
     })
 }

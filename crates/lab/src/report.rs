@@ -14,8 +14,19 @@ pub struct LabReport {
     pub duration_seconds: f64,
     /// In the order they ran.
     pub scenarios: Vec<ScenarioReport>,
+    /// Scenarios that could not run here, and why.
+    pub skipped: Vec<Skipped>,
     /// Stopped by Ctrl-C: the scenarios so far.
     pub interrupted: bool,
+}
+
+/// A scenario that could not run here.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Skipped {
+    /// Its name.
+    pub name: String,
+    /// Why (what to install).
+    pub why: String,
 }
 
 /// One scenario.
@@ -31,10 +42,21 @@ pub struct ScenarioReport {
     pub measured: Outcome,
     /// What the model predicts (`source` says which model).
     pub predicted: Outcome,
+    /// Who held the TIME_WAIT when the traffic ended (measured).
+    pub time_wait_held: Held,
     /// Whether `succeeded` and `failed_eaddrnotavail` agree within 10%.
     pub agrees: bool,
     /// One line: what happened beside what was predicted.
     pub verdict: String,
+}
+
+/// TIME_WAIT sockets by the side that closed first.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Held {
+    /// On the backend (local port the backend's: it closed first).
+    pub by_backend: u64,
+    /// Toward the backend (the client or the proxy closed first).
+    pub toward_backend: u64,
 }
 
 /// Counts of one side (measured or predicted).

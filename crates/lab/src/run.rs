@@ -5,12 +5,11 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use timewait_analysis::{GroupBy, analyse};
+use timewait_analysis::{GroupBy, StatusReport, analyse};
 use timewait_host::scratch::ScratchNetns;
 use timewait_host::{Target, collect};
 use timewait_load::plan::{Mode, Plan, Target as LoadTarget};
@@ -20,61 +19,11 @@ use timewait_snapshot::Snapshot;
 
 use crate::LabError;
 use crate::backend::Backend;
-use crate::report::{Outcome, Point, ScenarioReport, close_enough};
+use crate::report::{Held, Outcome, Point, ScenarioReport, close_enough};
 use crate::scenario::{
-    BACKEND_IP, BACKEND_PORT, DURATION_SECONDS, PROXY_PORT, RATE, Scenario, Traffic,
+    BACKEND_IP, BACKEND_PORT, DURATION_SECONDS, NGINX_PORT, PROXY_PORT, RATE, Scenario, Traffic,
 };
-
-/// `timewait proxy`, run from the binary inside the namespace; stopped
-/// (SIGTERM, then waited for) when dropped.
-struct Proxy(Child);
-
-impl Proxy {
-    fn start(ns: &ScratchNetns, exe: &Path) -> Result<Proxy, LabError> {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(exe)
-            .args([
-                "proxy",
-                "--listen",
-                &format!("127.0.0.1:{PROXY_PORT}"),
-                "--upstream",
-                &format!("{BACKEND_IP}:{BACKEND_PORT}"),
-                "--workers",
-                "1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| LabError::Proxy(format!("starting {}: {e}", exe.display())))?;
-        let proxy = Proxy(child);
-        // Ready when it accepts (bounded).
-        let up = ns.spawn(|| {
-            (0..500).any(|_| {
-                let ok = std::net::TcpStream::connect(("127.0.0.1", PROXY_PORT)).is_ok();
-                if !ok {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                ok
-            })
-        })?;
-        match up.join() {
-            Ok(Some(true)) => Ok(proxy),
-            _ => Err(LabError::Proxy("it did not start listening".into())),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        // `ip netns exec` execs the proxy: this pid is the proxy's.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.0.wait();
-    }
-}
+use crate::service::{self, Service};
 
 fn counter(snap: &Snapshot, name: &str) -> u64 {
     snap.counter("TcpExt", name)
@@ -82,27 +31,45 @@ fn counter(snap: &Snapshot, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// TIME_WAIT on the side that closes first, in the namespace this runs in,
-/// and the client's port headroom toward the backend (all free when it
-/// holds no socket toward it).
+/// Who holds the TIME_WAIT of the backend leg in a census.
+fn held(r: &StatusReport) -> Held {
+    let t = &r.time_wait;
+    Held {
+        by_backend: t
+            .server_side
+            .iter()
+            .filter(|x| x.local_port == BACKEND_PORT)
+            .map(|x| x.time_wait)
+            .sum(),
+        toward_backend: t
+            .by_destination
+            .iter()
+            .filter(|d| d.remote_ip == IpAddr::V4(BACKEND_IP) && d.remote_port == BACKEND_PORT)
+            .map(|d| d.time_wait)
+            .sum(),
+    }
+}
+
+/// TIME_WAIT of the backend leg on the side that closes first, in the
+/// namespace this runs in, and the client's port headroom toward the
+/// backend (all free when it holds no socket toward it). Connections to a
+/// proxy are not the leg under test.
 fn time_wait_now(traffic: Traffic) -> Option<(u64, f64)> {
     let snap = collect(&Target::Current, timewait_host::Via::Auto, false).ok()?;
     let r = analyse(&snap, GroupBy::Destination, usize::MAX);
-    let ip = IpAddr::V4(BACKEND_IP);
-    let toward = || {
-        r.time_wait
-            .by_destination
-            .iter()
-            .filter(|d| d.remote_ip == ip && d.remote_port == BACKEND_PORT)
-    };
+    let h = held(&r);
     let tw = match traffic {
-        // The client holds none: every TIME_WAIT in the namespace is the
-        // backend's (/proc/net/sockstat's count).
-        Traffic::ServerCloses => *r.settings.sockstat_time_wait.known()?,
-        _ => toward().map(|d| d.time_wait).sum(),
+        // The backend may close first.
+        Traffic::ServerCloses | Traffic::Nginx { .. } => h.by_backend + h.toward_backend,
+        Traffic::ClientCloses | Traffic::Proxy => h.toward_backend,
     };
     let mut headroom = 1.0;
-    for d in toward() {
+    for d in r
+        .time_wait
+        .by_destination
+        .iter()
+        .filter(|d| d.remote_ip == IpAddr::V4(BACKEND_IP) && d.remote_port == BACKEND_PORT)
+    {
         headroom = f64::min(headroom, d.headroom_ratio?);
     }
     Some((tw, headroom))
@@ -123,15 +90,22 @@ fn plan(traffic: Traffic) -> Plan {
         ),
         // Clients keep their connections to the proxy: the leg under test
         // is the proxy's to the backend.
-        Traffic::Proxy => (
-            LoadTarget::Http {
-                addr: SocketAddr::from(([127, 0, 0, 1], PROXY_PORT)),
-                host: format!("127.0.0.1:{PROXY_PORT}"),
-                path: "/".into(),
-            },
-            Mode::KeepAlive,
-            8,
-        ),
+        Traffic::Proxy | Traffic::Nginx { .. } => {
+            let port = if traffic == Traffic::Proxy {
+                PROXY_PORT
+            } else {
+                NGINX_PORT
+            };
+            (
+                LoadTarget::Http {
+                    addr: SocketAddr::from(([127, 0, 0, 1], port)),
+                    host: format!("127.0.0.1:{port}"),
+                    path: "/".into(),
+                },
+                Mode::KeepAlive,
+                8,
+            )
+        }
     };
     Plan {
         target,
@@ -235,8 +209,9 @@ pub fn run_scenario(
     }
     let backend = Backend::start(&ns, (BACKEND_IP, BACKEND_PORT).into(), s.traffic)?;
     let _proxy = match s.traffic {
-        Traffic::Proxy => Some(Proxy::start(&ns, exe)?),
-        _ => None,
+        Traffic::Proxy => Some(Service::timewait_proxy(&ns, exe)?),
+        Traffic::Nginx { keepalive } => Some(Service::nginx(&ns, keepalive)?),
+        Traffic::ClientCloses | Traffic::ServerCloses => None,
     };
     let before = collect(&ns.target(), timewait_host::Via::Auto, false)?;
     let p = plan(s.traffic);
@@ -338,19 +313,34 @@ pub fn run_scenario(
         // over the server's TIME_WAIT of its 4-tuple, and a client that
         // holds no TIME_WAIT finds a free port in its first pass, over the
         // ports with the parity of the range's low end.
-        Traffic::ServerCloses | Traffic::Proxy => {
+        Traffic::ServerCloses | Traffic::Proxy | Traffic::Nginx { .. } => {
             let attempted = (RATE * DURATION_SECONDS).round() as u64;
-            let server = s.traffic == Traffic::ServerCloses;
+            // nginx's defaults: HTTP/1.0 to the backend, which closes first.
+            let server = matches!(
+                s.traffic,
+                Traffic::ServerCloses | Traffic::Nginx { keepalive: false }
+            );
             let per = RATE.round() as u64;
             let first_pass = u64::from(s.port_range.1 - s.port_range.0) / 2 + 1;
-            let held = |n: u64| if server { n.min(first_pass) } else { 0 };
-            Outcome {
-                source: if server {
-                    "model rule: the side that closes first holds the TIME_WAIT, one per client 4-tuple (the client's first-pass ports)"
-                } else {
-                    "model rule: kept-alive connections are never closed, so nothing enters TIME_WAIT"
+            // nginx closes a kept upstream connection after its
+            // keepalive_requests-th request (a TIME_WAIT on nginx).
+            let requests_per_connection = match s.traffic {
+                Traffic::Nginx { keepalive: true } => {
+                    service::nginx_version().and_then(service::upstream_keepalive_requests)
                 }
-                .into(),
+                _ => None,
+            };
+            let held = |n: u64| match (server, requests_per_connection) {
+                (true, _) => n.min(first_pass),
+                (false, Some(k)) => n / k,
+                (false, None) => 0,
+            };
+            Outcome {
+                source: match (server, requests_per_connection) {
+                    (true, _) => "model rule: the side that closes first holds the TIME_WAIT, one per client 4-tuple (the client's first-pass ports)".into(),
+                    (false, Some(k)) => format!("model rule: nginx closes a kept-alive upstream connection after {k} requests (the default of upstream keepalive_requests in this nginx): at most one TIME_WAIT on nginx per {k} requests"),
+                    (false, None) => "model rule: kept-alive connections are never closed, so nothing enters TIME_WAIT".into(),
+                },
                 attempted,
                 succeeded: attempted,
                 failed_eaddrnotavail: 0,
@@ -375,11 +365,15 @@ pub fn run_scenario(
             measured.failed_eaddrnotavail,
             predicted.failed_eaddrnotavail,
         );
-    let verdict = verdict(s, &measured, &predicted, backend.accepted());
+    let held = held(&analyse(&after, GroupBy::Destination, usize::MAX));
+    let verdict = verdict(s, &measured, &predicted, backend.accepted(), held);
     let mut settings: BTreeMap<String, String> = sysctls
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+    if let (Traffic::Nginx { .. }, Some(v)) = (s.traffic, service::nginx_version()) {
+        settings.insert("nginx".into(), format!("{}.{}.{}", v.0, v.1, v.2));
+    }
     settings.insert(
         "traffic".into(),
         format!(
@@ -390,6 +384,10 @@ pub fn run_scenario(
                 Traffic::ClientCloses => "connect, client closes first",
                 Traffic::ServerCloses => "HTTP/1.0, the backend closes first",
                 Traffic::Proxy => "HTTP through timewait proxy to the backend",
+                Traffic::Nginx { keepalive: false } =>
+                    "HTTP through nginx (its upstream defaults) to the backend",
+                Traffic::Nginx { keepalive: true } =>
+                    "HTTP through nginx (upstream keepalive) to the backend",
             }
         ),
     );
@@ -399,12 +397,13 @@ pub fn run_scenario(
         settings,
         measured,
         predicted,
+        time_wait_held: held,
         agrees,
         verdict,
     })
 }
 
-fn verdict(s: &Scenario, m: &Outcome, p: &Outcome, backend_accepts: u64) -> String {
+fn verdict(s: &Scenario, m: &Outcome, p: &Outcome, backend_accepts: u64, held: Held) -> String {
     let when = |o: &Outcome| {
         o.first_failure_second
             .map_or("never".to_string(), |t| format!("in second {}", t + 1))
@@ -439,6 +438,17 @@ fn verdict(s: &Scenario, m: &Outcome, p: &Outcome, backend_accepts: u64) -> Stri
             m.attempted - m.succeeded,
             backend_accepts,
             m.time_wait_peak.map_or("unknown".into(), |v| v.to_string()),
+        ),
+        Traffic::Nginx { .. } => format!(
+            "{} of {} requests succeeded, {} failed; the backend accepted {} connections for them; TIME_WAIT peak {} (model {}); at the end {} on the backend, {} on nginx toward it",
+            m.succeeded,
+            m.attempted,
+            m.attempted - m.succeeded,
+            backend_accepts,
+            m.time_wait_peak.map_or("unknown".into(), |v| v.to_string()),
+            p.time_wait_peak.unwrap_or(0),
+            held.by_backend,
+            held.toward_backend,
         ),
     }
 }

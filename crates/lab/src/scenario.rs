@@ -20,6 +20,11 @@ pub const BACKEND_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const BACKEND_PORT: u16 = 9000;
 /// The proxy's port (scenario `proxy`), on 127.0.0.1.
 pub const PROXY_PORT: u16 = 8080;
+/// nginx's port (scenarios `nginx` and `nginx-keepalive`), on 127.0.0.1.
+pub const NGINX_PORT: u16 = 8081;
+/// nginx's `keepalive` (idle upstream connections kept per worker): the
+/// article's 500, scaled down with the port range.
+pub const NGINX_KEEPALIVE: u32 = 32;
 /// The scaled-down port range: 300 ports.
 pub const NARROW: (u16, u16) = (40000, 40299);
 
@@ -33,6 +38,22 @@ pub enum Traffic {
     /// Short client requests through `timewait proxy`, which keeps its
     /// backend connections alive.
     Proxy,
+    /// The same requests through nginx (where it is installed): with its
+    /// defaults (HTTP/1.0 and `Connection: close` to the upstream), or with
+    /// the article's keep-alive lines.
+    Nginx {
+        /// `keepalive N`, `proxy_http_version 1.1`, `proxy_set_header
+        /// Connection ""`.
+        keepalive: bool,
+    },
+}
+
+impl Traffic {
+    /// Whether the client's requests reach the backend through a proxy
+    /// (the client keeps its connections to it alive).
+    pub fn proxied(self) -> bool {
+        matches!(self, Traffic::Proxy | Traffic::Nginx { .. })
+    }
 }
 
 /// One scenario.
@@ -100,6 +121,18 @@ pub fn all() -> Vec<Scenario> {
             name: "proxy",
             claim: "The fix: the same requests through a keep-alive proxy (timewait proxy) reuse a few backend connections: no failures, no TIME_WAIT toward the backend.",
             traffic: Traffic::Proxy,
+            ..BASE
+        },
+        Scenario {
+            name: "nginx",
+            claim: "nginx's defaults talk to the backend with HTTP/1.0 and Connection: close: every request is a new connection that the backend closes first, so the TIME_WAIT is on the backend and nginx holds none.",
+            traffic: Traffic::Nginx { keepalive: false },
+            ..BASE
+        },
+        Scenario {
+            name: "nginx-keepalive",
+            claim: "The article's nginx fix (upstream keepalive, proxy_http_version 1.1, proxy_set_header Connection \"\"): a few kept-alive backend connections; a TIME_WAIT only when nginx retires one after its keepalive_requests-th request.",
+            traffic: Traffic::Nginx { keepalive: true },
             ..BASE
         },
     ]

@@ -639,8 +639,12 @@ async fn exchange(
             let c0 = Instant::now();
             let s = TcpStream::connect(plan.target.addr()).await?;
             t.connected(c0.elapsed().as_micros().max(1) as u64);
-            // Nagle off: requests are small and latency matters.
-            let _ = s.set_nodelay(true);
+            // Nagle off where a connection carries more than one request
+            // (a request is one write: the first segment of a connection
+            // is never held back, so a short connection needs no syscall).
+            if plan.mode == Mode::KeepAlive {
+                let _ = s.set_nodelay(true);
+            }
             s
         }
     };

@@ -1,0 +1,233 @@
+//! The proxies a scenario puts between the client and the backend:
+//! `timewait proxy` (the binary itself) and nginx, each a child process
+//! inside the scenario's namespace, stopped (SIGTERM, then waited for)
+//! when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use timewait_host::scratch::ScratchNetns;
+
+use crate::LabError;
+use crate::scenario::{BACKEND_IP, BACKEND_PORT, NGINX_KEEPALIVE, NGINX_PORT, PROXY_PORT};
+
+/// A proxy process in the namespace.
+pub struct Service {
+    child: Child,
+    /// Its files (nginx's configuration and logs), removed with it.
+    dir: Option<PathBuf>,
+}
+
+impl Service {
+    /// `timewait proxy` from `exe`, one worker, in front of the backend.
+    pub fn timewait_proxy(ns: &ScratchNetns, exe: &Path) -> Result<Service, LabError> {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{PROXY_PORT}"),
+            "--upstream",
+            &format!("{BACKEND_IP}:{BACKEND_PORT}"),
+            "--workers",
+            "1",
+        ]);
+        Service::start(ns, cmd, None, PROXY_PORT, "timewait proxy")
+    }
+
+    /// nginx, one worker, in front of the backend: its defaults toward the
+    /// upstream, or with the article's keep-alive lines.
+    pub fn nginx(ns: &ScratchNetns, keepalive: bool) -> Result<Service, LabError> {
+        let fail = |why: String| LabError::Service { what: "nginx", why };
+        let dir = std::env::temp_dir().join(format!("{}-nginx", ns.name()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(&dir, keepalive))
+            .map_err(|e| fail(format!("writing {}: {e}", conf.display())))?;
+        let mut cmd = Command::new("nginx");
+        cmd.arg("-c")
+            .arg(&conf)
+            .arg("-e")
+            .arg(dir.join("error.log"));
+        Service::start(ns, cmd, Some(dir), NGINX_PORT, "nginx")
+    }
+
+    fn start(
+        ns: &ScratchNetns,
+        cmd: Command,
+        dir: Option<PathBuf>,
+        port: u16,
+        what: &'static str,
+    ) -> Result<Service, LabError> {
+        let program = cmd.get_program().to_string_lossy().to_string();
+        let mut exec = Command::new("ip");
+        exec.args(["netns", "exec", ns.name()])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = exec.spawn().map_err(|e| LabError::Service {
+            what,
+            why: format!("starting {program}: {e}"),
+        })?;
+        let service = Service { child, dir };
+        // Ready when it accepts (bounded).
+        let up = ns.spawn(move || {
+            (0..500).any(|_| {
+                let ok = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+                if !ok {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                ok
+            })
+        })?;
+        match up.join() {
+            Ok(Some(true)) => Ok(service),
+            _ => Err(LabError::Service {
+                what,
+                why: format!(
+                    "it did not start listening on 127.0.0.1:{port}{}",
+                    service.last_error()
+                ),
+            }),
+        }
+    }
+
+    /// The last line of its error log, if it has one (": …").
+    fn last_error(&self) -> String {
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.join("error.log")).ok())
+            .and_then(|t| t.lines().last().map(|l| format!(": {l}")))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // `ip netns exec` execs the program: this pid is the proxy's (nginx's
+        // master, which stops its worker on SIGTERM).
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        if let Some(d) = &self.dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Whether nginx can be run here (scenarios `nginx*` are skipped if not).
+pub fn nginx_installed() -> bool {
+    Command::new("nginx")
+        .arg("-v")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The installed nginx's version (`nginx -v`: "nginx version: nginx/1.22.1").
+pub fn nginx_version() -> Option<(u32, u32, u32)> {
+    let out = Command::new("nginx").arg("-v").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stderr))
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
+    let mut n = v.split('.').map(|x| x.parse::<u32>().ok());
+    Some((n.next()??, n.next()??, n.next().flatten().unwrap_or(0)))
+}
+
+/// The default of the upstream `keepalive_requests` in an nginx version:
+/// added in 1.15.3 with 100, 1000 from 1.19.10 (its CHANGES); none before.
+pub fn upstream_keepalive_requests(v: (u32, u32, u32)) -> Option<u64> {
+    if v >= (1, 19, 10) {
+        Some(1000)
+    } else if v >= (1, 15, 3) {
+        Some(100)
+    } else {
+        None
+    }
+}
+
+/// nginx's configuration: one worker, files in `dir`, proxying everything
+/// to the backend; with `keepalive`, the article's three lines.
+pub fn nginx_conf(dir: &Path, keepalive: bool) -> String {
+    let d = dir.display();
+    let (pool, location) = if keepalive {
+        (
+            format!("\n        keepalive {NGINX_KEEPALIVE};"),
+            "\n            proxy_http_version 1.1;\n            proxy_set_header Connection \"\";",
+        )
+    } else {
+        (String::new(), "")
+    };
+    format!(
+        "worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server {BACKEND_IP}:{BACKEND_PORT};{pool}
+    }}
+    server {{
+        listen 127.0.0.1:{NGINX_PORT};
+        location / {{
+            proxy_pass http://backend;{location}
+        }}
+    }}
+}}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nginx_versions_and_their_upstream_request_limit() {
+        assert_eq!(
+            parse_version("nginx version: nginx/1.22.1\n"),
+            Some((1, 22, 1))
+        );
+        assert_eq!(
+            parse_version("nginx version: nginx/1.27.4 (Ubuntu)"),
+            Some((1, 27, 4))
+        );
+        assert_eq!(parse_version("nginx version: openresty/1.21"), None);
+        assert_eq!(upstream_keepalive_requests((1, 22, 1)), Some(1000));
+        assert_eq!(upstream_keepalive_requests((1, 19, 9)), Some(100));
+        assert_eq!(upstream_keepalive_requests((1, 14, 0)), None);
+    }
+
+    #[test]
+    fn the_keepalive_configuration_adds_exactly_the_articles_lines() {
+        let dir = Path::new("/tmp/x");
+        let without = nginx_conf(dir, false);
+        let with = nginx_conf(dir, true);
+        let added: Vec<&str> = with
+            .lines()
+            .filter(|l| !without.lines().any(|w| w == *l))
+            .map(str::trim)
+            .collect();
+        assert_eq!(
+            added,
+            [
+                "keepalive 32;",
+                "proxy_http_version 1.1;",
+                "proxy_set_header Connection \"\";"
+            ]
+        );
+        assert!(without.contains("proxy_pass http://backend;"));
+    }
+}
