@@ -267,3 +267,47 @@ fn without_nginx_its_scenarios_are_skipped_and_said_so() {
             .contains("nginx-light")
     );
 }
+
+#[test]
+fn a_scenario_that_fails_leaves_no_namespace_and_says_why_in_one_line() {
+    if std::env::var_os(SKIP_ENV).is_some() {
+        return;
+    }
+    // An "nginx" that reports a version but never serves: the scenario
+    // fails once its namespace, backend and nginx process exist.
+    let dir = std::env::temp_dir().join(format!("twlab-fake-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fake = dir.join("nginx");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\n[ \"$1\" = -v ] && { echo 'nginx version: nginx/1.22.1' >&2; exit 0; }\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let child = Command::new(env!("CARGO_BIN_EXE_timewait"))
+        .args(["lab", "--scenario", "nginx", "--json"])
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("nginx: it did not start listening"), "{err}");
+    assert!(lab_namespaces(pid).is_empty(), "{:?}", lab_namespaces(pid));
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("twlab-{pid}-0-nginx"))
+            .exists(),
+        "nginx's files left behind"
+    );
+}

@@ -71,7 +71,7 @@ impl Service {
             what,
             why: format!("starting {program}: {e}"),
         })?;
-        let service = Service { child, dir };
+        let mut service = Service { child, dir };
         // Ready when it accepts (bounded).
         let up = ns.spawn(move || {
             (0..500).any(|_| {
@@ -84,13 +84,19 @@ impl Service {
         })?;
         match up.join() {
             Ok(Some(true)) => Ok(service),
-            _ => Err(LabError::Service {
-                what,
-                why: format!(
-                    "it did not start listening on 127.0.0.1:{port}{}",
-                    service.last_error()
-                ),
-            }),
+            _ => {
+                let exited = match service.child.try_wait() {
+                    Ok(Some(status)) => format!(" ({status})"),
+                    _ => String::new(),
+                };
+                Err(LabError::Service {
+                    what,
+                    why: format!(
+                        "it did not start listening on 127.0.0.1:{port}{exited}{}",
+                        service.last_error()
+                    ),
+                })
+            }
         }
     }
 
