@@ -208,6 +208,10 @@ pub fn run_scenario(
         ns.sysctl(k, v)?;
     }
     let backend = Backend::start(&ns, (BACKEND_IP, BACKEND_PORT).into(), s.traffic)?;
+    let nginx_version = match s.traffic {
+        Traffic::Nginx { .. } => service::nginx_version(),
+        _ => None,
+    };
     let _proxy = match s.traffic {
         Traffic::Proxy => Some(Service::timewait_proxy(&ns, exe)?),
         Traffic::Nginx { keepalive } => Some(Service::nginx(&ns, keepalive)?),
@@ -326,7 +330,7 @@ pub fn run_scenario(
             // keepalive_requests-th request (a TIME_WAIT on nginx).
             let requests_per_connection = match s.traffic {
                 Traffic::Nginx { keepalive: true } => {
-                    service::nginx_version().and_then(service::upstream_keepalive_requests)
+                    nginx_version.and_then(service::upstream_keepalive_requests)
                 }
                 _ => None,
             };
@@ -371,7 +375,7 @@ pub fn run_scenario(
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    if let (Traffic::Nginx { .. }, Some(v)) = (s.traffic, service::nginx_version()) {
+    if let Some(v) = nginx_version {
         settings.insert("nginx".into(), format!("{}.{}.{}", v.0, v.1, v.2));
     }
     settings.insert(
@@ -431,16 +435,8 @@ fn verdict(s: &Scenario, m: &Outcome, p: &Outcome, backend_accepts: u64, held: H
             m.time_wait_peak.map_or("unknown".into(), |v| v.to_string()),
             p.time_wait_peak.unwrap_or(0),
         ),
-        Traffic::Proxy => format!(
-            "{} of {} requests succeeded, {} failed; the backend accepted {} connections for them; TIME_WAIT toward the backend peak {}",
-            m.succeeded,
-            m.attempted,
-            m.attempted - m.succeeded,
-            backend_accepts,
-            m.time_wait_peak.map_or("unknown".into(), |v| v.to_string()),
-        ),
-        Traffic::Nginx { .. } => format!(
-            "{} of {} requests succeeded, {} failed; the backend accepted {} connections for them; TIME_WAIT peak {} (model {}); at the end {} on the backend, {} on nginx toward it",
+        Traffic::Proxy | Traffic::Nginx { .. } => format!(
+            "{} of {} requests succeeded, {} failed; the backend accepted {} connections for them; TIME_WAIT peak {} (model {}); at the end {} on the backend, {} on the proxy toward it",
             m.succeeded,
             m.attempted,
             m.attempted - m.succeeded,

@@ -48,14 +48,6 @@ pub enum Traffic {
     },
 }
 
-impl Traffic {
-    /// Whether the client's requests reach the backend through a proxy
-    /// (the client keeps its connections to it alive).
-    pub fn proxied(self) -> bool {
-        matches!(self, Traffic::Proxy | Traffic::Nginx { .. })
-    }
-}
-
 /// One scenario.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scenario {

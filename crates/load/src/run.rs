@@ -766,6 +766,18 @@ HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
     }
 
     #[test]
+    fn every_run_is_capped_at_the_longest_a_run_may_last() {
+        // --requests alone: still at most MAX_DURATION.
+        let p = crate::plan::tests::plan();
+        assert_eq!(run_limit(&p), MAX_DURATION);
+        let p = Plan {
+            duration: Some(Duration::from_secs(5)),
+            ..p
+        };
+        assert_eq!(run_limit(&p), Duration::from_secs(5));
+    }
+
+    #[test]
     fn live_counters_are_sized_by_the_plan_and_never_index_past_it() {
         let p = Plan {
             duration: Some(Duration::from_secs(3)),
