@@ -640,6 +640,30 @@ fn a_backend_hanging_up_is_retried_once_for_safe_requests_only() {
     assert_eq!(proxy.get("/").0, 200, "and the proxy carries on");
 }
 
+/// A fresh backend connection dies after the request went out (a backend
+/// restarting with it in its accept queue). A GET goes once more (RFC 9110
+/// §9.2.2), to another backend if there is one; only once.
+#[test]
+fn a_fresh_connection_hung_up_on_is_retried_once_elsewhere_for_safe_requests() {
+    let backend = Backend::start(None);
+    let proxy = Proxy::start(&[backend.addr], &[]);
+    let (status, _, body) = proxy.get("/hangup");
+    assert_eq!((status, body.as_slice()), (200, b"ok".as_slice()));
+    assert_eq!(proxy.metric("timewait_proxy_retries_total"), 1);
+    assert_eq!(
+        proxy.metric("timewait_proxy_upstream_connections_opened_total"),
+        2
+    );
+
+    // Two backends that each hang up on their first /hangup: the retry
+    // goes to the other one, and there is no third attempt.
+    let (a, b) = (Backend::start(None), Backend::start(None));
+    let proxy = Proxy::start(&[a.addr, b.addr], &[]);
+    assert_eq!(proxy.get("/hangup").0, 502);
+    assert_eq!(proxy.metric("timewait_proxy_retries_total"), 1);
+    assert_eq!((a.heads().len(), b.heads().len()), (1, 1));
+}
+
 #[test]
 fn upgrade_requests_are_passed_through_both_ways() {
     let backend = Backend::start(None);

@@ -156,16 +156,44 @@ impl ProxyError {
     }
 
     /// Whether the request may be sent once more, on a fresh connection: a
-    /// connection that broke (not a timeout, not a bad answer), under a
-    /// request RFC 9110 calls safe or idempotent and without a body
-    /// (`repeatable`), and only where the connection was reused (the
-    /// backend may have closed it idle just as it was sent) or nothing of
-    /// the request was written. The caller allows it once.
+    /// connection that broke (not a timeout, not a bad answer) before any
+    /// of the response arrived, where nothing of the request was written,
+    /// or under a request RFC 9110 calls safe or idempotent and without a
+    /// body (`repeatable`: §9.2.2 lets it be repeated after a communication
+    /// failure). How often: [`Retries`].
     pub(crate) fn retryable(&self, repeatable: bool) -> bool {
         self.side == Side::Upstream
             && matches!(self.kind, Kind::SendRequest | Kind::NoResponse)
-            && repeatable
-            && (self.reused || !self.written)
+            && (repeatable || !self.written)
+    }
+}
+
+/// What is left of one request's retries. nginx's rule: a reused
+/// connection that broke does not use up the retry (the backend most
+/// likely closed it idle as the request went out), and the attempt after
+/// it is on a fresh connection; a fresh connection that broke uses it up.
+/// So a request is sent at most three times, and twice to a backend that
+/// breaks fresh connections.
+#[derive(Debug, Default)]
+pub(crate) struct Retries {
+    fresh_only: bool,
+    used: bool,
+}
+
+impl Retries {
+    /// Whether to send the request once more after `e`.
+    pub(crate) fn again(&mut self, e: &ProxyError, repeatable: bool) -> bool {
+        if !e.retryable(repeatable) || (!e.reused && self.used) {
+            return false;
+        }
+        self.used |= !e.reused;
+        self.fresh_only = true;
+        true
+    }
+
+    /// Whether the next attempt must open a connection.
+    pub(crate) fn fresh_only(&self) -> bool {
+        self.fresh_only
     }
 }
 
@@ -180,12 +208,10 @@ mod tests {
             broke(true, true).retryable(true),
             "reused: the idle-close race"
         );
-        assert!(broke(false, false).retryable(true), "nothing written");
-        assert!(
-            !broke(false, true).retryable(true),
-            "fresh and written: it may have run"
-        );
+        assert!(broke(false, true).retryable(true), "fresh: RFC 9110 §9.2.2");
+        assert!(broke(false, false).retryable(false), "nothing written");
         assert!(!broke(true, true).retryable(false), "POST, or a body");
+        assert!(!broke(false, true).retryable(false), "POST, or a body");
         for k in [
             Kind::ResponseTimeout,
             Kind::BadResponse,
@@ -195,6 +221,23 @@ mod tests {
             assert!(!ProxyError::new(k, true, false).retryable(true), "{k:?}");
         }
         assert!(!ProxyError::new(Kind::ClientGone, true, false).retryable(true));
+    }
+
+    #[test]
+    fn a_reused_connection_breaking_does_not_use_up_the_retry() {
+        let reused = ProxyError::new(Kind::NoResponse, true, true);
+        let fresh = ProxyError::new(Kind::NoResponse, false, true);
+        let mut r = Retries::default();
+        assert!(!r.fresh_only());
+        assert!(r.again(&reused, true));
+        assert!(r.fresh_only(), "the next attempt opens a connection");
+        assert!(r.again(&fresh, true), "the one retry");
+        assert!(!r.again(&fresh, true), "and no more");
+        let mut r = Retries::default();
+        assert!(r.again(&fresh, true));
+        assert!(!r.again(&fresh, true));
+        let mut r = Retries::default();
+        assert!(!r.again(&fresh, false), "a POST that went out");
     }
 
     #[test]

@@ -159,7 +159,7 @@ impl Metrics {
             ),
             (
                 "retries_total",
-                "Requests retried after a pooled connection turned out closed.",
+                "Requests sent once more after their backend connection broke before any answer.",
                 &self.retries,
             ),
             (

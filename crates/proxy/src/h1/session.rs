@@ -21,7 +21,7 @@ use crate::access_log::AccessLog;
 use crate::clients::Open;
 use crate::config::{Group, Listener};
 use crate::connect::{Close, dial};
-use crate::error::{Kind, ProxyError};
+use crate::error::{Kind, ProxyError, Retries};
 use crate::h1::body::{BodyError, copy_body};
 use crate::h1::head::{
     ClientHead, Framing, ParsedRequest, ParsedResponse, RequestInfo, parse_request, parse_response,
@@ -364,14 +364,14 @@ impl GroupRt {
         let deadline = at + self.cfg.connect_timeout;
         let mut tried: Vec<usize> = Vec::new();
         let mut backoff = Duration::from_millis(10);
-        let mut retried = false;
+        let mut retries = Retries::default();
         let mut continued = false;
         loop {
             let i = self.upstreams.pick(&tried, at);
             let addr = self.upstreams.list[i].addr;
             let active = self.upstreams.begin(i);
             outcome.upstream = Some(addr);
-            let pooled = if retried || info.upgrade {
+            let pooled = if retries.fresh_only() || info.upgrade {
                 None
             } else {
                 self.pool.take(i, addr, at)
@@ -428,7 +428,7 @@ impl GroupRt {
                 .is_err()
             {
                 let e = ProxyError::new(Kind::SendRequest, reused, written > 0);
-                if self.retry(&mut retried, &e, info) {
+                if self.retry(&mut retries, &e, info, i, &mut tried) {
                     at = now();
                     continue;
                 }
@@ -466,7 +466,7 @@ impl GroupRt {
                         Kind::SendRequest
                     };
                     let e = ProxyError::new(kind, reused, true);
-                    if self.retry(&mut retried, &e, info) {
+                    if self.retry(&mut retries, &e, info, i, &mut tried) {
                         at = now();
                         continue;
                     }
@@ -498,7 +498,7 @@ impl GroupRt {
                         Kind::NoResponse
                     };
                     let e = ProxyError::new(kind, reused, true);
-                    if self.retry(&mut retried, &e, info) {
+                    if self.retry(&mut retries, &e, info, i, &mut tried) {
                         at = now();
                         continue;
                     }
@@ -581,13 +581,28 @@ impl GroupRt {
     }
 
     /// Whether to send the request once more after `e` (see
-    /// [`ProxyError::retryable`]), at most once (counted).
-    fn retry(&self, retried: &mut bool, e: &ProxyError, info: &RequestInfo) -> bool {
-        if *retried || !e.retryable(info.repeatable) {
+    /// [`Retries`]; counted). A fresh connection that broke is the
+    /// backend's failure: charged to its health, and the next attempt goes
+    /// to another backend if there is one.
+    fn retry(
+        &self,
+        retries: &mut Retries,
+        e: &ProxyError,
+        info: &RequestInfo,
+        i: usize,
+        tried: &mut Vec<usize>,
+    ) -> bool {
+        if !retries.again(e, info.repeatable) {
             return false;
         }
         Metrics::inc(&self.metrics.retries);
-        *retried = true;
+        if !e.reused {
+            self.upstreams.failed(i, now());
+            tried.push(i);
+            if tried.len() >= self.upstreams.list.len() {
+                tried.clear();
+            }
+        }
         true
     }
 
