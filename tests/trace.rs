@@ -45,29 +45,13 @@ impl Tracer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let dir = PathBuf::from(format!("{TRACEFS}/instances/timewait-{}-0", child.id()));
-        let on = dir.join("tracing_on");
-        // Wait (bounded) until the instance records: its events enabled and
-        // then tracing switched on (a new instance starts with tracing_on
-        // 1, which timewait turns off while it sets the instance up).
-        let is_one = |p: PathBuf| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == "1");
-        for _ in 0..1000 {
-            let enabled = [
-                "sock/inet_sock_set_state",
-                "tcp/tcp_receive_reset",
-                "sock/inet_sk_error_report",
-            ]
-            .iter()
-            .all(|e| is_one(dir.join("events").join(e).join("enable")));
-            if enabled && is_one(on.clone()) {
-                return Tracer { child };
-            }
-            std::thread::sleep(std::time::Duration::from_millis(10));
+        if recording(child.id()) {
+            return Tracer { child };
         }
         let mut child = child;
         let _ = child.kill();
         let _ = child.wait();
-        panic!("trace did not start recording: {on:?}");
+        panic!("trace {} did not start recording", child.id());
     }
 
     /// SIGINT, then the report it prints.
@@ -99,6 +83,60 @@ impl Tracer {
         );
         serde_json::from_slice(&out.stdout).unwrap()
     }
+}
+
+/// Waits (bounded) until the instance of `timewait` process `pid`
+/// records: its events enabled and then tracing switched on (a new
+/// instance starts with tracing_on 1, which timewait turns off while it
+/// sets the instance up).
+fn recording(pid: u32) -> bool {
+    let dir = PathBuf::from(format!("{TRACEFS}/instances/timewait-{pid}-0"));
+    let is_one = |p: PathBuf| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == "1");
+    for _ in 0..1000 {
+        let enabled = [
+            "sock/inet_sock_set_state",
+            "tcp/tcp_receive_reset",
+            "sock/inet_sk_error_report",
+        ]
+        .iter()
+        .all(|e| is_one(dir.join("events").join(e).join("enable")));
+        if enabled && is_one(dir.join("tracing_on")) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    false
+}
+
+/// The pid of the `timewait` process below `root` (script(1) runs it
+/// under a shell), once there is one.
+fn timewait_below(root: u32) -> u32 {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+    };
+    for _ in 0..1000 {
+        let found = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            if comm.trim() != "timewait" {
+                return None;
+            }
+            let mut up = pid;
+            while up > 1 {
+                up = parent(up)?;
+                if up == root {
+                    return Some(pid);
+                }
+            }
+            None
+        });
+        if let Some(pid) = found {
+            return pid;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no timewait process below {root}");
 }
 
 fn process(report: &Value, pid: u32) -> Option<&Value> {
@@ -306,4 +344,86 @@ fn bad_trace_flags_exit_2_naming_the_flag() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--watch` on a terminal (script(1) gives it one): the table redrawn
+/// every second with what happened so far, until Ctrl-C, then the report;
+/// off a terminal, a note and the report at the end only.
+#[test]
+fn watch_redraws_the_table_on_a_terminal_and_only_there() {
+    let Some(ns) = Netns::new("trace-watch") else {
+        return;
+    };
+    const CLEAR: &str = "\x1b[H\x1b[2J";
+    let bin = env!("CARGO_BIN_EXE_timewait");
+    let line = format!("{bin} trace --netns {} --watch --duration 120", ns.name());
+    let mut script = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tty = script.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut tty, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let pid = timewait_below(script.id());
+    assert!(recording(pid), "trace did not start recording");
+    let mut server = Peer::start(&ns, &["server", "5002", "client-closes"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5002", "30", "client-closes"]);
+    server.go();
+    client.go();
+    assert_eq!(client.result()["ok"], 30);
+    // A frame drawn after the connects shows the client's row.
+    let row = |text: &str| {
+        text.lines()
+            .any(|l| l.trim_start().starts_with(&format!("{} ", client.pid)) && l.contains(" 30 "))
+    };
+    let mut seen = String::new();
+    while !seen.rsplit(CLEAR).next().is_some_and(row) {
+        let chunk = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no frame with the client's row: {seen}"));
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(script.wait().unwrap().success());
+    reader.join().unwrap();
+    seen.extend(
+        rx.try_iter()
+            .map(|c| String::from_utf8_lossy(&c).into_owned()),
+    );
+    assert!(seen.matches(CLEAR).count() >= 2, "redrawn: {seen}");
+    let last = seen.rsplit(CLEAR).next().unwrap();
+    assert!(last.contains("interrupted: the numbers so far"), "{last}");
+    assert!(row(last), "{last}");
+    assert!(
+        !instances()
+            .iter()
+            .any(|i| i.starts_with(&format!("timewait-{pid}-"))),
+        "instance left behind"
+    );
+
+    let out = Command::new(bin)
+        .args(["trace", "--netns", ns.name(), "--watch", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--watch redraws only on a terminal"), "{err}");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !report.contains(CLEAR) && report.contains("timewait trace of"),
+        "{report}"
+    );
 }
