@@ -614,6 +614,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_tracer_is_shown_as_not_running_and_its_counts_as_unknown() {
+        let report = timewait_trace::Tally::new(timewait_trace::Scope::All).report(
+            1.0,
+            "all namespaces",
+            3,
+            10,
+            &|i| i.to_string(),
+        );
+        let running = render(
+            &snapshot(3, "0"),
+            Some(&TraceState::Running(report)),
+            50,
+            0.0,
+        );
+        assert_eq!(value(&running, "timewait_trace_running"), Some(1.0));
+        assert_eq!(
+            value(&running, "timewait_trace_events_lost_total"),
+            Some(3.0)
+        );
+        let stopped = TraceState::Stopped("reading the instance: EIO".into());
+        let text = render(&snapshot(3, "0"), Some(&stopped), 50, 0.0);
+        assert_eq!(value(&text, "timewait_trace_running"), Some(0.0));
+        // Its counts stop being served rather than standing still.
+        assert!(!text.contains("timewait_trace_events_lost"), "{text}");
+        assert!(!text.contains("timewait_process_"), "{text}");
+        // Without --trace, no tracer series at all.
+        let none = render(&snapshot(3, "0"), None, 50, 0.0);
+        assert!(!none.contains("timewait_trace_"), "{none}");
+    }
+
+    #[test]
     fn an_unreadable_value_is_left_out_and_counted() {
         let text = render(&snapshot(3, "7"), None, 50, 0.0);
         assert_eq!(value(&text, "timewait_sysctl_tcp_tw_reuse"), None);
