@@ -11,6 +11,8 @@
 # read on noisy machines). For timewait trace also: events per connect, the
 # event rate at saturation, events lost, and its own CPU per event.
 # Usage: scripts/bench-trace.sh [RUNS] [SECS] [CONCURRENCY]   (default 5 5 32)
+# The order of the conditions turns every run; the overhead is also given
+# paired by run (mean and 95% interval of the per-run ratios).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-5}"; SECS="${2:-5}"; CONC="${3:-32}"
@@ -95,9 +97,8 @@ start_perf() {
 }
 
 none=(); none_cpu=(); traced=(); traced_cpu=(); sys=(); sys_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
-for i in $(seq "$RUNS"); do
-    read -r a b _ < <(measure 0); none+=("$a"); none_cpu+=("$b")
-
+cond_none() { read -r a b _ < <(measure 0); none+=("$a"); none_cpu+=("$b"); }
+cond_trace() {
     start_trace
     read -r u0 s0 < <(ticks "$tp")
     read -r a b conns < <(measure "$tp"); traced+=("$a"); traced_cpu+=("$b")
@@ -107,14 +108,22 @@ for i in $(seq "$RUNS"); do
     # Peak event rate: the saturated phase's connects/s times events per connect.
     eps+=("$(python3 -c "print($ev / $conns * $a)")"); epc=$(python3 -c "print(round($ev / $conns, 2))"); lost+=("$lo")
     cpu+=("$(python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ / max($ev, 1) * 1e9)")")
-
+}
+cond_sys() {
     start_trace --syscalls
     read -r a b _ < <(measure "$tp"); sys+=("$a"); sys_cpu+=("$b")
     kill -INT "$tp"; wait "$tp"
-
+}
+cond_perf() {
     start_perf
     read -r a b _ < <(measure "$pp"); perfed+=("$a"); perfed_cpu+=("$b")
     kill -INT "$pp"; wait "$pp" || true
+}
+# The order turns every run, so that no condition always comes first
+# (the namespace's TIME_WAIT grows during a run) or always after another.
+conds=(cond_none cond_trace cond_sys cond_perf)
+for i in $(seq 0 $((RUNS - 1))); do
+    for k in 0 1 2 3; do "${conds[$(((i + k) % 4))]}"; done
 done
 echo "| tracer | connects/s, saturated | vs none | CPU µs per connect at ${RATE}/s (client + nginx + tracer) | vs none |"
 echo "|---|---:|---:|---:|---:|"
@@ -134,5 +143,48 @@ row "timewait trace (tracefs instance)" "$bs" "$bc" "${traced[*]}" "${traced_cpu
 row "timewait trace --syscalls" "$bs" "$bc" "${sys[*]}" "${sys_cpu[*]}"
 row "perf record (perf_event_open rings, same tracepoints as timewait trace)" "$bs" "$bc" "${perfed[*]}" "${perfed_cpu[*]}"
 echo
+# Each run's conditions ran minutes apart at most, so the neighbours' load
+# moves them together: the ratio within a run is steadier than either.
+paired() {
+    python3 - "$@" <<'PY'
+import math, statistics, sys
+name, base, other = sys.argv[1], sys.argv[2].split(), sys.argv[3].split()
+r = [float(o) / float(b) - 1 for b, o in zip(base, other)]
+m, sd = statistics.mean(r), statistics.stdev(r)
+half = 1.96 * sd / math.sqrt(len(r))
+print(f"{name}: CPU per connect vs none, paired by run: median {100 * statistics.median(r):+.1f}%, "
+      f"mean {100 * m:+.1f}% (95% interval {100 * (m - half):+.1f}% to {100 * (m + half):+.1f}%, {len(r)} runs)")
+PY
+}
+paired "timewait trace" "${none_cpu[*]}" "${traced_cpu[*]}"
+paired "timewait trace --syscalls" "${none_cpu[*]}" "${sys_cpu[*]}"
+paired "perf record" "${none_cpu[*]}" "${perfed_cpu[*]}"
+# Paired by the slice: one paced load of $TOGGLE s per tracer, which is
+# switched on and off every $SLICE s (default 2; its instance's events, or perf's
+# --control fifo); the machine's busy CPU time of each "on" slice against
+# the "off" slice before it (scripts/toggle_cpu.py).
+TOGGLE="${TOGGLE:-60}"
+toggled() {
+    ip netns exec "$ns" "$BIN" load tcp://127.0.0.1:7000 --mode close --concurrency "$CONC" \
+        --rate "$RATE" --requests "$((RATE * (TOGGLE + 3)))" --json > /dev/null & lp=$!
+    sleep 1
+    python3 scripts/toggle_cpu.py "$TOGGLE" "$@"
+    wait "$lp"
+}
+tog_row() {
+    read -r off on med mean lo hi n <<<"$2"
+    echo "$1: busy CPU on vs off at ${RATE} connects/s, paired by the slice (${SLICE:-2} s): median ${med}%, mean ${mean}% (95% interval ${lo}% to ${hi}%, $n pairs; ${off} → ${on} CPU-s per slice)"
+}
+start_trace; tog_trace=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0"); kill -INT "$tp"; wait "$tp"
+start_trace --syscalls; tog_sys=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0" --syscalls); kill -INT "$tp"; wait "$tp"
+mkfifo "$DIR/ctl" "$DIR/ack"
+perf record -q -a -o "$DIR/perf.data" --control "fifo:$DIR/ctl,$DIR/ack" \
+    -e sock:inet_sock_set_state --filter "$FILTER" -e tcp:tcp_receive_reset \
+    -e sock:inet_sk_error_report --filter 'protocol == 6' 2>/dev/null & pp=$!
+sleep 1
+tog_perf=$(toggled perf "$DIR/ctl" "$DIR/ack"); kill -INT "$pp"; wait "$pp" || true
+tog_row "timewait trace" "$tog_trace"
+tog_row "timewait trace --syscalls" "$tog_sys"
+tog_row "perf record" "$tog_perf"
 echo "timewait trace: $epc events per connect; at the saturated rate $(median "${eps[@]}" | xargs printf '%.0f') events/s (median of runs), events lost in all runs: $(IFS=+; echo $((${lost[*]}))); its own CPU $(median "${cpu[@]}" | xargs printf '%.0f') ns per event."
 echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; --syscalls ${sys[*]} / ${sys_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2
