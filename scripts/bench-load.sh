@@ -10,7 +10,9 @@
 # close, as wrk's users do). Reports the median of requests/s each tool
 # printed and of its own CPU (user + system) per request: the load
 # generator shares two cores with nginx, so requests/s is mostly nginx's
-# limit and CPU per request is the generator's own cost.
+# limit and CPU per request is the generator's own cost; its user part,
+# with nginx's worker's CPU per request, bounds what any generator could
+# gain on this target.
 # Then memory: timewait load's peak RSS at 1,000 keep-alive connections
 # for SECS and for 6 × SECS (flat if it does not grow with the run).
 # Usage: scripts/bench-load.sh [ROUNDS] [SECS] [CONNECTIONS]   (default 5 5 32)
@@ -35,10 +37,14 @@ sleep 0.5
 URL=http://127.0.0.1:7100/
 inns() { ip netns exec "$ns" "$@"; }
 
-# One run: "requests/s cpu-µs-per-request" of the tool named, in a mode.
+worker=""
+# One run: "requests/s cpu-µs-per-request user-µs-per-request
+# nginx-µs-per-request" of the tool named, in a mode.
 run() {
-    local tool=$1 mode=$2 out cpu reqs rps hdr=()
+    local tool=$1 mode=$2 out cpu user reqs rps hdr=() w0 w1 n0 n1
     [[ $mode == close ]] && hdr=(-H 'Connection: close')
+    [[ -n "$worker" ]] || worker=$(pgrep -P "$(cat "$DIR/nginx.pid")")
+    read -r w0 w1 < <(ticks "$worker"); n0=$((w0 + w1))
     if [[ $tool == wrk ]]; then
         out=$(inns /usr/bin/time -f 'cpu %U %S' wrk -t1 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "$URL" 2>&1)
         reqs=$(awk '/requests in/ {print $1}' <<<"$out")
@@ -50,19 +56,21 @@ run() {
         reqs=$(python3 -c 'import json,sys; t=sys.stdin.read(); d=json.loads(t[:t.rindex("}")+1]); print(d["succeeded"]); e=d["errors"]; e and print(e, file=sys.stderr)' <<<"$out")
         rps=$(python3 -c "print($reqs / $SECS)")
     fi
+    read -r w0 w1 < <(ticks "$worker"); n1=$((w0 + w1))
     cpu=$(awk '/^cpu / {print $2 + $3}' <<<"$out")
-    echo "$rps $(python3 -c "print($cpu / $reqs * 1e6)")"
+    user=$(awk '/^cpu / {print $2}' <<<"$out")
+    python3 -c "print($rps, $cpu / $reqs * 1e6, $user / $reqs * 1e6, ($n1 - $n0) / $HZ / $reqs * 1e6)"
 }
 
-declare -A rps cpu
+declare -A rps cpu user ngx
 for ((r = 1; r <= ROUNDS; r++)); do
     for mode in keepalive close; do
         # Alternate which tool goes first.
         if ((r % 2)); then order=(wrk timewait); else order=(timewait wrk); fi
         for tool in "${order[@]}"; do
-            read -r a b < <(run "$tool" "$mode")
-            rps[$tool.$mode]+="$a "; cpu[$tool.$mode]+="$b "
-            echo "round $r $mode $tool: $a req/s, $b µs CPU/request" >&2
+            read -r a b c d < <(run "$tool" "$mode")
+            rps[$tool.$mode]+="$a "; cpu[$tool.$mode]+="$b "; user[$tool.$mode]+="$c "; ngx[$tool.$mode]+="$d "
+            echo "round $r $mode $tool: $a req/s, $b µs CPU/request ($c user), nginx $d µs/request" >&2
         done
     done
 done
@@ -70,15 +78,24 @@ done
 echo
 echo "| mode | tool | requests/s (median) | generator CPU µs/request (median) | timewait ÷ wrk, requests/s | wrk ÷ timewait, CPU/request |"
 echo "|---|---|---:|---:|---:|---:|"
+bounds=()
 for mode in keepalive close; do
     # shellcheck disable=SC2086
     wr=$(median ${rps[wrk.$mode]}); tr=$(median ${rps[timewait.$mode]})
     # shellcheck disable=SC2086
     wc=$(median ${cpu[wrk.$mode]}); tc=$(median ${cpu[timewait.$mode]})
-    printf '| %s | wrk -t1 | %.0f | %.2f | | |\n' "$mode" "$wr" "$wc"
-    printf '| %s | timewait load --threads 1 | %.0f | %.2f | %.2f× | %.2f× |\n' "$mode" "$tr" "$tc" \
+    # shellcheck disable=SC2086
+    wu=$(median ${user[wrk.$mode]}); tu=$(median ${user[timewait.$mode]}); wn=$(median ${ngx[wrk.$mode]})
+    printf '| %s | wrk -t1 | %.0f | %.2f (%.2f user) | | |\n' "$mode" "$wr" "$wc" "$wu"
+    printf '| %s | timewait load --threads 1 | %.0f | %.2f (%.2f user) | %.2f× | %.2f× |\n' "$mode" "$tr" "$tc" "$tu" \
         "$(python3 -c "print($tr / $wr)")" "$(python3 -c "print($wc / $tc)")"
+    # A one-thread generator that keeps its core busy is limited by its
+    # own CPU per request; one doing the same kernel work with no user
+    # time at all would save only wrk's user time per request.
+    bounds+=("$(python3 -c "print(f'$mode: wrk -t1 kept {$wr * $wc / 1e6:.2f} of a core busy at {$wc:.2f} µs/request, {$wu:.2f} of it user time (nginx {$wn:.2f} µs/request): a one-thread generator with the same kernel work and no user time at all would reach at most {$wc / ($wc - $wu):.2f}× wrk')")")
 done
+echo
+printf '%s\n' "${bounds[@]}"
 
 echo
 echo "| timewait load, 1,000 keep-alive connections | peak RSS |"
