@@ -427,3 +427,61 @@ fn watch_redraws_the_table_on_a_terminal_and_only_there() {
         "{report}"
     );
 }
+
+/// Short-lived processes: a shell in the namespace forks 20 subshells that
+/// each connect (bash's /dev/tcp), close first and exit at once, most of
+/// them before the tracer could look them up in /proc. Each is placed by
+/// its fork: all 20 connects and first closes are counted, none unplaced.
+#[test]
+fn processes_that_exit_at_once_are_placed_by_their_fork() {
+    let Some(ns) = Netns::new("trace-fork") else {
+        return;
+    };
+    let mut server = Peer::start(&ns, &["server", "5004", "client-closes"]);
+    server.go();
+    let tracer = Tracer::start(&["--netns", ns.name()]);
+    // The shell waits for a line before it exits, so that it is still
+    // there to be looked up as the subshells' parent.
+    let mut shell = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "bash", "-c"])
+        .arg(
+            "for i in $(seq 20); do (exec 3<>/dev/tcp/127.0.0.1/5004; exec 3>&-); done; \
+             echo done; read || true",
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(shell.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "done\n");
+    let report = tracer.stop();
+    drop(shell.stdin.take());
+    assert!(shell.wait().unwrap().success());
+    let subshells: Vec<&Value> = report["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["comm"] == "bash")
+        .collect();
+    let sum = |k: &str| {
+        subshells
+            .iter()
+            .map(|p| p[k].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum("connects"), sum("closed_first")),
+        (20, 20),
+        "{report:#}"
+    );
+    assert!(
+        subshells.iter().all(|p| p["netns"] == ns.name()),
+        "{report:#}"
+    );
+    assert_eq!(report["unplaced"], 0, "{report:#}");
+}

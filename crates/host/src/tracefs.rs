@@ -329,11 +329,13 @@ fn format(root: &Path, tp: Tracepoint) -> Result<Format, HostError> {
 }
 
 fn formats(root: &Path, syscalls: bool) -> Result<Formats, HostError> {
-    let [set_state, receive_reset, error_report] = TRACEPOINTS;
+    let [set_state, receive_reset, error_report, new_task, rename] = TRACEPOINTS;
     Ok(Formats {
         set_state: format(root, set_state)?,
         receive_reset: format(root, receive_reset)?,
         error_report: format(root, error_report)?,
+        new_task: format(root, new_task)?,
+        rename: format(root, rename)?,
         connect_exit: syscalls.then(|| format(root, CONNECT_EXIT)).transpose()?,
     })
 }

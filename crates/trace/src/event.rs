@@ -70,9 +70,29 @@ pub const ERROR_REPORT: Tracepoint = Tracepoint {
     filter: "protocol == 6",
 };
 
+/// A task was made (fork, clone, a new thread): a process that exits
+/// before it can be looked up is still placed by its parent.
+pub const NEW_TASK: Tracepoint = Tracepoint {
+    system: "task",
+    name: "task_newtask",
+    filter: "",
+};
+/// A task's name changed (on every exec, or by prctl): it may be another
+/// program now, which may have changed namespace.
+pub const RENAME: Tracepoint = Tracepoint {
+    system: "task",
+    name: "task_rename",
+    filter: "",
+};
+
+/// `clone(2)` made a thread of the same process.
+const CLONE_THREAD: u64 = 0x0001_0000;
+/// `clone(2)` put the child in a new network namespace.
+const CLONE_NEWNET: u64 = 0x4000_0000;
+
 /// The tracepoints `trace` always enables (their formats go into
 /// [`Formats`]); [`CONNECT_EXIT`] is added with `--syscalls`.
-pub const TRACEPOINTS: [Tracepoint; 3] = [SET_STATE, RECEIVE_RESET, ERROR_REPORT];
+pub const TRACEPOINTS: [Tracepoint; 5] = [SET_STATE, RECEIVE_RESET, ERROR_REPORT, NEW_TASK, RENAME];
 
 /// Who was running when the event fired.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,9 +123,47 @@ pub struct StateChange {
     pub remote: (IpAddr, u16),
 }
 
+/// A task's name as the kernel keeps it (`comm`: at most 15 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Comm([u8; 16]);
+
+impl Comm {
+    /// From a record's `char[16]`, up to its first NUL.
+    pub fn from_bytes(b: &[u8]) -> Comm {
+        let mut c = [0u8; 16];
+        let n = b.iter().position(|&x| x == 0).unwrap_or(b.len()).min(15);
+        c[..n].copy_from_slice(&b[..n]);
+        Comm(c)
+    }
+
+    /// As text (invalid UTF-8 replaced).
+    pub fn name(&self) -> String {
+        let n = self.0.iter().position(|&x| x == 0).unwrap_or(16);
+        String::from_utf8_lossy(&self.0[..n]).into_owned()
+    }
+}
+
 /// A decoded record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
+    /// Thread `parent` made task `child`.
+    NewTask {
+        /// The thread that called fork/clone.
+        parent: u32,
+        /// The new task's id.
+        child: u32,
+        /// A thread of the parent's process, not a new process.
+        thread: bool,
+        /// Made in a new network namespace.
+        new_netns: bool,
+        /// Its name (its parent's, until it execs).
+        comm: Comm,
+    },
+    /// Task `tid` was renamed: it exec'd (or called prctl).
+    Renamed {
+        /// The task.
+        tid: u32,
+    },
     /// `tid`'s connect() failed with `-ret`.
     ConnectExit {
         /// Thread id.
@@ -207,8 +265,21 @@ pub struct Formats {
     pub receive_reset: Format,
     /// [`ERROR_REPORT`]'s.
     pub error_report: Format,
+    /// [`NEW_TASK`]'s.
+    pub new_task: Format,
+    /// [`RENAME`]'s.
+    pub rename: Format,
     /// [`CONNECT_EXIT`]'s, with `--syscalls`.
     pub connect_exit: Option<Format>,
+}
+
+struct TaskFields {
+    id: u16,
+    pid: Field,
+    comm: Field,
+    flags: Field,
+    rename: u16,
+    renamed_pid: Field,
 }
 
 /// Turns records into [`Event`]s with the offsets this kernel's format
@@ -222,6 +293,7 @@ pub struct Decoder {
     error: u16,
     error_errno: Field,
     error_addrs: Addrs,
+    task: TaskFields,
 }
 
 fn id(f: &Format) -> Result<u16, TraceError> {
@@ -258,6 +330,14 @@ impl Decoder {
             error: id(&f.error_report)?,
             error_errno: f.error_report.field("error")?,
             error_addrs: Addrs::of(&f.error_report)?,
+            task: TaskFields {
+                id: id(&f.new_task)?,
+                pid: f.new_task.field("pid")?,
+                comm: f.new_task.field("comm")?,
+                flags: f.new_task.field("clone_flags")?,
+                rename: id(&f.rename)?,
+                renamed_pid: f.rename.field("pid")?,
+            },
         })
     }
 
@@ -285,6 +365,20 @@ impl Decoder {
             })
         } else if kind == self.state.id {
             self.state_change(record, tid).map(Event::State)
+        } else if kind == self.task.id {
+            let t = &self.task;
+            let flags = read_u64(record, t.flags)?;
+            Some(Event::NewTask {
+                parent: tid,
+                child: u32::try_from(read_u64(record, t.pid)?).ok()?,
+                thread: flags & CLONE_THREAD != 0,
+                new_netns: flags & CLONE_NEWNET != 0,
+                comm: Comm::from_bytes(read_bytes(record, t.comm)?),
+            })
+        } else if kind == self.task.rename {
+            Some(Event::Renamed {
+                tid: u32::try_from(read_u64(record, self.task.renamed_pid)?).ok()?,
+            })
         } else {
             None
         }
@@ -334,6 +428,8 @@ pub(crate) mod tests {
             set_state: f(include_str!("../testdata/inet_sock_set_state.format")),
             receive_reset: f(include_str!("../testdata/tcp_receive_reset.format")),
             error_report: f(include_str!("../testdata/inet_sk_error_report.format")),
+            new_task: f(include_str!("../testdata/task_newtask.format")),
+            rename: f(include_str!("../testdata/task_rename.format")),
             connect_exit: Some(f(include_str!("../testdata/sys_exit_connect.format"))),
         }
     }
@@ -372,6 +468,22 @@ pub(crate) mod tests {
             r[30..32].copy_from_slice(&6u16.to_ne_bytes());
             r[32..36].copy_from_slice(&local.0.octets());
             r[36..40].copy_from_slice(&remote.0.octets());
+            r
+        }
+        pub(crate) fn new_task(parent: u32, child: u32, flags: u64, comm: &str) -> Vec<u8> {
+            let mut r = vec![0u8; 48];
+            r[..2].copy_from_slice(&205u16.to_ne_bytes());
+            r[4..8].copy_from_slice(&parent.to_ne_bytes());
+            r[8..12].copy_from_slice(&child.to_ne_bytes());
+            r[12..12 + comm.len()].copy_from_slice(comm.as_bytes());
+            r[32..40].copy_from_slice(&flags.to_ne_bytes());
+            r
+        }
+        pub(crate) fn renamed(tid: u32) -> Vec<u8> {
+            let mut r = vec![0u8; 48];
+            r[..2].copy_from_slice(&204u16.to_ne_bytes());
+            r[4..8].copy_from_slice(&tid.to_ne_bytes());
+            r[8..12].copy_from_slice(&tid.to_ne_bytes());
             r
         }
         pub(crate) fn reset(sk: u64) -> Vec<u8> {
@@ -426,6 +538,32 @@ pub(crate) mod tests {
         assert_eq!(
             d.decode(&record::reset(0xfeed)),
             Some(Event::Reset { sk: 0xfeed })
+        );
+        assert_eq!(
+            d.decode(&record::new_task(7, 8, 0x0001_0000 | 0x11, "app")),
+            Some(Event::NewTask {
+                parent: 7,
+                child: 8,
+                thread: true,
+                new_netns: false,
+                comm: Comm::from_bytes(b"app"),
+            })
+        );
+        let Some(Event::NewTask {
+            thread, new_netns, ..
+        }) = d.decode(&record::new_task(7, 9, 0x4000_0011, "app"))
+        else {
+            panic!("not a new task")
+        };
+        assert_eq!((thread, new_netns), (false, true));
+        assert_eq!(Comm::from_bytes(b"app\0\0x").name(), "app");
+        assert_eq!(
+            Comm::from_bytes(b"a-very-long-name-indeed").name(),
+            "a-very-long-nam"
+        );
+        assert_eq!(
+            d.decode(&record::renamed(9)),
+            Some(Event::Renamed { tid: 9 })
         );
         // cut short, or of another event: nothing, not a guess
         assert_eq!(

@@ -19,6 +19,14 @@
 //! - Interrupt-context events (packets, timers) are never charged to the
 //!   thread that happened to run: they are tied to their owner through the
 //!   socket address.
+//! - A thread is placed (process, name, namespace) from `/proc` when its
+//!   first event is applied. One that has exited by then is placed by its
+//!   fork: a task made by a placed one, not in a new network namespace,
+//!   that has not exec'd since, is in its parent's namespace (it could
+//!   only have left by calling setns or unshare itself) under its parent's
+//!   name; a thread belongs to its parent's process. One that exec'd may be
+//!   another program in another namespace (`ip netns exec` is one): it
+//!   stays unplaced.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -26,7 +34,7 @@ use std::net::IpAddr;
 
 use timewait_kernel::TcpState;
 
-use crate::event::{Context, Event, StateChange, Timed};
+use crate::event::{Comm, Context, Event, StateChange, Timed};
 use crate::report::{DestinationReport, ProcessReport, Totals, TraceReport};
 
 const ECONNREFUSED: i64 = 111;
@@ -34,6 +42,8 @@ const EADDRNOTAVAIL: i64 = 99;
 const ENETUNREACH: i64 = 101;
 /// Socket errors remembered, at most, until their socket closes.
 const MAX_REPORTED: usize = 65_536;
+/// New tasks remembered, at most, until their first event.
+const MAX_FORKED: usize = 65_536;
 const EHOSTUNREACH: i64 = 113;
 
 /// How long (ns of trace time) after a connecting socket closes its
@@ -175,6 +185,9 @@ pub struct Tally {
     /// Errors reported on sockets, by (local, remote), until their socket
     /// goes back to CLOSE.
     reported: Map<(Endpoint, Endpoint), i64>,
+    /// Tasks made by placed ones, as their fork places them, until their
+    /// first event (or an exec).
+    forked: Map<u32, ProcessInfo>,
     events: u64,
     undecoded: u64,
     unattributed: u64,
@@ -195,6 +208,7 @@ impl Tally {
             closing: VecDeque::new(),
             port_ranges: Map::default(),
             reported: Map::default(),
+            forked: Map::default(),
             events: 0,
             undecoded: 0,
             unattributed: 0,
@@ -253,8 +267,40 @@ impl Tally {
         if let Some(w) = self.tids.get(&tid) {
             return *w;
         }
-        let info = lookup.process(tid);
+        let forked = self.forked.remove(&tid);
+        let info = lookup.process(tid).or(forked);
         self.admit(tid, info)
+    }
+
+    /// Remembers where a new task is, if its parent is placed (see the
+    /// module docs).
+    fn forked(
+        &mut self,
+        parent: u32,
+        child: u32,
+        thread: bool,
+        comm: Comm,
+        lookup: &mut dyn Lookup,
+    ) {
+        let Who::Pid(pid) = self.who(parent, lookup) else {
+            return;
+        };
+        let Some(p) = self.processes.get(&pid) else {
+            return;
+        };
+        let info = if thread {
+            p.info.clone()
+        } else {
+            ProcessInfo {
+                pid: child,
+                comm: Some(comm.name()),
+                netns: p.info.netns,
+            }
+        };
+        if self.forked.len() >= MAX_FORKED {
+            self.forked.clear();
+        }
+        self.forked.insert(child, info);
     }
 
     /// Tells the tally a thread's process before any event of it arrives
@@ -307,6 +353,20 @@ impl Tally {
 
     fn apply(&mut self, t: Timed, lookup: &mut dyn Lookup) {
         match t.event {
+            Event::NewTask {
+                parent,
+                child,
+                thread,
+                new_netns,
+                comm,
+            } => {
+                if !new_netns {
+                    self.forked(parent, child, thread, comm, lookup);
+                }
+            }
+            Event::Renamed { tid } => {
+                self.forked.remove(&tid);
+            }
             Event::ConnectExit { tid, ret } => self.connect_failed(tid, -ret, lookup),
             Event::Reset { sk } => {
                 if let Some(c) = self.clients.get_mut(&sk) {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::TraceReport;
 use crate::event::tests::{formats, record};
-use crate::event::{Context, Decoder, Event, StateChange, Timed};
+use crate::event::{Comm, Context, Decoder, Event, StateChange, Timed};
 use crate::ring::tests::{HEADER_PAGE, PageBuilder};
 use crate::ring::{PageLayout, parse_page};
 use crate::tally::{GRACE_NS, Lookup, ProcessInfo, Scope, Tally};
@@ -294,6 +294,59 @@ fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unplaced() 
     let gone = all.processes.iter().find(|p| p.pid == 401).unwrap();
     assert_eq!((gone.comm.as_ref(), gone.netns.as_ref()), (None, None));
     assert_eq!(gone.closed_first, 1);
+}
+
+/// Threads 400.. have exited by the time they are looked up: each is
+/// placed by its fork, unless it exec'd since, was made in a new network
+/// namespace, or its parent is not in scope.
+#[test]
+fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
+    let mut s = Script::new();
+    let fork = |s: &mut Script, parent, child, thread, new_netns| {
+        s.push(Event::NewTask {
+            parent,
+            child,
+            thread,
+            new_netns,
+            comm: Comm::from_bytes(b"app"),
+        });
+    };
+    fork(&mut s, 101, 401, false, false); // a child process of app
+    connect_and_close(&mut s, 401, 1, 40000);
+    fork(&mut s, 101, 402, true, false); // a thread of app
+    connect_and_close(&mut s, 402, 2, 40001);
+    fork(&mut s, 401, 406, false, false); // a child of the child
+    connect_and_close(&mut s, 406, 6, 40005);
+    fork(&mut s, 101, 403, false, false);
+    s.push(Event::Renamed { tid: 403 }); // it exec'd: `ip netns exec`?
+    connect_and_close(&mut s, 403, 3, 40002);
+    fork(&mut s, 101, 404, false, true); // clone(CLONE_NEWNET)
+    connect_and_close(&mut s, 404, 4, 40003);
+    fork(&mut s, 301, 405, false, false); // other's child
+    connect_and_close(&mut s, 405, 5, 40004);
+
+    let r = s.report(Scope::Netns(NS));
+    let of = |r: &TraceReport, pid: u32| {
+        r.processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .map(|p| (p.comm.clone(), p.netns.clone(), p.closed_first))
+    };
+    let placed = Some((Some("app".to_string()), Some(format!("net:[{NS}]")), 1));
+    assert_eq!(of(&r, 401), placed);
+    assert_eq!(of(&r, 406), placed);
+    assert_eq!(of(&r, 100), placed, "the thread's close is its process's");
+    for gone in [402, 403, 404, 405] {
+        assert_eq!(of(&r, gone), None, "{gone}");
+    }
+    assert_eq!(
+        r.unplaced, 6,
+        "the SYN_SENT and first close of 403, 404, 405"
+    );
+    // With every namespace in scope the exec'd one is named by pid only.
+    let all = s.report(Scope::All);
+    assert_eq!(of(&all, 401), placed);
+    assert_eq!(of(&all, 403), Some((None, None, 1)));
 }
 
 #[test]
