@@ -42,7 +42,8 @@ const EADDRNOTAVAIL: i64 = 99;
 const ENETUNREACH: i64 = 101;
 /// Socket errors remembered, at most, until their socket closes.
 const MAX_REPORTED: usize = 65_536;
-/// New tasks remembered, at most, until their first event.
+/// New tasks remembered until their first event, at most (the oldest go
+/// first).
 const MAX_FORKED: usize = 65_536;
 const EHOSTUNREACH: i64 = 113;
 
@@ -187,7 +188,11 @@ pub struct Tally {
     reported: Map<(Endpoint, Endpoint), i64>,
     /// Tasks made by placed ones, as their fork places them, until their
     /// first event (or an exec).
-    forked: Map<u32, ProcessInfo>,
+    /// (info, the how-manieth fork it was).
+    forked: Map<u32, (ProcessInfo, u64)>,
+    /// `forked`'s keys and forks, oldest first (some may be gone from it).
+    forked_order: VecDeque<(u32, u64)>,
+    forks: u64,
     events: u64,
     undecoded: u64,
     unattributed: u64,
@@ -209,6 +214,8 @@ impl Tally {
             port_ranges: Map::default(),
             reported: Map::default(),
             forked: Map::default(),
+            forked_order: VecDeque::new(),
+            forks: 0,
             events: 0,
             undecoded: 0,
             unattributed: 0,
@@ -267,12 +274,12 @@ impl Tally {
         if let Some(w) = self.tids.get(&tid) {
             return *w;
         }
-        let forked = self.forked.remove(&tid);
+        let forked = self.forked.remove(&tid).map(|(info, _)| info);
         let info = lookup.process(tid).or(forked);
         self.admit(tid, info)
     }
 
-    /// Remembers where a new task is, if its parent is placed (see the
+    /// Remembers where a new task is, if its parent is in scope (see the
     /// module docs).
     fn forked(
         &mut self,
@@ -282,25 +289,54 @@ impl Tally {
         comm: Comm,
         lookup: &mut dyn Lookup,
     ) {
-        let Who::Pid(pid) = self.who(parent, lookup) else {
-            return;
-        };
-        let Some(p) = self.processes.get(&pid) else {
+        let Some(p) = self.in_scope(parent, lookup) else {
             return;
         };
         let info = if thread {
-            p.info.clone()
+            p
         } else {
             ProcessInfo {
                 pid: child,
                 comm: Some(comm.name()),
-                netns: p.info.netns,
+                netns: p.netns,
             }
         };
-        if self.forked.len() >= MAX_FORKED {
-            self.forked.clear();
+        self.forks += 1;
+        self.forked.insert(child, (info, self.forks));
+        self.forked_order.push_back((child, self.forks));
+        while self.forked_order.len() > MAX_FORKED {
+            // Not a later task that got the same id.
+            if let Some((old, n)) = self.forked_order.pop_front()
+                && self.forked.get(&old).is_some_and(|(_, m)| *m == n)
+            {
+                self.forked.remove(&old);
+            }
         }
-        self.forked.insert(child, info);
+    }
+
+    /// A thread's process if it is in scope, without admitting it (a
+    /// process that only forks is not reported, nor kept).
+    fn in_scope(&mut self, tid: u32, lookup: &mut dyn Lookup) -> Option<ProcessInfo> {
+        match self.tids.get(&tid) {
+            Some(Who::Pid(p)) => return self.processes.get(p).map(|p| p.info.clone()),
+            Some(_) => return None,
+            None => {}
+        }
+        let info = lookup
+            .process(tid)
+            .or_else(|| self.forked.get(&tid).map(|(info, _)| info.clone()))?;
+        match self.scope {
+            Scope::All => Some(info),
+            Scope::Netns(ns) if info.netns == Some(ns) => Some(info),
+            Scope::Netns(_) => {
+                // Remembered as admitting it would: most forks on a host
+                // are of processes out of scope.
+                if info.netns.is_some() {
+                    self.tids.insert(tid, Who::OutOfScope);
+                }
+                None
+            }
+        }
     }
 
     /// Tells the tally a thread's process before any event of it arrives

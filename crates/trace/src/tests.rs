@@ -350,6 +350,27 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
 }
 
 #[test]
+fn the_forks_remembered_are_bounded_and_the_oldest_go_first() {
+    let mut s = Script::new();
+    let comm = Comm::from_bytes(b"app");
+    for child in 1_000..1_000 + 65_537 {
+        s.push(Event::NewTask {
+            parent: 101,
+            child,
+            thread: false,
+            new_netns: false,
+            comm,
+        });
+    }
+    connect_and_close(&mut s, 1_000, 1, 40000); // the oldest: forgotten
+    connect_and_close(&mut s, 1_000 + 65_536, 2, 40001); // the newest
+    let r = s.report(Scope::Netns(NS));
+    let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [1_000 + 65_536]);
+    assert_eq!(r.unplaced, 2);
+}
+
+#[test]
 fn resets_are_counted_and_leave_no_first_close() {
     let mut s = Script::new();
     s.state(Task, 101, 1, Close, SynSent, 0, 80)
