@@ -274,9 +274,23 @@ impl Tally {
         if let Some(w) = self.tids.get(&tid) {
             return *w;
         }
-        let forked = self.forked.remove(&tid).map(|(info, _)| info);
-        let info = lookup.process(tid).or(forked);
+        let info = self.place(tid, lookup);
+        self.forked.remove(&tid);
         self.admit(tid, info)
+    }
+
+    /// A thread's process as `/proc` has it, or as its fork left it if it
+    /// has exited (gone, or a zombie whose namespace cannot be read).
+    fn place(&self, tid: u32, lookup: &mut dyn Lookup) -> Option<ProcessInfo> {
+        let forked = self.forked.get(&tid).map(|(info, _)| info);
+        match (lookup.process(tid), forked) {
+            (Some(mut info), Some(f)) if info.netns.is_none() => {
+                info.netns = f.netns;
+                Some(info)
+            }
+            (Some(info), _) => Some(info),
+            (None, f) => f.cloned(),
+        }
     }
 
     /// Remembers where a new task is, if its parent is in scope (see the
@@ -322,9 +336,7 @@ impl Tally {
             Some(_) => return None,
             None => {}
         }
-        let info = lookup
-            .process(tid)
-            .or_else(|| self.forked.get(&tid).map(|(info, _)| info.clone()))?;
+        let info = self.place(tid, lookup)?;
         match self.scope {
             Scope::All => Some(info),
             Scope::Netns(ns) if info.netns == Some(ns) => Some(info),

@@ -17,12 +17,20 @@ const OTHER_NS: u64 = 4026531840;
 const LO: Ipv4Addr = Ipv4Addr::LOCALHOST;
 
 /// Threads 100..199 are process 100 ("app") in NS; 200.. are "srv" in NS;
-/// 300.. are "other" in another namespace; 400.. have exited. Every
-/// namespace's ephemeral range is the kernel's default.
+/// 300.. are "other" in another namespace; 500..599 are zombies (exited,
+/// their namespace unreadable); the rest have exited. Every namespace's
+/// ephemeral range is the kernel's default.
 struct Host;
 
 impl Lookup for Host {
     fn process(&mut self, tid: u32) -> Option<ProcessInfo> {
+        if (500..600).contains(&tid) {
+            return Some(ProcessInfo {
+                pid: tid,
+                comm: Some("zombie".into()),
+                netns: None,
+            });
+        }
         let (pid, comm, netns) = match tid {
             100..=199 => (100, "app", NS),
             200..=299 => (200, "srv", NS),
@@ -320,6 +328,8 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     fork(&mut s, 101, 403, false, false);
     s.push(Event::Renamed { tid: 403 }); // it exec'd: `ip netns exec`?
     connect_and_close(&mut s, 403, 3, 40002);
+    fork(&mut s, 101, 501, false, false); // exited, not yet reaped
+    connect_and_close(&mut s, 501, 7, 40006);
     fork(&mut s, 101, 404, false, true); // clone(CLONE_NEWNET)
     connect_and_close(&mut s, 404, 4, 40003);
     fork(&mut s, 301, 405, false, false); // other's child
@@ -336,6 +346,8 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     assert_eq!(of(&r, 401), placed);
     assert_eq!(of(&r, 406), placed);
     assert_eq!(of(&r, 100), placed, "the thread's close is its process's");
+    let zombie = Some((Some("zombie".to_string()), Some(format!("net:[{NS}]")), 1));
+    assert_eq!(of(&r, 501), zombie, "its namespace from its fork");
     for gone in [402, 403, 404, 405] {
         assert_eq!(of(&r, gone), None, "{gone}");
     }
