@@ -163,6 +163,8 @@ pub enum Event {
     Renamed {
         /// The task.
         tid: u32,
+        /// Its new name.
+        comm: Comm,
     },
     /// `tid`'s connect() failed with `-ret`.
     ConnectExit {
@@ -280,6 +282,7 @@ struct TaskFields {
     flags: Field,
     rename: u16,
     renamed_pid: Field,
+    renamed_comm: Field,
 }
 
 /// Turns records into [`Event`]s with the offsets this kernel's format
@@ -337,6 +340,7 @@ impl Decoder {
                 flags: f.new_task.field("clone_flags")?,
                 rename: id(&f.rename)?,
                 renamed_pid: f.rename.field("pid")?,
+                renamed_comm: f.rename.field("newcomm")?,
             },
         })
     }
@@ -378,6 +382,7 @@ impl Decoder {
         } else if kind == self.task.rename {
             Some(Event::Renamed {
                 tid: u32::try_from(read_u64(record, self.task.renamed_pid)?).ok()?,
+                comm: Comm::from_bytes(read_bytes(record, self.task.renamed_comm)?),
             })
         } else {
             None
@@ -479,11 +484,13 @@ pub(crate) mod tests {
             r[32..40].copy_from_slice(&flags.to_ne_bytes());
             r
         }
-        pub(crate) fn renamed(tid: u32) -> Vec<u8> {
+        pub(crate) fn renamed(tid: u32, comm: &str) -> Vec<u8> {
             let mut r = vec![0u8; 48];
             r[..2].copy_from_slice(&204u16.to_ne_bytes());
             r[4..8].copy_from_slice(&tid.to_ne_bytes());
             r[8..12].copy_from_slice(&tid.to_ne_bytes());
+            r[12..15].copy_from_slice(b"old");
+            r[28..28 + comm.len()].copy_from_slice(comm.as_bytes());
             r
         }
         pub(crate) fn reset(sk: u64) -> Vec<u8> {
@@ -562,8 +569,11 @@ pub(crate) mod tests {
             "a-very-long-nam"
         );
         assert_eq!(
-            d.decode(&record::renamed(9)),
-            Some(Event::Renamed { tid: 9 })
+            d.decode(&record::renamed(9, "curl")),
+            Some(Event::Renamed {
+                tid: 9,
+                comm: Comm::from_bytes(b"curl")
+            })
         );
         // cut short, or of another event: nothing, not a guess
         assert_eq!(

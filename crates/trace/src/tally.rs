@@ -26,7 +26,8 @@
 //!   only have left by calling setns or unshare itself) under its parent's
 //!   name; a thread belongs to its parent's process. One that exec'd may be
 //!   another program in another namespace (`ip netns exec` is one): it
-//!   stays unplaced.
+//!   stays unplaced (with every namespace in scope, it is named by its new
+//!   name, its namespace unknown).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -186,8 +187,8 @@ pub struct Tally {
     /// Errors reported on sockets, by (local, remote), until their socket
     /// goes back to CLOSE.
     reported: Map<(Endpoint, Endpoint), i64>,
-    /// Tasks made by placed ones, as their fork places them, until their
-    /// first event (or an exec).
+    /// Tasks made by processes in scope, as their fork (and any exec
+    /// since) places them, until their first event.
     /// (info, the how-manieth fork it was).
     forked: Map<u32, (ProcessInfo, u64)>,
     /// `forked`'s keys and forks, oldest first (some may be gone from it).
@@ -412,8 +413,15 @@ impl Tally {
                     self.forked(parent, child, thread, comm, lookup);
                 }
             }
-            Event::Renamed { tid } => {
-                self.forked.remove(&tid);
+            Event::Renamed { tid, comm } => {
+                // It may be another program now, in another namespace
+                // (`ip netns exec`): its name is known, its namespace not.
+                if let Some((info, _)) = self.forked.get_mut(&tid) {
+                    if info.pid == tid {
+                        info.comm = Some(comm.name());
+                    }
+                    info.netns = None;
+                }
             }
             Event::ConnectExit { tid, ret } => self.connect_failed(tid, -ret, lookup),
             Event::Reset { sk } => {

@@ -326,7 +326,10 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     fork(&mut s, 401, 406, false, false); // a child of the child
     connect_and_close(&mut s, 406, 6, 40005);
     fork(&mut s, 101, 403, false, false);
-    s.push(Event::Renamed { tid: 403 }); // it exec'd: `ip netns exec`?
+    s.push(Event::Renamed {
+        tid: 403,
+        comm: Comm::from_bytes(b"curl"),
+    }); // it exec'd: `ip netns exec`?
     connect_and_close(&mut s, 403, 3, 40002);
     fork(&mut s, 101, 501, false, false); // exited, not yet reaped
     connect_and_close(&mut s, 501, 7, 40006);
@@ -355,10 +358,11 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
         r.unplaced, 6,
         "the SYN_SENT and first close of 403, 404, 405"
     );
-    // With every namespace in scope the exec'd one is named by pid only.
+    // With every namespace in scope the exec'd one is named, its
+    // namespace unknown.
     let all = s.report(Scope::All);
     assert_eq!(of(&all, 401), placed);
-    assert_eq!(of(&all, 403), Some((None, None, 1)));
+    assert_eq!(of(&all, 403), Some((Some("curl".into()), None, 1)));
 }
 
 #[test]
