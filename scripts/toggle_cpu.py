@@ -36,7 +36,8 @@ def busy():
 def instance_switch(inst, syscalls):
     files = [f"{inst}/events/{e}/enable" for e in EVENTS]
     if syscalls:
-        files.append(f"{inst}/events/syscalls/sys_exit_connect/enable")
+        for e in ("sys_exit_connect", "sys_enter_setns", "sys_enter_unshare"):
+            files.append(f"{inst}/events/syscalls/{e}/enable")
 
     def switch(on):
         for p in files:

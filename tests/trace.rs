@@ -428,6 +428,52 @@ fn watch_redraws_the_table_on_a_terminal_and_only_there() {
     );
 }
 
+/// Runs `script` with bash in `ns` and waits until it has printed "done";
+/// the shell then waits for its stdin to close, so that it is still there
+/// to be looked up as its children's parent.
+fn shell_in(ns: &Netns, script: &str) -> std::process::Child {
+    let mut shell = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "bash", "-c"])
+        .arg(format!("{script}; echo done; read || true"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(shell.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "done\n");
+    shell
+}
+
+/// Ends a [`shell_in`].
+fn end(mut shell: std::process::Child) {
+    drop(shell.stdin.take());
+    assert!(shell.wait().unwrap().success());
+}
+
+/// The sums of `keys` over the processes named `comm`.
+fn sums(report: &Value, comm: &str, keys: [&str; 2]) -> [u64; 2] {
+    let of = |k: &str| -> u64 {
+        report["processes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["comm"] == comm)
+            .map(|p| p[k].as_u64().unwrap())
+            .sum()
+    };
+    keys.map(of)
+}
+
+/// bash connects to port `port` and closes first, through /dev/tcp.
+fn connect_close(port: u16) -> String {
+    format!("exec 3<>/dev/tcp/127.0.0.1/{port}; exec 3>&-")
+}
+
 /// Short-lived processes: a shell in the namespace forks 20 subshells that
 /// each connect (bash's /dev/tcp), close first and exit at once, most of
 /// them before the tracer could look them up in /proc. Each is placed by
@@ -440,48 +486,49 @@ fn processes_that_exit_at_once_are_placed_by_their_fork() {
     let mut server = Peer::start(&ns, &["server", "5004", "client-closes"]);
     server.go();
     let tracer = Tracer::start(&["--netns", ns.name()]);
-    // The shell waits for a line before it exits, so that it is still
-    // there to be looked up as the subshells' parent.
-    let mut shell = Command::new("ip")
-        .args(["netns", "exec", ns.name(), "bash", "-c"])
-        .arg(
-            "for i in $(seq 20); do (exec 3<>/dev/tcp/127.0.0.1/5004; exec 3>&-); done; \
-             echo done; read || true",
-        )
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(shell.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line, "done\n");
-    let report = tracer.stop();
-    drop(shell.stdin.take());
-    assert!(shell.wait().unwrap().success());
-    let subshells: Vec<&Value> = report["processes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["comm"] == "bash")
-        .collect();
-    let sum = |k: &str| {
-        subshells
-            .iter()
-            .map(|p| p[k].as_u64().unwrap())
-            .sum::<u64>()
-    };
-    assert_eq!(
-        (sum("connects"), sum("closed_first")),
-        (20, 20),
-        "{report:#}"
+    let shell = shell_in(
+        &ns,
+        &format!("for i in $(seq 20); do ({}); done", connect_close(5004)),
     );
+    let report = tracer.stop();
+    end(shell);
+    let placed = sums(&report, "bash", ["connects", "closed_first"]);
+    assert_eq!(placed, [20, 20], "{report:#}");
+    let subshells = report["processes"].as_array().unwrap().iter();
     assert!(
-        subshells.iter().all(|p| p["netns"] == ns.name()),
+        subshells
+            .filter(|p| p["comm"] == "bash")
+            .all(|p| p["netns"] == ns.name()),
         "{report:#}"
     );
     assert_eq!(report["unplaced"], 0, "{report:#}");
+}
+
+/// With --syscalls, setns and unshare are traced too, so an exec no longer
+/// hides where a process is: 10 `bash -c` children (fork, exec) that
+/// connect and exit at once are all counted; 5 more that connect in
+/// another namespace through `ip netns exec` are not.
+#[test]
+fn with_syscalls_exec_d_processes_are_placed_and_those_that_switch_are_not() {
+    let (Some(ns), Some(other)) = (Netns::new("trace-exec"), Netns::new("trace-exec")) else {
+        return;
+    };
+    let mut here = Peer::start(&ns, &["server", "5005", "client-closes"]);
+    let mut there = Peer::start(&other, &["server", "5005", "client-closes"]);
+    here.go();
+    there.go();
+    let tracer = Tracer::start(&["--netns", ns.name(), "--syscalls"]);
+    let cc = connect_close(5005);
+    let shell = shell_in(
+        &ns,
+        &format!(
+            "for i in $(seq 10); do bash -c '{cc}'; done; \
+             for i in $(seq 5); do ip netns exec {} bash -c '{cc}'; done",
+            other.name()
+        ),
+    );
+    let report = tracer.stop();
+    end(shell);
+    let placed = sums(&report, "bash", ["connects", "closed_first"]);
+    assert_eq!(placed, [10, 10], "{report:#}");
 }

@@ -337,9 +337,11 @@ pub struct TraceArgs {
     /// Destinations shown per process.
     #[arg(long, value_name = "N", default_value_t = 5)]
     pub top: usize,
-    /// Also trace connect()'s own failures: those that never start a
-    /// handshake (no route, a firewall hook's EPERM) are seen only so. Costs
-    /// more: every system call takes the kernel's slow path while tracing.
+    /// Also trace connect()'s own failures (those that never start a
+    /// handshake: no route, a firewall hook's EPERM) and network namespace
+    /// switches (setns, unshare), so that a process that exec'd and exited
+    /// before it was looked up is still placed. Costs more: every system
+    /// call takes the kernel's slow path while tracing.
     #[arg(long)]
     pub syscalls: bool,
     /// Print one JSON document at the end.

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use nix::time::{ClockId, clock_gettime};
 use timewait_trace::{
-    CONNECT_EXIT, Decoder, Format, Formats, PageLayout, Scope, TRACEPOINTS, Tally, Timed,
-    TraceReport, Tracepoint, parse_page,
+    Decoder, Format, Formats, PageLayout, SYSCALLS, Scope, TRACEPOINTS, Tally, Timed, TraceReport,
+    Tracepoint, parse_page,
 };
 
 use crate::{HostError, Target};
@@ -172,8 +172,8 @@ impl Instance {
         // than overwrite unread ones; one clock for every CPU.
         write(&d.join("options/overwrite"), "0")?;
         write(&d.join("trace_clock"), "mono")?;
-        let extra = syscalls.then_some(CONNECT_EXIT);
-        for tp in TRACEPOINTS.into_iter().chain(extra) {
+        let extra = if syscalls { &SYSCALLS[..] } else { &[] };
+        for tp in TRACEPOINTS.iter().chain(extra) {
             let ev = d.join("events").join(tp.system).join(tp.name);
             if !tp.filter.is_empty() {
                 fs::write(ev.join("filter"), tp.filter).map_err(|e| {
@@ -336,7 +336,16 @@ fn formats(root: &Path, syscalls: bool) -> Result<Formats, HostError> {
         error_report: format(root, error_report)?,
         new_task: format(root, new_task)?,
         rename: format(root, rename)?,
-        connect_exit: syscalls.then(|| format(root, CONNECT_EXIT)).transpose()?,
+        syscalls: if syscalls {
+            let [exit, setns, unshare] = SYSCALLS;
+            Some([
+                format(root, exit)?,
+                format(root, setns)?,
+                format(root, unshare)?,
+            ])
+        } else {
+            None
+        },
     })
 }
 

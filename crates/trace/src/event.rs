@@ -90,8 +90,26 @@ const CLONE_THREAD: u64 = 0x0001_0000;
 /// `clone(2)` put the child in a new network namespace.
 const CLONE_NEWNET: u64 = 0x4000_0000;
 
+/// A thread may be entering another network namespace: setns(2) into a
+/// network namespace, or into one of any type (`--syscalls` only).
+pub const SETNS: Tracepoint = Tracepoint {
+    system: "syscalls",
+    name: "sys_enter_setns",
+    filter: "flags == 0 || flags & 0x40000000",
+};
+/// A thread is leaving its network namespace: unshare(2) of it
+/// (`--syscalls` only).
+pub const UNSHARE: Tracepoint = Tracepoint {
+    system: "syscalls",
+    name: "sys_enter_unshare",
+    filter: "unshare_flags & 0x40000000",
+};
+/// What `--syscalls` adds (system-call tracepoints put every system call
+/// of every task on the kernel's slow path, so they are not on by default).
+pub const SYSCALLS: [Tracepoint; 3] = [CONNECT_EXIT, SETNS, UNSHARE];
+
 /// The tracepoints `trace` always enables (their formats go into
-/// [`Formats`]); [`CONNECT_EXIT`] is added with `--syscalls`.
+/// [`Formats`]); [`SYSCALLS`] are added with `--syscalls`.
 pub const TRACEPOINTS: [Tracepoint; 5] = [SET_STATE, RECEIVE_RESET, ERROR_REPORT, NEW_TASK, RENAME];
 
 /// Who was running when the event fired.
@@ -158,6 +176,11 @@ pub enum Event {
         new_netns: bool,
         /// Its name (its parent's, until it execs).
         comm: Comm,
+    },
+    /// Thread `tid` may be moving to another network namespace.
+    LeavesNetns {
+        /// The thread.
+        tid: u32,
     },
     /// Task `tid` was renamed: it exec'd (or called prctl).
     Renamed {
@@ -271,8 +294,8 @@ pub struct Formats {
     pub new_task: Format,
     /// [`RENAME`]'s.
     pub rename: Format,
-    /// [`CONNECT_EXIT`]'s, with `--syscalls`.
-    pub connect_exit: Option<Format>,
+    /// [`CONNECT_EXIT`]'s, [`SETNS`]'s and [`UNSHARE`]'s, with `--syscalls`.
+    pub syscalls: Option<[Format; 3]>,
 }
 
 struct TaskFields {
@@ -290,6 +313,8 @@ struct TaskFields {
 pub struct Decoder {
     common: Common,
     exit: Option<(u16, Field)>,
+    /// The ids of [`SETNS`] and [`UNSHARE`], with `--syscalls`.
+    leaves: [Option<u16>; 2],
     state: StateFields,
     reset: u16,
     reset_sk: Field,
@@ -310,9 +335,12 @@ impl Decoder {
     /// From the formats of the tracepoints enabled.
     pub fn new(f: &Formats) -> Result<Decoder, TraceError> {
         let state = &f.set_state;
-        let exit = match &f.connect_exit {
-            Some(e) => Some((id(e)?, e.field("ret")?)),
-            None => None,
+        let (exit, leaves) = match &f.syscalls {
+            Some([e, setns, unshare]) => (
+                Some((id(e)?, e.field("ret")?)),
+                [Some(id(setns)?), Some(id(unshare)?)],
+            ),
+            None => (None, [None; 2]),
         };
         Ok(Decoder {
             common: Common {
@@ -321,6 +349,7 @@ impl Decoder {
                 pid: state.field("common_pid")?,
             },
             exit,
+            leaves,
             state: StateFields {
                 id: id(state)?,
                 sk: state.field("skaddr")?,
@@ -379,6 +408,8 @@ impl Decoder {
                 new_netns: flags & CLONE_NEWNET != 0,
                 comm: Comm::from_bytes(read_bytes(record, t.comm)?),
             })
+        } else if self.leaves.contains(&Some(kind)) {
+            Some(Event::LeavesNetns { tid })
         } else if kind == self.task.rename {
             Some(Event::Renamed {
                 tid: u32::try_from(read_u64(record, self.task.renamed_pid)?).ok()?,
@@ -435,7 +466,11 @@ pub(crate) mod tests {
             error_report: f(include_str!("../testdata/inet_sk_error_report.format")),
             new_task: f(include_str!("../testdata/task_newtask.format")),
             rename: f(include_str!("../testdata/task_rename.format")),
-            connect_exit: Some(f(include_str!("../testdata/sys_exit_connect.format"))),
+            syscalls: Some([
+                f(include_str!("../testdata/sys_exit_connect.format")),
+                f(include_str!("../testdata/sys_enter_setns.format")),
+                f(include_str!("../testdata/sys_enter_unshare.format")),
+            ]),
         }
     }
 
@@ -491,6 +526,12 @@ pub(crate) mod tests {
             r[8..12].copy_from_slice(&tid.to_ne_bytes());
             r[12..15].copy_from_slice(b"old");
             r[28..28 + comm.len()].copy_from_slice(comm.as_bytes());
+            r
+        }
+        pub(crate) fn syscall_entry(id: u16, tid: u32) -> Vec<u8> {
+            let mut r = vec![0u8; 32];
+            r[..2].copy_from_slice(&id.to_ne_bytes());
+            r[4..8].copy_from_slice(&tid.to_ne_bytes());
             r
         }
         pub(crate) fn reset(sk: u64) -> Vec<u8> {
@@ -575,6 +616,13 @@ pub(crate) mod tests {
                 comm: Comm::from_bytes(b"curl")
             })
         );
+        for id in [343, 192] {
+            assert_eq!(
+                d.decode(&record::syscall_entry(id, 9)),
+                Some(Event::LeavesNetns { tid: 9 }),
+                "setns, unshare"
+            );
+        }
         // cut short, or of another event: nothing, not a guess
         assert_eq!(
             d.decode(&record::state(false, 7, 1, 7, 2, (lo, 0), (lo, 80))[..20]),

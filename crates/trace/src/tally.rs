@@ -27,7 +27,9 @@
 //!   name; a thread belongs to its parent's process. One that exec'd may be
 //!   another program in another namespace (`ip netns exec` is one): it
 //!   stays unplaced (with every namespace in scope, it is named by its new
-//!   name, its namespace unknown).
+//!   name, its namespace unknown) — unless setns(2) and unshare(2) are
+//!   traced too (`--syscalls`): then only a task seen calling one of them
+//!   has left its parent's namespace, and an exec keeps it.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -414,14 +416,26 @@ impl Tally {
                 }
             }
             Event::Renamed { tid, comm } => {
-                // It may be another program now, in another namespace
-                // (`ip netns exec`): its name is known, its namespace not.
+                // Another program now, which may have moved it to another
+                // namespace (`ip netns exec`): where setns and unshare are
+                // traced, an exec alone does not.
+                let known = self.syscalls;
                 if let Some((info, _)) = self.forked.get_mut(&tid) {
                     if info.pid == tid {
                         info.comm = Some(comm.name());
                     }
+                    if !known {
+                        info.netns = None;
+                    }
+                }
+            }
+            Event::LeavesNetns { tid } => {
+                // Its namespace is unknown from now on: looked up again at
+                // its next event, never taken from its fork.
+                if let Some((info, _)) = self.forked.get_mut(&tid) {
                     info.netns = None;
                 }
+                self.tids.remove(&tid);
             }
             Event::ConnectExit { tid, ret } => self.connect_failed(tid, -ret, lookup),
             Event::Reset { sk } => {

@@ -89,7 +89,10 @@ impl Script {
         }))
     }
     fn report(&self, scope: Scope) -> TraceReport {
-        let mut t = Tally::new(scope).with_syscalls(true);
+        self.report_with(scope, true)
+    }
+    fn report_with(&self, scope: Scope, syscalls: bool) -> TraceReport {
+        let mut t = Tally::new(scope).with_syscalls(syscalls);
         for e in &self.events {
             t.push(*e);
         }
@@ -305,8 +308,9 @@ fn other_namespaces_are_left_out_and_exited_processes_are_counted_as_unplaced() 
 }
 
 /// Threads 400.. have exited by the time they are looked up: each is
-/// placed by its fork, unless it exec'd since, was made in a new network
-/// namespace, or its parent is not in scope.
+/// placed by its fork, unless it was made in a new network namespace, its
+/// parent is not in scope, it was seen to call setns or unshare, or it
+/// exec'd where those are not traced.
 #[test]
 fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     let mut s = Script::new();
@@ -337,8 +341,11 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     connect_and_close(&mut s, 404, 4, 40003);
     fork(&mut s, 301, 405, false, false); // other's child
     connect_and_close(&mut s, 405, 5, 40004);
+    fork(&mut s, 101, 407, false, false);
+    s.push(Event::LeavesNetns { tid: 407 }); // `ip netns exec` switching
+    connect_and_close(&mut s, 407, 8, 40007);
 
-    let r = s.report(Scope::Netns(NS));
+    let r = s.report_with(Scope::Netns(NS), false);
     let of = |r: &TraceReport, pid: u32| {
         r.processes
             .iter()
@@ -351,18 +358,25 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     assert_eq!(of(&r, 100), placed, "the thread's close is its process's");
     let zombie = Some((Some("zombie".to_string()), Some(format!("net:[{NS}]")), 1));
     assert_eq!(of(&r, 501), zombie, "its namespace from its fork");
-    for gone in [402, 403, 404, 405] {
+    for gone in [402, 403, 404, 405, 407] {
         assert_eq!(of(&r, gone), None, "{gone}");
     }
     assert_eq!(
-        r.unplaced, 6,
-        "the SYN_SENT and first close of 403, 404, 405"
+        r.unplaced, 8,
+        "the SYN_SENT and first close of 403, 404, 405, 407"
     );
     // With every namespace in scope the exec'd one is named, its
     // namespace unknown.
-    let all = s.report(Scope::All);
+    let all = s.report_with(Scope::All, false);
     assert_eq!(of(&all, 401), placed);
     assert_eq!(of(&all, 403), Some((Some("curl".into()), None, 1)));
+    // Where setns and unshare are traced, an exec alone keeps the
+    // namespace; the one seen calling setns is still unplaced.
+    let r = s.report_with(Scope::Netns(NS), true);
+    let curl = Some((Some("curl".to_string()), Some(format!("net:[{NS}]")), 1));
+    assert_eq!(of(&r, 403), curl);
+    assert_eq!(of(&r, 407), None);
+    assert_eq!(r.unplaced, 6, "404, 405, 407");
 }
 
 #[test]
