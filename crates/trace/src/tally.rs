@@ -21,7 +21,7 @@
 //!   socket address.
 //! - A thread is placed (process, name, namespace) from `/proc` when its
 //!   first event is applied. One that has exited by then is placed by its
-//!   fork: a task made by a placed one, not in a new network namespace,
+//!   fork: a task made by one in scope, not in a new network namespace,
 //!   that has not exec'd since, is in its parent's namespace (it could
 //!   only have left by calling setns or unshare itself) under its parent's
 //!   name; a thread belongs to its parent's process. One that exec'd may be
