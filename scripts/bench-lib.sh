@@ -115,3 +115,25 @@ bench_netns() {
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1
     ip netns exec "$ns" sysctl -qw net.ipv4.tcp_tw_reuse_delay=1 2>/dev/null || true
 }
+
+# One nginx worker in the namespace $ns answering 200 (with BODY, e.g.
+# ' "ok"') on 127.0.0.1:PORT; EXTRA goes into its http block. Sets
+# $worker to the worker's pid once it is up (bounded wait).
+bench_nginx() {
+    local port=$1 body=${2:-} extra=${3:-}
+    cat > "$DIR/nginx.conf" <<CONF
+worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
+events { worker_connections 8192; }
+http { access_log off; $extra
+  server { listen 127.0.0.1:$port backlog=8192; location / { return 200$body; } } }
+CONF
+    ip netns exec "$ns" nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
+    worker=""
+    for _ in $(seq 100); do
+        [[ -s "$DIR/nginx.pid" ]] && worker=$(pgrep -P "$(cat "$DIR/nginx.pid")" || true)
+        [[ -n "$worker" ]] && return
+        sleep 0.05
+    done
+    echo "nginx did not start: $(cat "$DIR/nginx.err")" >&2
+    return 1
+}

@@ -26,24 +26,15 @@ BIN=$PWD/target/release/timewait
 bench_dir
 # Ports must not be what limits the rate of short connections.
 bench_netns load
-cat > "$DIR/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 100000000; keepalive_timeout 300s;
-  server { listen 127.0.0.1:7100 backlog=8192; location / { return 200 "ok"; } } }
-CONF
-ip netns exec "$ns" nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
-sleep 0.5
+bench_nginx 7100 ' "ok"' 'keepalive_requests 100000000; keepalive_timeout 300s;'
 URL=http://127.0.0.1:7100/
 inns() { ip netns exec "$ns" "$@"; }
 
-worker=""
 # One run: "requests/s cpu-µs-per-request user-µs-per-request
 # nginx-µs-per-request" of the tool named, in a mode.
 run() {
     local tool=$1 mode=$2 out cpu user reqs rps hdr=() w0 w1 n0 n1
     [[ $mode == close ]] && hdr=(-H 'Connection: close')
-    [[ -n "$worker" ]] || worker=$(pgrep -P "$(cat "$DIR/nginx.pid")")
     read -r w0 w1 < <(ticks "$worker"); n0=$((w0 + w1))
     if [[ $tool == wrk ]]; then
         out=$(inns /usr/bin/time -f 'cpu %U %S' wrk -t1 -c"$CONNS" -d"${SECS}s" "${hdr[@]}" "$URL" 2>&1)

@@ -24,13 +24,7 @@ bench_dir
 # Ports must not be what limits the rate of short connections.
 bench_netns trace
 # nginx accepts; the client closes first (a TIME_WAIT on its side each time).
-cat > "$DIR/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $DIR/nginx.pid; error_log $DIR/nginx.err;
-events { worker_connections 8192; }
-http { access_log off; server { listen 127.0.0.1:7000 backlog=8192; location / { return 200; } } }
-CONF
-ip netns exec "$ns" nginx -c "$DIR/nginx.conf" -e "$DIR/nginx.err" & pids+=($!)
-sleep 0.5
+bench_nginx 7000
 
 FILTER=$(python3 - <<'PY'
 import re
@@ -63,12 +57,10 @@ ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 sys.stdout.buffer.write(out)
 print(ru.ru_utime + ru.ru_stime, file=sys.stderr)' "$@"
 }
-worker=""
 # One condition: "connects/s cpu-µs-per-connect"; $1 is the tracer's pid (or 0).
 measure() {
     local sat sn n c t0 t1 w0 w1 cpu
     read -r sat sn < <(load --duration "$SECS" | rate)
-    [[ -n "$worker" ]] || worker=$(pgrep -P "$(cat "$DIR/nginx.pid")")
     read -r w0 w1 < <(ticks "$worker"); t0=$((w0 + w1))
     if [[ "$1" != 0 ]]; then read -r a b < <(ticks "$1"); tr0=$((a + b)); fi
     read -r _ n < <(child_cpu ip netns exec "$ns" "$BIN" load tcp://127.0.0.1:7000 --mode close \

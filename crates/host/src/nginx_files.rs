@@ -63,7 +63,11 @@ pub fn installed_version() -> Option<String> {
         .arg("-v")
         .output()
         .ok()?;
-    let text = String::from_utf8_lossy(&o.stderr);
+    version_in(&String::from_utf8_lossy(&o.stderr))
+}
+
+/// The version in what `nginx -v` printed.
+fn version_in(text: &str) -> Option<String> {
     let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
     Some(v.to_string())
 }
@@ -135,6 +139,19 @@ pub fn masters(target: &crate::Target) -> Vec<NginxMaster> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_nginx_v_prints() {
+        assert_eq!(
+            version_in("nginx version: nginx/1.22.1\n").as_deref(),
+            Some("1.22.1")
+        );
+        assert_eq!(
+            version_in("nginx version: nginx/1.27.4 (Ubuntu)").as_deref(),
+            Some("1.27.4")
+        );
+        assert_eq!(version_in("nginx version: openresty/1.21"), None);
+    }
 
     #[test]
     fn a_masters_title_names_its_configuration() {

@@ -337,12 +337,8 @@ fn formats(root: &Path, syscalls: bool) -> Result<Formats, HostError> {
         new_task: format(root, new_task)?,
         rename: format(root, rename)?,
         syscalls: if syscalls {
-            let [exit, setns, unshare] = SYSCALLS;
-            Some([
-                format(root, exit)?,
-                format(root, setns)?,
-                format(root, unshare)?,
-            ])
+            let [exit, setns, unshare] = SYSCALLS.map(|tp| format(root, tp));
+            Some([exit?, setns?, unshare?])
         } else {
             None
         },

@@ -130,6 +130,10 @@ fn wants_close(head: &str) -> bool {
     }
 }
 
+/// HTTP/1.0, no length: the close ends the body, and the server closes
+/// first.
+const ANSWER_THEN_CLOSE: &[u8] = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok";
+
 fn handle(mut conn: TcpStream, traffic: Traffic) -> std::io::Result<()> {
     match traffic {
         Traffic::ClientCloses => {
@@ -140,18 +144,15 @@ fn handle(mut conn: TcpStream, traffic: Traffic) -> std::io::Result<()> {
         Traffic::ServerCloses => {
             let mut buf = Vec::new();
             if read_head(&mut conn, &mut buf)?.is_some() {
-                // HTTP/1.0, no length: the close ends the body, and the
-                // server closes first.
-                conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok")?;
+                conn.write_all(ANSWER_THEN_CLOSE)?;
             }
         }
         Traffic::Proxy | Traffic::Nginx { .. } => {
             let mut buf = Vec::new();
             while let Some(head) = read_head(&mut conn, &mut buf)? {
                 if wants_close(&head) {
-                    // As a server does: the answer delimited by the close,
-                    // so the backend closes first.
-                    conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nok")?;
+                    // As a server does: the backend closes first.
+                    conn.write_all(ANSWER_THEN_CLOSE)?;
                     return Ok(());
                 }
                 conn.write_all(

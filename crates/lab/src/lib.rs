@@ -78,19 +78,20 @@ pub fn run_all(
     let start = Instant::now();
     let mut out = Vec::new();
     let mut skipped = Vec::new();
-    let nginx = service::nginx_installed();
+    // Once per run: which scenarios can run, and what nginx will do.
+    let nginx = service::nginx_version();
     for s in scenarios {
         if stop.load(Ordering::Relaxed) {
             break;
         }
-        if matches!(s.traffic, scenario::Traffic::Nginx { .. }) && !nginx {
+        if matches!(s.traffic, scenario::Traffic::Nginx { .. }) && nginx.is_none() {
             skipped.push(report::Skipped {
                 name: s.name.into(),
                 why: "nginx is not installed (Debian: apt-get install nginx-light)".into(),
             });
             continue;
         }
-        let r = run::run_scenario(s, exe, stop)?;
+        let r = run::run_scenario(s, exe, nginx, stop)?;
         each(&r);
         out.push(r);
     }

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use timewait_analysis::status::DestinationRow;
 use timewait_analysis::{GroupBy, StatusReport, analyse};
 use timewait_host::scratch::ScratchNetns;
 use timewait_host::{Target, collect};
 use timewait_load::plan::{Mode, Plan, Target as LoadTarget};
 use timewait_model::ports::{ConnectPorts, PortRange, ReservedPorts, TwReuse};
 use timewait_model::simulate::{SimInput, SimReport, simulate};
+use timewait_nginx::check::Version;
 use timewait_snapshot::Snapshot;
 
 use crate::LabError;
@@ -23,7 +25,7 @@ use crate::report::{Held, Outcome, Point, ScenarioReport, close_enough};
 use crate::scenario::{
     BACKEND_IP, BACKEND_PORT, DURATION_SECONDS, NGINX_PORT, PROXY_PORT, RATE, Scenario, Traffic,
 };
-use crate::service::{self, Service};
+use crate::service::Service;
 
 fn counter(snap: &Snapshot, name: &str) -> u64 {
     snap.counter("TcpExt", name)
@@ -31,22 +33,25 @@ fn counter(snap: &Snapshot, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// A census's destinations that are the backend.
+fn toward_backend(r: &StatusReport) -> impl Iterator<Item = &DestinationRow> {
+    r.time_wait
+        .by_destination
+        .iter()
+        .filter(|d| d.remote_ip == IpAddr::V4(BACKEND_IP) && d.remote_port == BACKEND_PORT)
+}
+
 /// Who holds the TIME_WAIT of the backend leg in a census.
 fn held(r: &StatusReport) -> Held {
-    let t = &r.time_wait;
     Held {
-        by_backend: t
+        by_backend: r
+            .time_wait
             .server_side
             .iter()
             .filter(|x| x.local_port == BACKEND_PORT)
             .map(|x| x.time_wait)
             .sum(),
-        toward_backend: t
-            .by_destination
-            .iter()
-            .filter(|d| d.remote_ip == IpAddr::V4(BACKEND_IP) && d.remote_port == BACKEND_PORT)
-            .map(|d| d.time_wait)
-            .sum(),
+        toward_backend: toward_backend(r).map(|d| d.time_wait).sum(),
     }
 }
 
@@ -64,12 +69,7 @@ fn time_wait_now(traffic: Traffic) -> Option<(u64, f64)> {
         Traffic::ClientCloses | Traffic::Proxy => h.toward_backend,
     };
     let mut headroom = 1.0;
-    for d in r
-        .time_wait
-        .by_destination
-        .iter()
-        .filter(|d| d.remote_ip == IpAddr::V4(BACKEND_IP) && d.remote_port == BACKEND_PORT)
-    {
+    for d in toward_backend(&r) {
         headroom = f64::min(headroom, d.headroom_ratio?);
     }
     Some((tw, headroom))
@@ -194,10 +194,12 @@ fn per_second(r: &SimReport) -> Vec<Point> {
         .collect()
 }
 
-/// Runs one scenario; `exe` is the timewait binary (for the proxy).
+/// Runs one scenario; `exe` is the timewait binary (for the proxy),
+/// `nginx` the installed nginx's version (for the nginx scenarios).
 pub fn run_scenario(
     s: &Scenario,
     exe: &Path,
+    nginx: Option<Version>,
     stop: &Arc<AtomicBool>,
 ) -> Result<ScenarioReport, LabError> {
     let ns = ScratchNetns::create()?;
@@ -209,7 +211,7 @@ pub fn run_scenario(
     }
     let backend = Backend::start(&ns, (BACKEND_IP, BACKEND_PORT).into(), s.traffic)?;
     let nginx_version = match s.traffic {
-        Traffic::Nginx { .. } => service::nginx_version(),
+        Traffic::Nginx { .. } => nginx,
         _ => None,
     };
     let _proxy = match s.traffic {
@@ -330,7 +332,7 @@ pub fn run_scenario(
             // keepalive_requests-th request (a TIME_WAIT on nginx).
             let requests_per_connection = match s.traffic {
                 Traffic::Nginx { keepalive: true } => {
-                    nginx_version.and_then(service::upstream_keepalive_requests)
+                    nginx_version.and_then(Version::upstream_keepalive_requests)
                 }
                 _ => None,
             };
@@ -376,7 +378,7 @@ pub fn run_scenario(
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     if let Some(v) = nginx_version {
-        settings.insert("nginx".into(), format!("{}.{}.{}", v.0, v.1, v.2));
+        settings.insert("nginx".into(), v.to_string());
     }
     settings.insert(
         "traffic".into(),

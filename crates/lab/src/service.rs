@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use timewait_host::nginx_files::installed_version;
 use timewait_host::scratch::ScratchNetns;
+use timewait_nginx::check::Version;
 
 use crate::LabError;
 use crate::scenario::{BACKEND_IP, BACKEND_PORT, NGINX_KEEPALIVE, NGINX_PORT, PROXY_PORT};
@@ -125,38 +127,10 @@ impl Drop for Service {
     }
 }
 
-/// Whether nginx can be run here (scenarios `nginx*` are skipped if not).
-pub fn nginx_installed() -> bool {
-    Command::new("nginx")
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The installed nginx's version (`nginx -v`: "nginx version: nginx/1.22.1").
-pub fn nginx_version() -> Option<(u32, u32, u32)> {
-    let out = Command::new("nginx").arg("-v").output().ok()?;
-    parse_version(&String::from_utf8_lossy(&out.stderr))
-}
-
-fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
-    let v = text.split("nginx/").nth(1)?.split_whitespace().next()?;
-    let mut n = v.split('.').map(|x| x.parse::<u32>().ok());
-    Some((n.next()??, n.next()??, n.next().flatten().unwrap_or(0)))
-}
-
-/// The default of the upstream `keepalive_requests` in an nginx version:
-/// added in 1.15.3 with 100, 1000 from 1.19.10 (its CHANGES); none before.
-pub fn upstream_keepalive_requests(v: (u32, u32, u32)) -> Option<u64> {
-    if v >= (1, 19, 10) {
-        Some(1000)
-    } else if v >= (1, 15, 3) {
-        Some(100)
-    } else {
-        None
-    }
+/// The installed nginx's version (`nginx -v`), `None` where there is no
+/// nginx to run (scenarios `nginx*` are skipped then).
+pub fn nginx_version() -> Option<Version> {
+    installed_version().and_then(|v| Version::parse(&v))
 }
 
 /// nginx's configuration: one worker, files in `dir`, proxying everything
@@ -199,22 +173,6 @@ http {{
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nginx_versions_and_their_upstream_request_limit() {
-        assert_eq!(
-            parse_version("nginx version: nginx/1.22.1\n"),
-            Some((1, 22, 1))
-        );
-        assert_eq!(
-            parse_version("nginx version: nginx/1.27.4 (Ubuntu)"),
-            Some((1, 27, 4))
-        );
-        assert_eq!(parse_version("nginx version: openresty/1.21"), None);
-        assert_eq!(upstream_keepalive_requests((1, 22, 1)), Some(1000));
-        assert_eq!(upstream_keepalive_requests((1, 19, 9)), Some(100));
-        assert_eq!(upstream_keepalive_requests((1, 14, 0)), None);
-    }
 
     #[test]
     fn the_keepalive_configuration_adds_exactly_the_articles_lines() {

@@ -52,6 +52,19 @@ impl Version {
     fn new_defaults(self) -> bool {
         self >= Version::NEW_DEFAULTS
     }
+
+    /// The default of the upstream `keepalive_requests`: after that many
+    /// requests nginx closes a kept backend connection. Added in 1.15.3
+    /// with 100, 1000 from 1.19.10 (nginx's CHANGES); none before.
+    pub fn upstream_keepalive_requests(self) -> Option<u64> {
+        if self >= Version(1, 19, 10) {
+            Some(1000)
+        } else if self >= Version(1, 15, 3) {
+            Some(100)
+        } else {
+            None
+        }
+    }
 }
 
 impl std::fmt::Display for Version {

@@ -25,9 +25,7 @@ pub mod report;
 pub mod ring;
 pub mod tally;
 
-pub use event::{
-    CONNECT_EXIT, Comm, Decoder, Event, Formats, SYSCALLS, TRACEPOINTS, Timed, Tracepoint,
-};
+pub use event::{Comm, Decoder, Event, Formats, SYSCALLS, TRACEPOINTS, Timed, Tracepoint};
 pub use format::Format;
 pub use report::{DestinationReport, ProcessReport, Totals, TraceReport};
 pub use ring::{PageLayout, parse_page};

@@ -398,6 +398,28 @@ fn the_forks_remembered_are_bounded_and_the_oldest_go_first() {
     let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
     assert_eq!(pids, [1_000 + 65_536]);
     assert_eq!(r.unplaced, 2);
+
+    // An id used again: the old entry's eviction leaves the new one.
+    let mut s = Script::new();
+    let fork = |s: &mut Script, child| {
+        s.push(Event::NewTask {
+            parent: 101,
+            child,
+            thread: false,
+            new_netns: false,
+            comm,
+        });
+    };
+    fork(&mut s, 7_000);
+    for child in 10_000..10_000 + 65_534 {
+        fork(&mut s, child);
+    }
+    fork(&mut s, 7_000); // the same id, a new task: now the newest
+    fork(&mut s, 90_000); // one over: the first entry for 7000 goes
+    connect_and_close(&mut s, 7_000, 1, 40000);
+    let r = s.report(Scope::Netns(NS));
+    let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
+    assert_eq!((pids.as_slice(), r.unplaced), ([7_000].as_slice(), 0));
 }
 
 #[test]

@@ -243,6 +243,9 @@ fn early_closes_in_the_upstream_are_noted() {
 #[test]
 fn versions_parse() {
     assert_eq!(Version::parse("nginx/1.29.7"), Some(Version(1, 29, 7)));
+    assert_eq!(Version(1, 22, 1).upstream_keepalive_requests(), Some(1000));
+    assert_eq!(Version(1, 19, 9).upstream_keepalive_requests(), Some(100));
+    assert_eq!(Version(1, 14, 0).upstream_keepalive_requests(), None);
     assert_eq!(Version::parse("1.22"), Some(Version(1, 22, 0)));
     assert_eq!(Version::parse("one"), None);
     assert!(Version(1, 30, 0).new_defaults() && !Version(1, 29, 6).new_defaults());
