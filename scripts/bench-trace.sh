@@ -5,8 +5,9 @@
 #
 # In a throw-away namespace, nginx (one worker) accepts on loopback and
 # `timewait load tcp://… --mode close` connects and closes (3 trace records
-# per connection). Runs alternate: no tracer, `timewait trace --netns`, the
-# same with `--syscalls`, `perf record -a`. Medians of connects/s
+# per connection). Runs alternate: no tracer, `timewait trace --netns` (state
+# changes through its BPF filter), the same with `--no-bpf` (every event from
+# its tracefs instance), with `--syscalls`, `perf record -a`. Medians of connects/s
 # (saturated) and of CPU µs per connect at a paced rate (the number to
 # read on noisy machines). For timewait trace also: events per connect, the
 # event rate at saturation, events lost, and its own CPU per event.
@@ -88,7 +89,7 @@ start_perf() {
     sleep 1
 }
 
-none=(); none_cpu=(); traced=(); traced_cpu=(); sys=(); sys_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
+none=(); none_cpu=(); traced=(); traced_cpu=(); nobpf=(); nobpf_cpu=(); sys=(); sys_cpu=(); perfed=(); perfed_cpu=(); eps=(); lost=(); cpu=()
 cond_none() { read -r a b _ < <(measure 0); none+=("$a"); none_cpu+=("$b"); }
 cond_trace() {
     start_trace
@@ -100,6 +101,11 @@ cond_trace() {
     # Peak event rate: the saturated phase's connects/s times events per connect.
     eps+=("$(python3 -c "print($ev / $conns * $a)")"); epc=$(python3 -c "print(round($ev / $conns, 2))"); lost+=("$lo")
     cpu+=("$(python3 -c "print(($u1 + $s1 - $u0 - $s0) / $HZ / max($ev, 1) * 1e9)")")
+}
+cond_nobpf() {
+    start_trace --no-bpf
+    read -r a b _ < <(measure "$tp"); nobpf+=("$a"); nobpf_cpu+=("$b")
+    kill -INT "$tp"; wait "$tp"
 }
 cond_sys() {
     start_trace --syscalls
@@ -113,9 +119,9 @@ cond_perf() {
 }
 # The order turns every run, so that no condition always comes first
 # (the namespace's TIME_WAIT grows during a run) or always after another.
-conds=(cond_none cond_trace cond_sys cond_perf)
+conds=(cond_none cond_trace cond_nobpf cond_sys cond_perf)
 for i in $(seq 0 $((RUNS - 1))); do
-    for k in 0 1 2 3; do "${conds[$(((i + k) % 4))]}"; done
+    for k in 0 1 2 3 4; do "${conds[$(((i + k) % 5))]}"; done
 done
 echo "| tracer | connects/s, saturated | vs none | CPU µs per connect at ${RATE}/s (client + nginx + tracer) | vs none |"
 echo "|---|---:|---:|---:|---:|"
@@ -131,7 +137,8 @@ PY
 }
 bs=$(median "${none[@]}"); bc=$(median "${none_cpu[@]}")
 row "none" "$bs" "$bc" "${none[*]}" "${none_cpu[*]}"
-row "timewait trace (tracefs instance)" "$bs" "$bc" "${traced[*]}" "${traced_cpu[*]}"
+row "timewait trace (BPF filter of state changes)" "$bs" "$bc" "${traced[*]}" "${traced_cpu[*]}"
+row "timewait trace --no-bpf (every event from the tracefs instance)" "$bs" "$bc" "${nobpf[*]}" "${nobpf_cpu[*]}"
 row "timewait trace --syscalls" "$bs" "$bc" "${sys[*]}" "${sys_cpu[*]}"
 row "perf record (perf_event_open rings, same tracepoints as timewait trace)" "$bs" "$bc" "${perfed[*]}" "${perfed_cpu[*]}"
 echo
@@ -149,6 +156,7 @@ print(f"{name}: CPU per connect vs none, paired by run: median {100 * statistics
 PY
 }
 paired "timewait trace" "${none_cpu[*]}" "${traced_cpu[*]}"
+paired "timewait trace --no-bpf" "${none_cpu[*]}" "${nobpf_cpu[*]}"
 paired "timewait trace --syscalls" "${none_cpu[*]}" "${sys_cpu[*]}"
 paired "perf record" "${none_cpu[*]}" "${perfed_cpu[*]}"
 # Paired by the slice: one paced load of $TOGGLE s per tracer, which is
@@ -168,7 +176,8 @@ tog_row() {
     echo "$1: busy CPU on vs off at ${RATE} connects/s, paired by the slice (${SLICE:-2} s): median ${med}%, mean ${mean}% (95% interval ${lo}% to ${hi}%, $n pairs; ${off} → ${on} CPU-s per slice)"
 }
 start_trace; tog_trace=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0"); kill -INT "$tp"; wait "$tp"
-start_trace --syscalls; tog_sys=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0" --syscalls); kill -INT "$tp"; wait "$tp"
+start_trace --no-bpf; tog_nobpf=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0"); kill -INT "$tp"; wait "$tp"
+start_trace --syscalls; tog_sys=$(toggled "/sys/kernel/tracing/instances/timewait-$tp-0"); kill -INT "$tp"; wait "$tp"
 mkfifo "$DIR/ctl" "$DIR/ack"
 perf record -q -a -o "$DIR/perf.data" --control "fifo:$DIR/ctl,$DIR/ack" \
     -e sock:inet_sock_set_state --filter "$FILTER" -e tcp:tcp_receive_reset \
@@ -176,7 +185,8 @@ perf record -q -a -o "$DIR/perf.data" --control "fifo:$DIR/ctl,$DIR/ack" \
 sleep 1
 tog_perf=$(toggled perf "$DIR/ctl" "$DIR/ack"); kill -INT "$pp"; wait "$pp" || true
 tog_row "timewait trace" "$tog_trace"
+tog_row "timewait trace --no-bpf" "$tog_nobpf"
 tog_row "timewait trace --syscalls" "$tog_sys"
 tog_row "perf record" "$tog_perf"
 echo "timewait trace: $epc events per connect; at the saturated rate $(median "${eps[@]}" | xargs printf '%.0f') events/s (median of runs), events lost in all runs: $(IFS=+; echo $((${lost[*]}))); its own CPU $(median "${cpu[@]}" | xargs printf '%.0f') ns per event."
-echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; --syscalls ${sys[*]} / ${sys_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2
+echo "runs: none ${none[*]} / ${none_cpu[*]}; trace ${traced[*]} / ${traced_cpu[*]}; --no-bpf ${nobpf[*]} / ${nobpf_cpu[*]}; --syscalls ${sys[*]} / ${sys_cpu[*]}; perf ${perfed[*]} / ${perfed_cpu[*]}" >&2

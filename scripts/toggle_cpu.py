@@ -7,7 +7,7 @@ system are only sampled at each tick). Neighbouring slices see the same
 neighbours' load, so the ratio of an "on" slice to the "off" slice before
 it is steadier than any two runs.
 
-Usage: toggle_cpu.py SECONDS tracefs-instance-dir [--syscalls]
+Usage: toggle_cpu.py SECONDS tracefs-instance-dir
        toggle_cpu.py SECONDS perf CTL-FIFO ACK-FIFO
 Prints: "mean-off-cpu-s mean-on-cpu-s median% mean% low% high% pairs"
 """
@@ -33,11 +33,17 @@ def busy():
     return CPUS * t - (v[3] + v[4] + v[7]) / HZ
 
 
-def instance_switch(inst, syscalls):
-    files = [f"{inst}/events/{e}/enable" for e in EVENTS]
-    if syscalls:
-        for e in ("sys_exit_connect", "sys_enter_setns", "sys_enter_unshare"):
-            files.append(f"{inst}/events/syscalls/{e}/enable")
+def instance_switch(inst):
+    # The events the tracer enabled (with its BPF filter, state changes are
+    # not the instance's event), and tracing_on, which the BPF filter
+    # follows (attached or detached within the tracer's 20 ms poll).
+    names = EVENTS + [f"syscalls/{e}" for e in ("sys_exit_connect", "sys_enter_setns", "sys_enter_unshare")]
+    files = []
+    for e in names:
+        with open(f"{inst}/events/{e}/enable") as f:
+            if f.read().strip() == "1":
+                files.append(f"{inst}/events/{e}/enable")
+    files.append(f"{inst}/tracing_on")
 
     def switch(on):
         for p in files:
@@ -63,7 +69,7 @@ def main():
     if sys.argv[2] == "perf":
         switch = perf_switch(sys.argv[3], sys.argv[4])
     else:
-        switch = instance_switch(sys.argv[2], "--syscalls" in sys.argv[3:])
+        switch = instance_switch(sys.argv[2])
     on, off, state = [], [], False
     switch(False)
     t, b = time.monotonic(), busy()

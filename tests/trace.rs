@@ -93,19 +93,31 @@ fn recording(pid: u32) -> bool {
     let dir = PathBuf::from(format!("{TRACEFS}/instances/timewait-{pid}-0"));
     let is_one = |p: PathBuf| std::fs::read_to_string(p).is_ok_and(|s| s.trim() == "1");
     for _ in 0..1000 {
-        let enabled = [
-            "sock/inet_sock_set_state",
-            "tcp/tcp_receive_reset",
-            "sock/inet_sk_error_report",
-        ]
-        .iter()
-        .all(|e| is_one(dir.join("events").join(e).join("enable")));
-        if enabled && is_one(dir.join("tracing_on")) {
+        let enabled = ["tcp/tcp_receive_reset", "sock/inet_sk_error_report"]
+            .iter()
+            .all(|e| is_one(dir.join("events").join(e).join("enable")));
+        // State changes: the instance's event, or the BPF filter attached
+        // (after tracing_on, so last).
+        let states =
+            is_one(dir.join("events/sock/inet_sock_set_state/enable")) || bpf_attached(pid);
+        if enabled && states && is_one(dir.join("tracing_on")) {
             return true;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     false
+}
+
+/// Whether process `pid` holds a BPF link to the raw tracepoint
+/// `inet_sock_set_state` (its fdinfo says so).
+fn bpf_attached(pid: u32) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo")).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            std::fs::read_to_string(e.path()).is_ok_and(|s| {
+                s.contains("link_type:\traw_tracepoint") && s.contains("inet_sock_set_state")
+            })
+        })
+    })
 }
 
 /// The pid of the `timewait` process below `root` (script(1) runs it
@@ -180,6 +192,13 @@ fn trace_names_the_process_with_exact_connects_failures_and_first_closes() {
     let mut server_b = Peer::start(&b, &["server", "5000", "client-closes"]);
     let mut client_b = Peer::start(&b, &["client", "127.0.0.1", "5000", "20", "client-closes"]);
     let tracer = Tracer::start(&["--netns", a.name()]);
+    // Where the kernel has BTF, state changes come from the BPF filter.
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        assert!(
+            bpf_attached(tracer.child.id()),
+            "the BPF filter is not in use"
+        );
+    }
     let global = global_state();
     let everywhere = Tracer::start(&["--all"]);
     for p in [
@@ -254,12 +273,19 @@ fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
     };
     let mut server = Peer::start(&ns, &["server", "5001", "server-closes"]);
     let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5001", "40", "server-closes"]);
-    // With --syscalls too: the same counts.
+    // With --syscalls too: the same counts; and with the state changes read
+    // from the tracefs event instead of the BPF filter: the same again.
     let tracer = Tracer::start(&["--netns", ns.name(), "--syscalls"]);
+    let tracefs = Tracer::start(&["--netns", ns.name(), "--no-bpf"]);
+    assert!(!bpf_attached(tracefs.child.id()));
     server.go();
     client.go();
     assert_eq!(client.result()["ok"], 40);
     let report = tracer.stop();
+    let without_bpf = tracefs.stop();
+    for key in ["processes", "totals", "events_lost", "unattributed"] {
+        assert_eq!(report[key], without_bpf[key], "{key}");
+    }
     let s = process(&report, server.pid).unwrap_or_else(|| panic!("{report:#}"));
     assert_eq!(
         (
@@ -277,6 +303,35 @@ fn a_server_that_closes_first_is_charged_with_server_side_first_closes() {
     // The whole run: nothing the processes in scope did was missed.
     assert_eq!(report["totals"]["server_closed_first"], 40);
     assert_eq!(report["events_lost"], 0);
+}
+
+/// A reset is charged to the process whose socket sent it (its own call)
+/// and to the one whose socket received it, though on loopback the reset
+/// arrives in a softirq while the sender's thread runs: each state change
+/// must be known as interrupt context or not.
+#[test]
+fn resets_are_charged_to_the_sender_and_the_receiver_not_to_who_was_running() {
+    let Some(ns) = Netns::new("trace-rst") else {
+        return;
+    };
+    let mut server = Peer::start(&ns, &["server", "5003", "server-resets"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5003", "30", "server-resets"]);
+    let tracer = Tracer::start(&["--netns", ns.name()]);
+    let tracefs = Tracer::start(&["--netns", ns.name(), "--no-bpf"]);
+    server.go();
+    client.go();
+    assert_eq!(client.result()["errors"]["ECONNRESET"], 30);
+    let report = tracer.stop();
+    let without_bpf = tracefs.stop();
+    for r in [&report, &without_bpf] {
+        let resets = |pid| process(r, pid).map(|p| p["resets"].clone());
+        assert_eq!(
+            (resets(server.pid), resets(client.pid)),
+            (Some(30.into()), Some(30.into())),
+            "{r:#}"
+        );
+        assert_eq!(r["events_lost"], 0);
+    }
 }
 
 #[test]

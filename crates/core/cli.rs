@@ -344,6 +344,12 @@ pub struct TraceArgs {
     /// call takes the kernel's slow path while tracing.
     #[arg(long)]
     pub syscalls: bool,
+    /// Read TCP state changes from the tracefs event instead of filtering
+    /// them with the built-in BPF program (which drops the unwanted ones
+    /// before their fields are filled, so it costs the workload less).
+    /// Without BTF or BPF the tracefs event is used anyway, with a note.
+    #[arg(long)]
+    pub no_bpf: bool,
     /// Print one JSON document at the end.
     #[arg(long)]
     pub json: bool,

@@ -48,6 +48,7 @@ pub fn run_doctor(args: &DoctorArgs, style: &Style) -> Result<Done, Failure> {
                 duration: crate::trace_cmd::seconds("trace", secs)?,
                 top: 5,
                 syscalls: false,
+                bpf: true,
             };
             let stop = crate::trace_cmd::stop_on_signals()?;
             let t = TraceTarget::One(target(&args.target));

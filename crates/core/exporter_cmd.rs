@@ -83,6 +83,7 @@ fn start_tracer(target: Target, top: usize) -> Result<Arc<Mutex<TraceState>>, Fa
             duration: Duration::from_secs(10 * 365 * 24 * 3600),
             top,
             syscalls: false,
+            bpf: true,
         };
         let r = crate::trace_cmd::traced(&TraceTarget::One(target), &options, &stop, &mut |r| {
             set(TraceState::Running(r.clone()));

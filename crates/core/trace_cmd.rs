@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use timewait_host::tracefs::{TraceOptions, TraceTarget, Traced, trace};
+use timewait_host::tracefs::{StateSource, TraceOptions, TraceTarget, Traced, trace};
 use timewait_trace::{ProcessReport, TraceReport};
 
 use crate::Failure;
@@ -55,6 +55,11 @@ pub fn traced(
             t.tracefs.root.display()
         );
     }
+    if let StateSource::Tracefs { why: Some(why) } = &t.state_source {
+        eprintln!(
+            "timewait: TCP state changes read from the tracefs event, which costs the traced workload more (the BPF filter could not be used: {why})"
+        );
+    }
     Ok(t)
 }
 
@@ -84,6 +89,7 @@ pub fn run_trace(a: &TraceArgs, st: &Style) -> Result<String, Failure> {
         duration,
         top: a.top,
         syscalls: a.syscalls,
+        bpf: !a.no_bpf,
     };
     let t = traced(&target, &options, &stop, &mut redraw)?;
     if a.json {

@@ -1,8 +1,11 @@
 """A TCP peer for trace tests: a real process in a test's namespace whose
 own counts the tracer's are checked against.
 
-    peer.py server PORT client-closes|server-closes
-    peer.py client HOST PORT N client-closes|server-closes
+    peer.py server PORT client-closes|server-closes|server-resets
+    peer.py client HOST PORT N client-closes|server-closes|server-resets
+
+server-resets: the server aborts each connection (SO_LINGER 0, then
+close: a reset, no FIN) and the client, waiting in recv, receives it.
 
 Each prints "ready PID", waits for a line on stdin before it starts (so a
 tracer can be started in between), prints one JSON line of what it did,
@@ -12,6 +15,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import sys
 
 
@@ -35,6 +39,9 @@ def server(port, mode):
             continue
         if mode == "server-closes":
             a.close()
+        elif mode == "server-resets":
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            a.close()
         else:
             a.recv(1)  # the client's FIN
             a.close()
@@ -50,8 +57,8 @@ def client(host, port, n, mode):
         c = socket.socket()
         try:
             c.connect((host, port))
-            if mode == "server-closes":
-                c.recv(1)  # the server's FIN
+            if mode in ("server-closes", "server-resets"):
+                c.recv(1)  # the server's FIN (or its reset: ECONNRESET)
             ok += 1
         except OSError as e:
             name = errno.errorcode.get(e.errno, str(e.errno))

@@ -8,7 +8,8 @@
 //!   [`Snapshot`], with every fallback and
 //!   every problem decided there, unit-tested without root.
 //! - [`scratch`]: throw-away network namespaces for `lab`.
-//! - [`tracefs`]: a tracefs instance of our own, for `trace`.
+//! - [`tracefs`]: a tracefs instance of our own, for `trace`, and [`bpf`]:
+//!   its BPF filter of TCP state changes (the only unsafe code).
 //! - [`sysctl`]: `tune --apply`'s effects (runtime values and the
 //!   persistent `/etc/sysctl.d` file).
 //!
@@ -18,6 +19,7 @@
 //! that namespace's sysctls and counters. No `ip netns exec` is needed.
 #![deny(missing_docs)]
 
+pub mod bpf;
 mod decode;
 mod netns;
 pub mod nginx_files;

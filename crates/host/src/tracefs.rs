@@ -1,7 +1,10 @@
-//! `timewait trace`'s only contact with the kernel's tracing: a tracefs
-//! instance of its own (`instances/timewait-PID-N`), with the three
-//! tracepoints enabled there and filtered in the kernel, read page by page
-//! from `per_cpu/cpuN/trace_pipe_raw`.
+//! `timewait trace`'s contact with the kernel's tracing: a tracefs
+//! instance of its own (`instances/timewait-PID-N`), with its tracepoints
+//! enabled there and filtered in the kernel, read page by page from
+//! `per_cpu/cpuN/trace_pipe_raw`; and, where the kernel allows, the TCP
+//! state changes filtered by a BPF program instead ([`crate::bpf`]), which
+//! costs the workload less because it drops the unwanted ones before their
+//! fields are filled. The instance's `tracing_on` pauses both.
 //!
 //! Why an instance and not `perf_event_open`: both write to a per-CPU ring
 //! in the kernel and cost the workload the same (measured side by side,
@@ -22,9 +25,10 @@ use std::time::{Duration, Instant};
 use nix::time::{ClockId, clock_gettime};
 use timewait_trace::{
     Decoder, Format, Formats, PageLayout, SYSCALLS, Scope, TRACEPOINTS, Tally, Timed, TraceReport,
-    Tracepoint, parse_page,
+    Tracepoint, event::SET_STATE, parse_page,
 };
 
+use crate::bpf::StateFilter;
 use crate::{HostError, Target};
 
 /// Where tracefs is mounted, and whether this run mounted it.
@@ -133,13 +137,33 @@ pub struct Instance {
     page: Vec<u8>,
     layout: PageLayout,
     decoder: Decoder,
+    /// The BPF filter of state changes, when it is used.
+    filter: Option<StateFilter>,
+}
+
+/// Where `trace` reads TCP state changes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateSource {
+    /// The BPF filter on the raw tracepoint.
+    Bpf,
+    /// The instance's `sock:inet_sock_set_state` event; `why` the BPF
+    /// filter is not used (`None`: it was not asked for).
+    Tracefs {
+        /// Why not BPF.
+        why: Option<String>,
+    },
 }
 
 impl Instance {
     /// Creates the instance, sets its buffers, clock and filters, enables
     /// the tracepoints (with `syscalls`, also connect()'s failures) and
-    /// opens every CPU's pipe.
-    pub fn create(fs_: &Tracefs, syscalls: bool) -> Result<Instance, HostError> {
+    /// opens every CPU's pipe. With `bpf`, state changes come from the BPF
+    /// filter if it loads (the source says which).
+    pub fn create(
+        fs_: &Tracefs,
+        syscalls: bool,
+        bpf: bool,
+    ) -> Result<(Instance, StateSource), HostError> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let instances = fs_.root.join("instances");
         remove_stale(&instances);
@@ -151,6 +175,14 @@ impl Instance {
         let layout = PageLayout::parse(&read(&fs_.root.join("events/header_page"))?)
             .map_err(HostError::Trace)?;
         let decoder = Decoder::new(&formats(&fs_.root, syscalls)?).map_err(HostError::Trace)?;
+        let (filter, source) = if bpf {
+            match StateFilter::load() {
+                Ok(f) => (Some(f), StateSource::Bpf),
+                Err(why) => (None, StateSource::Tracefs { why: Some(why) }),
+            }
+        } else {
+            (None, StateSource::Tracefs { why: None })
+        };
         fs::create_dir(&dir).map_err(io(format!("creating {}", dir.display())))?;
         // From here on, Drop removes it, whatever fails.
         let mut me = Instance {
@@ -159,9 +191,10 @@ impl Instance {
             page: Vec::new(),
             layout,
             decoder,
+            filter,
         };
         me.configure(syscalls)?;
-        Ok(me)
+        Ok((me, source))
     }
 
     fn configure(&mut self, syscalls: bool) -> Result<(), HostError> {
@@ -173,7 +206,11 @@ impl Instance {
         write(&d.join("options/overwrite"), "0")?;
         write(&d.join("trace_clock"), "mono")?;
         let extra = if syscalls { &SYSCALLS[..] } else { &[] };
+        let bpf = self.filter.is_some();
         for tp in TRACEPOINTS.iter().chain(extra) {
+            if bpf && *tp == SET_STATE {
+                continue;
+            }
             let ev = d.join("events").join(tp.system).join(tp.name);
             if !tp.filter.is_empty() {
                 fs::write(ev.join("filter"), tp.filter).map_err(|e| {
@@ -205,7 +242,26 @@ impl Instance {
                 .map_err(io(format!("opening {}", path.display())))?;
             self.pipes.push(f);
         }
-        write(&d.join("tracing_on"), "1")
+        write(&d.join("tracing_on"), "1")?;
+        self.follow_switch()
+    }
+
+    /// Attaches or detaches the BPF filter as the instance's `tracing_on`
+    /// says, so that one switch pauses the whole trace.
+    fn follow_switch(&mut self) -> Result<(), HostError> {
+        let Some(filter) = &mut self.filter else {
+            return Ok(());
+        };
+        let on = read_text(&self.dir.join("tracing_on"))
+            .map_err(io(format!("reading {}/tracing_on", self.dir.display())))?
+            .trim()
+            != "0";
+        if on && !filter.attached() {
+            filter.attach().map_err(HostError::Tracefs)?;
+        } else if !on {
+            filter.detach();
+        }
+        Ok(())
     }
 
     /// Reads every CPU's buffer dry into `tally`, then applies what is
@@ -218,6 +274,13 @@ impl Instance {
         // Every event stamped before this instant is in a buffer by the time
         // the last one is read.
         let watermark = now_ns();
+        self.follow_switch()?;
+        if let Some(filter) = &mut self.filter {
+            filter.drain(&mut |r| match timewait_trace::bpf::decode(r) {
+                Some(t) => tally.push(t),
+                None => tally.undecoded(),
+            });
+        }
         for i in 0..self.pipes.len() {
             loop {
                 let n = match self.pipes[i].read(&mut self.page) {
@@ -242,27 +305,37 @@ impl Instance {
     }
 
     /// Stops recording (the buffers keep what they have).
-    pub fn stop(&self) -> Result<(), HostError> {
+    pub fn stop(&mut self) -> Result<(), HostError> {
+        if let Some(f) = &mut self.filter {
+            f.detach();
+        }
         write(&self.dir.join("tracing_on"), "0")
     }
 
-    /// Events the kernel could not store, summed over CPUs.
-    pub fn lost(&self) -> u64 {
-        let Ok(dir) = fs::read_dir(self.dir.join("per_cpu")) else {
-            return 0;
+    /// Events the kernel could not store, summed over CPUs (and the BPF
+    /// ring's).
+    pub fn lost(&self) -> Result<u64, HostError> {
+        let ring = match &self.filter {
+            Some(f) => f.lost().map_err(HostError::Tracefs)?,
+            None => 0,
         };
-        dir.flatten()
-            .filter_map(|e| read_text(&e.path().join("stats")).ok())
-            .map(|s| {
-                s.lines()
-                    .filter_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        matches!(k.trim(), "overrun" | "dropped events")
-                            .then(|| v.trim().parse::<u64>().ok())?
-                    })
-                    .sum::<u64>()
-            })
-            .sum()
+        let Ok(dir) = fs::read_dir(self.dir.join("per_cpu")) else {
+            return Ok(ring);
+        };
+        Ok(ring
+            + dir
+                .flatten()
+                .filter_map(|e| read_text(&e.path().join("stats")).ok())
+                .map(|s| {
+                    s.lines()
+                        .filter_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            matches!(k.trim(), "overrun" | "dropped events")
+                                .then(|| v.trim().parse::<u64>().ok())?
+                        })
+                        .sum::<u64>()
+                })
+                .sum::<u64>())
     }
 
     /// The instance's directory.
@@ -273,6 +346,7 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        self.filter = None;
         let _ = fs::write(self.dir.join("tracing_on"), "0");
         // The instance cannot go while a pipe of it is open.
         self.pipes.clear();
@@ -371,6 +445,9 @@ pub struct TraceOptions {
     /// handshake (no route) are seen only so, at the cost of every system
     /// call taking the kernel's slow path while tracing.
     pub syscalls: bool,
+    /// Filter state changes with BPF where the kernel allows (cheaper);
+    /// `false` reads them from the tracefs event.
+    pub bpf: bool,
 }
 
 /// A finished trace.
@@ -382,6 +459,8 @@ pub struct Traced {
     pub tracefs: Tracefs,
     /// Whether Ctrl-C (or SIGTERM) ended it early.
     pub interrupted: bool,
+    /// Where the state changes came from.
+    pub state_source: StateSource,
 }
 
 /// Traces `target` for `duration` (or until `stop` is set), calling
@@ -397,13 +476,14 @@ pub fn trace(
         duration,
         top,
         syscalls,
+        bpf,
     } = *options;
     let scope = match target {
         TraceTarget::All => Scope::All,
         TraceTarget::One(t) => Scope::Netns(t.netns_inode()?),
     };
     let fs_ = tracefs()?;
-    let mut instance = Instance::create(&fs_, syscalls)?;
+    let (mut instance, state_source) = Instance::create(&fs_, syscalls, bpf)?;
     let names = crate::process::netns_names();
     let name_of = |ino: u64| {
         names
@@ -446,7 +526,7 @@ pub fn trace(
             let so_far = tally.report(
                 now.duration_since(start).as_secs_f64(),
                 &label,
-                instance.lost(),
+                instance.lost()?,
                 top,
                 &name_of,
             );
@@ -458,11 +538,12 @@ pub fn trace(
     instance.stop()?;
     instance.drain(&mut tally, &mut lookup)?;
     tally.finish(&mut lookup);
-    let lost = instance.lost();
+    let lost = instance.lost()?;
     let report = tally.report(elapsed, &label, lost, top, &name_of);
     Ok(Traced {
         report,
         tracefs: fs_,
         interrupted,
+        state_source,
     })
 }

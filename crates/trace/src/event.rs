@@ -52,8 +52,20 @@ pub const CONNECT_EXIT: Tracepoint = Tracepoint {
 pub const SET_STATE: Tracepoint = Tracepoint {
     system: "sock",
     name: "inet_sock_set_state",
-    filter: "protocol == 6 && ((oldstate == 7 && newstate == 2) || (oldstate == 2 && newstate == 7) || newstate == 4 || (oldstate == 1 && (newstate == 8 || newstate == 7)) || (oldstate == 8 && newstate == 7))",
+    filter: "protocol == 6 && ((oldstate == 7 && newstate == 2) || (oldstate == 2 && newstate == 7) || newstate == 4 || (oldstate == 1 && newstate == 8) || (oldstate == 1 && newstate == 7) || (oldstate == 8 && newstate == 7))",
 };
+
+/// The state changes the tally uses, as (from, to), `None` for any: what
+/// [`SET_STATE`]'s filter and the BPF filter ([`crate::bpf`]) keep (a unit
+/// test holds the filter text to this list).
+pub const KEPT: [(Option<TcpState>, TcpState); 6] = [
+    (Some(TcpState::Close), TcpState::SynSent),
+    (Some(TcpState::SynSent), TcpState::Close),
+    (None, TcpState::FinWait1),
+    (Some(TcpState::Established), TcpState::CloseWait),
+    (Some(TcpState::Established), TcpState::Close),
+    (Some(TcpState::CloseWait), TcpState::Close),
+];
 /// A reset received: during a handshake, the connection was refused.
 pub const RECEIVE_RESET: Tracepoint = Tracepoint {
     system: "tcp",
@@ -457,6 +469,25 @@ fn v6(b: &[u8]) -> Option<IpAddr> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn the_tracefs_filter_keeps_the_kept_transitions() {
+        let kept: Vec<String> = KEPT
+            .iter()
+            .map(|(old, new)| match old {
+                Some(old) => format!(
+                    "(oldstate == {} && newstate == {})",
+                    old.kernel(),
+                    new.kernel()
+                ),
+                None => format!("newstate == {}", new.kernel()),
+            })
+            .collect();
+        assert_eq!(
+            SET_STATE.filter,
+            format!("protocol == 6 && ({})", kept.join(" || "))
+        );
+    }
 
     pub(crate) fn formats() -> Formats {
         let f = |t: &str| Format::parse("testdata", t).unwrap();

@@ -2,7 +2,8 @@
 //! `sock:inet_sock_set_state`, `tcp:tcp_receive_reset`,
 //! `sock:inet_sk_error_report` and, with `--syscalls`,
 //! `syscalls:sys_exit_connect` (failures only) — from a tracefs
-//! instance of its own, and this crate turns what it reads into a report:
+//! instance of its own (the state changes, where the kernel allows, through
+//! a BPF filter instead), and this crate turns what it reads into a report:
 //! per process, connects, failed connects by errno (with their
 //! destinations), first closes (each one a TIME_WAIT socket on this host)
 //! and server-side first closes.
@@ -11,6 +12,10 @@
 //! reads the pages; every decision about what the bytes mean is here and
 //! tested on recorded bytes.
 //!
+//! - [`bpf`]: the state-change filter as a BPF program for the raw
+//!   tracepoint (assembled here: no compiler at build or run time), and its
+//!   records; [`btf`]: the kernel's type information, for the offsets the
+//!   program reads at.
 //! - [`mod@format`]: tracefs `format` files (ids and field offsets).
 //! - [`ring`]: ring-buffer pages (`trace_pipe_raw`).
 //! - [`event`]: the tracepoints, their kernel-side filters, and records
@@ -19,6 +24,8 @@
 //! - [`report`]: the JSON document.
 #![deny(missing_docs)]
 
+pub mod bpf;
+pub mod btf;
 pub mod event;
 pub mod format;
 pub mod report;
@@ -52,6 +59,14 @@ pub enum TraceError {
         event: String,
         /// The field.
         field: String,
+    },
+    /// Kernel type information (BTF) that does not parse.
+    #[error("BTF, byte {offset}: {detail}")]
+    Btf {
+        /// Where.
+        offset: usize,
+        /// What was wrong.
+        detail: String,
     },
     /// A page that contradicts itself.
     #[error("ring-buffer page, byte {offset}: {detail}")]

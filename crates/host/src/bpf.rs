@@ -1,0 +1,345 @@
+//! `trace`'s BPF state filter on the host: the `bpf(2)` system calls that
+//! create its two maps, load the program [`timewait_trace::bpf`] assembles
+//! and attach it to the raw tracepoint `inet_sock_set_state`, and the
+//! reading of its ring buffer.
+//!
+//! The only unsafe code of the project is here, each block for one reason:
+//! `bpf(2)` has no wrapper in the crates we use (it takes a pointer to a
+//! union the caller fills), and a BPF ring buffer is read through `mmap`
+//! (the kernel writes records and the producer position into pages shared
+//! with us; we write the consumer position back), as libbpf does. Nothing
+//! else here is unsafe: the maps, the program and the attachment are file
+//! descriptors, closed (and so detached) on drop, whatever happens, and a
+//! process killed outright leaves nothing behind.
+#![allow(unsafe_code)]
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::libc;
+use timewait_trace::bpf::{SockOffsets, state_program};
+use timewait_trace::btf::Btf;
+
+const MAP_CREATE: libc::c_long = 0;
+const MAP_LOOKUP_ELEM: libc::c_long = 1;
+const PROG_LOAD: libc::c_long = 5;
+const RAW_TRACEPOINT_OPEN: libc::c_long = 17;
+const MAP_TYPE_ARRAY: u32 = 2;
+const MAP_TYPE_RINGBUF: u32 = 27;
+const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
+
+/// The ring: 4 MiB holds 50,000 records, over a second of a busy host's
+/// first closes and connects between two reads 20 ms apart.
+const RING_BYTES: u32 = 4 << 20;
+/// A record's header in the ring (`BPF_RINGBUF_HDR_SZ`) and its bits.
+const HDR: u64 = 8;
+const BUSY: u32 = 1 << 31;
+const DISCARD: u32 = 1 << 30;
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEPOINT: &str = "inet_sock_set_state";
+
+/// `union bpf_attr`, as bytes: each command fills the fields it reads and
+/// the kernel checks that the rest is zero.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Attr {
+        Attr([0; 128])
+    }
+    fn u32(mut self, at: usize, v: u32) -> Attr {
+        self.0[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn u64(mut self, at: usize, v: u64) -> Attr {
+        self.0[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+    fn name(mut self, at: usize, name: &str) -> Attr {
+        let n = name.len().min(15);
+        self.0[at..at + n].copy_from_slice(&name.as_bytes()[..n]);
+        self
+    }
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut Attr) -> Result<libc::c_int, Errno> {
+    // SAFETY: `attr` is a live, writable 128-byte buffer, the size passed
+    // with it; every pointer inside it (set by the callers) points to memory
+    // that outlives this call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.0.as_mut_ptr(),
+            std::mem::size_of::<Attr>(),
+        )
+    };
+    if r < 0 {
+        Err(Errno::last())
+    } else {
+        // A new file descriptor, or 0.
+        Ok(r as libc::c_int)
+    }
+}
+
+fn owned(fd: libc::c_int) -> OwnedFd {
+    // SAFETY: `fd` was just returned by bpf(2) as a new descriptor that
+    // nothing else owns.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn map(kind: u32, key: u32, value: u32, entries: u32, name: &str) -> Result<OwnedFd, String> {
+    let mut a = Attr::new()
+        .u32(0, kind)
+        .u32(4, key)
+        .u32(8, value)
+        .u32(12, entries)
+        .name(28, name);
+    bpf(MAP_CREATE, &mut a)
+        .map(owned)
+        .map_err(|e| format!("creating the BPF map {name}: {}", e.desc()))
+}
+
+fn fd_i32(fd: &OwnedFd) -> i32 {
+    fd.as_raw_fd()
+}
+
+/// Loads `insns`; on refusal, the verifier's last words.
+fn load(insns: &[u8]) -> Result<OwnedFd, String> {
+    let license = c"GPL";
+    let attempt = |log: &mut Vec<u8>| {
+        let mut a = Attr::new()
+            .u32(0, PROG_TYPE_RAW_TRACEPOINT)
+            .u32(4, (insns.len() / 8) as u32)
+            .u64(8, insns.as_ptr() as u64)
+            .u64(16, license.as_ptr() as u64)
+            .name(48, "timewait_state");
+        if !log.is_empty() {
+            a = a
+                .u32(24, 1)
+                .u32(28, log.len() as u32)
+                .u64(32, log.as_mut_ptr() as u64);
+        }
+        bpf(PROG_LOAD, &mut a).map(owned)
+    };
+    attempt(&mut Vec::new()).or_else(|e| {
+        let mut log = vec![0u8; 1 << 20];
+        let detail = match attempt(&mut log) {
+            Ok(fd) => return Ok(fd),
+            Err(_) => {
+                let n = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+                let text = String::from_utf8_lossy(&log[..n]);
+                let last: Vec<&str> = text.lines().rev().take(3).collect();
+                last.into_iter().rev().collect::<Vec<_>>().join(" / ")
+            }
+        };
+        Err(format!(
+            "the kernel refused the BPF program: {} ({detail})",
+            e.desc()
+        ))
+    })
+}
+
+fn attach(prog: &OwnedFd) -> Result<OwnedFd, String> {
+    let name = CString::new(TRACEPOINT).map_err(|e| e.to_string())?;
+    let mut a = Attr::new()
+        .u64(0, name.as_ptr() as u64)
+        .u32(8, prog.as_raw_fd() as u32);
+    bpf(RAW_TRACEPOINT_OPEN, &mut a)
+        .map(owned)
+        .map_err(|e| format!("attaching to the raw tracepoint {TRACEPOINT}: {}", e.desc()))
+}
+
+/// A BPF ring buffer mapped into this process.
+struct Ring {
+    fd: OwnedFd,
+    consumer: NonNull<u8>,
+    producer: NonNull<u8>,
+    page: usize,
+    mask: u64,
+}
+
+impl Ring {
+    fn new(bytes: u32) -> Result<Ring, String> {
+        let fd = map(MAP_TYPE_RINGBUF, 0, 0, bytes, "timewait_ring")?;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let mapping = |len: usize, prot: libc::c_int, offset: usize| {
+            // SAFETY: a fresh shared mapping of the ring's fd at the offsets
+            // and protections the kernel gives ring buffers (one writable
+            // consumer page; the producer page and the data, mapped twice,
+            // read-only); the result is checked.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    prot,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                Err(format!(
+                    "mapping the BPF ring buffer: {}",
+                    Errno::last().desc()
+                ))
+            } else {
+                NonNull::new(p.cast::<u8>()).ok_or_else(|| "mmap returned null".to_string())
+            }
+        };
+        let consumer = mapping(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
+        let producer = match mapping(page + 2 * bytes as usize, libc::PROT_READ, page) {
+            Ok(p) => p,
+            Err(e) => {
+                // SAFETY: the consumer page was mapped just above, once.
+                unsafe { libc::munmap(consumer.as_ptr().cast(), page) };
+                return Err(e);
+            }
+        };
+        Ok(Ring {
+            fd,
+            consumer,
+            producer,
+            page,
+            mask: u64::from(bytes) - 1,
+        })
+    }
+
+    /// Hands every committed record to `f`, oldest first, and gives their
+    /// room back to the kernel.
+    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
+        // SAFETY: both positions are 8-byte aligned words at the start of
+        // their pages, which stay mapped while `self` lives; the kernel and
+        // we access them atomically (it with smp_load_acquire and
+        // smp_store_release).
+        let (consumer, producer) = unsafe {
+            (
+                &*self.consumer.as_ptr().cast::<AtomicU64>(),
+                &*self.producer.as_ptr().cast::<AtomicU64>(),
+            )
+        };
+        // SAFETY: the data pages follow the producer page in its mapping.
+        let data = unsafe { self.producer.as_ptr().add(self.page) };
+        let mut at = consumer.load(Ordering::Acquire);
+        loop {
+            let end = producer.load(Ordering::Acquire);
+            if at >= end {
+                return;
+            }
+            while at < end {
+                let off = (at & self.mask) as usize;
+                // SAFETY: `off` is below the ring's size and 8-aligned (the
+                // kernel keeps records 8-aligned), so the header is inside
+                // the first copy of the data pages.
+                let len = unsafe { &*data.add(off).cast::<AtomicU32>() }.load(Ordering::Acquire);
+                if len & BUSY != 0 {
+                    // Reserved, not yet written: the next drain reads it.
+                    return;
+                }
+                let n = len & !(BUSY | DISCARD);
+                if len & DISCARD == 0 {
+                    // SAFETY: a committed record of `n` bytes follows its
+                    // header; the data is mapped twice in a row, so a
+                    // record that wraps is contiguous here; the kernel does
+                    // not write it again until we move the consumer
+                    // position past it, which we do only after `f`.
+                    let record = unsafe {
+                        std::slice::from_raw_parts(data.add(off + HDR as usize), n as usize)
+                    };
+                    f(record);
+                }
+                at += (u64::from(n) + HDR + 7) & !7;
+                consumer.store(at, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let size = self.mask as usize + 1;
+        // SAFETY: the two mappings made in `new`, unmapped once; nothing
+        // borrows them past `self`.
+        unsafe {
+            libc::munmap(self.consumer.as_ptr().cast(), self.page);
+            libc::munmap(self.producer.as_ptr().cast(), self.page + 2 * size);
+        }
+    }
+}
+
+/// The filter loaded: attached while recording, its records read with
+/// [`StateFilter::drain`].
+pub struct StateFilter {
+    ring: Ring,
+    lost: OwnedFd,
+    prog: OwnedFd,
+    link: Option<OwnedFd>,
+}
+
+impl StateFilter {
+    /// Reads this kernel's offsets from its BTF, creates the maps and
+    /// loads the program (not attached yet). `Err` says why this kernel or
+    /// this process cannot (the caller falls back to the tracefs event).
+    pub fn load() -> Result<StateFilter, String> {
+        let blob = std::fs::read(BTF_PATH).map_err(|e| format!("reading {BTF_PATH}: {e}"))?;
+        let btf = Btf::parse(&blob).map_err(|e| format!("{BTF_PATH}: {e}"))?;
+        let offsets = SockOffsets::from_btf(&btf)?;
+        drop((blob, btf));
+        let ring = Ring::new(RING_BYTES)?;
+        let lost = map(MAP_TYPE_ARRAY, 4, 8, 1, "timewait_lost")?;
+        let insns: Vec<u8> = state_program(&offsets, fd_i32(&ring.fd), fd_i32(&lost))
+            .iter()
+            .flat_map(|i| i.bytes())
+            .collect();
+        let prog = load(&insns)?;
+        Ok(StateFilter {
+            ring,
+            lost,
+            prog,
+            link: None,
+        })
+    }
+
+    /// Starts (or resumes) filtering.
+    pub fn attach(&mut self) -> Result<(), String> {
+        if self.link.is_none() {
+            self.link = Some(attach(&self.prog)?);
+        }
+        Ok(())
+    }
+
+    /// Stops filtering (what is in the ring stays to be read).
+    pub fn detach(&mut self) {
+        self.link = None;
+    }
+
+    /// Whether it is attached.
+    pub fn attached(&self) -> bool {
+        self.link.is_some()
+    }
+
+    /// Every record written so far, to `f`.
+    pub fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
+        self.ring.drain(f);
+    }
+
+    /// Records the ring had no room for.
+    pub fn lost(&self) -> Result<u64, String> {
+        let key = 0u32;
+        let mut value = 0u64;
+        let mut a = Attr::new()
+            .u32(0, self.lost.as_raw_fd() as u32)
+            .u64(8, &key as *const u32 as u64)
+            .u64(16, &mut value as *mut u64 as u64);
+        bpf(MAP_LOOKUP_ELEM, &mut a)
+            .map_err(|e| format!("reading the BPF filter's lost count: {}", e.desc()))?;
+        // SAFETY: `value` is a live, aligned local; read as volatile because
+        // the kernel wrote it behind the compiler's back.
+        Ok(unsafe { std::ptr::read_volatile(&value) })
+    }
+}

@@ -1,0 +1,551 @@
+//! The state-change filter as a BPF program for the raw tracepoint
+//! `inet_sock_set_state`, assembled here (no compiler, no toolchain), and
+//! the records it writes, decoded into [`Event`]s.
+//!
+//! Why: the tracefs event fills every record (addresses, ports, IPv4
+//! mapped into IPv6) before its filter can drop it, and `inet_sock_set_state`
+//! fires on every state change of both ends of every connection, about ten
+//! per loopback connection, of which three are kept (BENCHMARKS.md). A raw
+//! tracepoint hands the program the socket pointer and the two states
+//! before anything is filled: it drops the seven with two compares and
+//! reads the socket only for the three it keeps, into a BPF ring buffer,
+//! without waking the reader (which drains on its own clock).
+//!
+//! The program reads the socket at this kernel's offsets ([`SockOffsets`],
+//! from BTF), never assumed ones. An event fired in a softirq or an
+//! interrupt (a packet, a timer: the running task is unrelated to the
+//! socket) must be known as such, as the tracefs event's `common_flags`
+//! say; the per-CPU preemption count that holds this cannot be named
+//! without data symbols in `/proc/kallsyms` (`CONFIG_KALLSYMS_ALL`, often
+//! off), so the program records where its arguments are and where the
+//! running task's stack is: x86-64 runs interrupts and softirqs on the
+//! CPU's interrupt stack, so an event whose arguments are not on the
+//! task's stack fired in one. Softirqs run by `ksoftirqd` are on a kernel thread's stack,
+//! and a kernel thread owns no process's connection: both count as
+//! interrupt context. Where any of this is missing the caller uses the
+//! tracefs event instead.
+//!
+//! The encoding is the kernel's (`Documentation/bpf/standardization/
+//! instruction-set.rst`); helper numbers are `include/uapi/linux/bpf.h`'s.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use timewait_kernel::TcpState;
+
+use crate::btf::Btf;
+use crate::event::{Context, Event, KEPT, StateChange, Timed};
+
+/// Where `inet_sock_set_state`'s program reads a socket, in bytes from the
+/// `struct sock` pointer, and the running task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `sk_protocol` (u16).
+    pub protocol: u32,
+    /// `skc_family` (u16).
+    pub family: u32,
+    /// `skc_num`: the local port, host order (u16).
+    pub num: u32,
+    /// `skc_dport`: the remote port, network order (u16).
+    pub dport: u32,
+    /// `skc_rcv_saddr` (4 bytes).
+    pub saddr: u32,
+    /// `skc_daddr` (4 bytes).
+    pub daddr: u32,
+    /// `skc_v6_rcv_saddr` (16 bytes).
+    pub saddr_v6: u32,
+    /// `skc_v6_daddr` (16 bytes).
+    pub daddr_v6: u32,
+    /// `task_struct`'s `stack`: the lowest address of the task's kernel
+    /// stack.
+    pub task_stack: u32,
+    /// `task_struct`'s `flags` (u32; `PF_KTHREAD`).
+    pub task_flags: u32,
+}
+
+impl SockOffsets {
+    /// From the kernel's BTF; `Err` names what this kernel lacks.
+    pub fn from_btf(btf: &Btf) -> Result<SockOffsets, String> {
+        let common = &["__sk_common"];
+        let at = |m: &str| {
+            btf.offset("sock", common, m)
+                .ok_or_else(|| format!("struct sock has no byte-aligned {m} in this kernel's BTF"))
+        };
+        let task = |m: &str| {
+            btf.offset("task_struct", &[], m).ok_or_else(|| {
+                format!("struct task_struct has no byte-aligned {m} in this kernel's BTF")
+            })
+        };
+        Ok(SockOffsets {
+            protocol: at("sk_protocol")?,
+            family: at("skc_family")?,
+            num: at("skc_num")?,
+            dport: at("skc_dport")?,
+            saddr: at("skc_rcv_saddr")?,
+            daddr: at("skc_daddr")?,
+            saddr_v6: at("skc_v6_rcv_saddr")?,
+            daddr_v6: at("skc_v6_daddr")?,
+            task_stack: task("stack")?,
+            task_flags: task("flags")?,
+        })
+    }
+}
+
+/// One instruction, 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Insn {
+    code: u8,
+    dst: u8,
+    src: u8,
+    off: i16,
+    imm: i32,
+}
+
+impl Insn {
+    /// As the kernel reads it.
+    pub fn bytes(&self) -> [u8; 8] {
+        let o = self.off.to_le_bytes();
+        let i = self.imm.to_le_bytes();
+        [
+            self.code,
+            self.dst | (self.src << 4),
+            o[0],
+            o[1],
+            i[0],
+            i[1],
+            i[2],
+            i[3],
+        ]
+    }
+}
+
+// Classes, sizes, modes, operations, sources.
+const LD: u8 = 0x00;
+const LDX: u8 = 0x01;
+const ST: u8 = 0x02;
+const STX: u8 = 0x03;
+const JMP: u8 = 0x05;
+const JMP32: u8 = 0x06;
+const ALU64: u8 = 0x07;
+const W: u8 = 0x00;
+const H: u8 = 0x08;
+const DW: u8 = 0x18;
+const IMM: u8 = 0x00;
+const MEM: u8 = 0x60;
+const ATOMIC: u8 = 0xc0;
+const ADD: u8 = 0x00;
+const MOV: u8 = 0xb0;
+const JA: u8 = 0x00;
+const JEQ: u8 = 0x10;
+const JNE: u8 = 0x50;
+const CALL: u8 = 0x80;
+const EXIT: u8 = 0x90;
+const K: u8 = 0x00;
+const X: u8 = 0x08;
+
+/// `ld_imm64`'s source register: the immediate is a map's fd / a BTF id.
+const PSEUDO_MAP_FD: u8 = 1;
+
+/// Helpers.
+const MAP_LOOKUP_ELEM: i32 = 1;
+const KTIME_GET_NS: i32 = 5;
+const GET_CURRENT_PID_TGID: i32 = 14;
+const GET_CURRENT_TASK: i32 = 35;
+const PROBE_READ_KERNEL: i32 = 113;
+const RINGBUF_OUTPUT: i32 = 130;
+/// `bpf_ringbuf_output`'s flag: do not wake the reader.
+const RB_NO_WAKEUP: i32 = 1;
+
+const R0: u8 = 0;
+const R1: u8 = 1;
+const R2: u8 = 2;
+const R3: u8 = 3;
+const R4: u8 = 4;
+const R6: u8 = 6;
+const R7: u8 = 7;
+const R8: u8 = 8;
+const R9: u8 = 9;
+const FP: u8 = 10;
+
+/// A tiny assembler: instructions, and jumps to named labels resolved at
+/// the end.
+#[derive(Default)]
+struct Asm {
+    insns: Vec<Insn>,
+    labels: HashMap<&'static str, usize>,
+    jumps: Vec<(usize, &'static str)>,
+}
+
+impl Asm {
+    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
+        self.insns.push(Insn {
+            code,
+            dst,
+            src,
+            off,
+            imm,
+        });
+    }
+    fn mov(&mut self, dst: u8, src: u8) {
+        self.op(ALU64 | MOV | X, dst, src, 0, 0);
+    }
+    fn mov_imm(&mut self, dst: u8, imm: i32) {
+        self.op(ALU64 | MOV | K, dst, 0, 0, imm);
+    }
+    fn add_imm(&mut self, dst: u8, imm: i32) {
+        self.op(ALU64 | ADD | K, dst, 0, 0, imm);
+    }
+    fn load(&mut self, size: u8, dst: u8, src: u8, off: i16) {
+        self.op(LDX | MEM | size, dst, src, off, 0);
+    }
+    fn store(&mut self, size: u8, dst: u8, off: i16, src: u8) {
+        self.op(STX | MEM | size, dst, src, off, 0);
+    }
+    fn store_imm(&mut self, size: u8, dst: u8, off: i16, imm: i32) {
+        self.op(ST | MEM | size, dst, 0, off, imm);
+    }
+    fn ld_imm64(&mut self, dst: u8, pseudo: u8, imm: i32) {
+        self.op(LD | IMM | DW, dst, pseudo, 0, imm);
+        self.op(0, 0, 0, 0, 0);
+    }
+    fn call(&mut self, helper: i32) {
+        self.op(JMP | CALL, 0, 0, 0, helper);
+    }
+    fn exit(&mut self) {
+        self.op(JMP | EXIT, 0, 0, 0, 0);
+    }
+    /// `if dst <op> imm goto label` (`class_op`: `JMP` or `JMP32` and the
+    /// comparison).
+    fn jump(&mut self, class_op: u8, dst: u8, imm: i32, label: &'static str) {
+        self.jumps.push((self.insns.len(), label));
+        self.op(class_op | K, dst, 0, 0, imm);
+    }
+    fn goto(&mut self, label: &'static str) {
+        self.jumps.push((self.insns.len(), label));
+        self.op(JMP | JA, 0, 0, 0, 0);
+    }
+    fn label(&mut self, name: &'static str) {
+        self.labels.insert(name, self.insns.len());
+    }
+    /// `bpf_probe_read_kernel(fp + at, len, base + from)`.
+    fn read(&mut self, at: i16, len: i32, base: u8, from: u32) {
+        self.mov(R1, FP);
+        self.add_imm(R1, i32::from(at));
+        self.mov_imm(R2, len);
+        self.mov(R3, base);
+        self.add_imm(R3, from as i32);
+        self.call(PROBE_READ_KERNEL);
+    }
+    fn finish(mut self) -> Vec<Insn> {
+        for (at, label) in self.jumps {
+            let to = self.labels[label];
+            self.insns[at].off = (to as i64 - at as i64 - 1) as i16;
+        }
+        self.insns
+    }
+}
+
+/// The record the program writes (bytes): what [`decode`] reads.
+pub const RECORD_LEN: usize = 96;
+const TS: usize = 0;
+const PID_TGID: usize = 8;
+const SK: usize = 16;
+const OLD: usize = 24;
+const NEW: usize = 28;
+/// Where the tracepoint's arguments are (on the stack the event fired on),
+/// and the running task's stack base.
+const FRAME: usize = 32;
+const TASK_STACK: usize = 40;
+const TASK_FLAGS: usize = 48;
+const FAMILY: usize = 52;
+const SPORT: usize = 54;
+const DPORT: usize = 56;
+const PROTOCOL: usize = 58;
+const SADDR: usize = 64;
+const DADDR: usize = 80;
+
+/// The record's place on the program's stack, and a word for the map key.
+const REC: i16 = -(RECORD_LEN as i16);
+const KEY: i16 = REC - 8;
+
+const AF_INET6: i32 = 10;
+const IPPROTO_TCP: i32 = 6;
+
+/// A task's kernel stack on x86-64 (`THREAD_SIZE`, 16 KiB without KASAN,
+/// which doubles it: the larger bound still cannot reach an interrupt
+/// stack, a separate mapping between guard pages).
+const THREAD_SIZE: u64 = 32 << 10;
+/// `task_struct.flags`: a kernel thread (`include/linux/sched.h`).
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The program: keeps the [`KEPT`] transitions of TCP sockets, writes each
+/// as a [`RECORD_LEN`]-byte record to the ring buffer map `ring`, and
+/// counts the records the ring had no room for in slot 0 of the array map
+/// `lost`.
+pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
+    let mut a = Asm::default();
+    // r1 is the context: the tracepoint's arguments as u64s (sk, oldstate,
+    // newstate).
+    a.mov(R6, R1);
+    a.load(DW, R7, R6, 8);
+    a.load(DW, R8, R6, 16);
+    for (i, &(old, new)) in KEPT.iter().enumerate() {
+        const NEXT: [&str; 8] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+        if let Some(old) = old {
+            a.jump(JMP32 | JNE, R7, i32::from(old.kernel()), NEXT[i]);
+        }
+        a.jump(JMP32 | JEQ, R8, i32::from(new.kernel()), "keep");
+        a.label(NEXT[i]);
+    }
+    a.goto("out");
+
+    a.label("keep");
+    a.load(DW, R9, R6, 0);
+    for at in (REC..0).step_by(8) {
+        a.store_imm(DW, FP, at, 0);
+    }
+    let at = |field: usize| REC + field as i16;
+    a.read(at(PROTOCOL), 2, R9, o.protocol);
+    a.load(H, R1, FP, at(PROTOCOL));
+    a.jump(JMP | JNE, R1, IPPROTO_TCP, "out");
+    a.read(at(FAMILY), 2, R9, o.family);
+    a.read(at(SPORT), 2, R9, o.num);
+    a.read(at(DPORT), 2, R9, o.dport);
+    a.load(H, R1, FP, at(FAMILY));
+    a.jump(JMP | JEQ, R1, AF_INET6, "v6");
+    a.read(at(SADDR), 4, R9, o.saddr);
+    a.read(at(DADDR), 4, R9, o.daddr);
+    a.goto("filled");
+    a.label("v6");
+    a.read(at(SADDR), 16, R9, o.saddr_v6);
+    a.read(at(DADDR), 16, R9, o.daddr_v6);
+    a.label("filled");
+    a.store(DW, FP, at(SK), R9);
+    a.store(W, FP, at(OLD), R7);
+    a.store(W, FP, at(NEW), R8);
+    a.call(KTIME_GET_NS);
+    a.store(DW, FP, at(TS), R0);
+    a.call(GET_CURRENT_PID_TGID);
+    a.store(DW, FP, at(PID_TGID), R0);
+    // Where this runs: the context's address (the tracepoint's arguments,
+    // an array on the kernel stack of whatever fired it; the program's own
+    // stack may be a per-CPU one, 6.13+), which root may record, and the
+    // running task's stack and flags.
+    a.store(DW, FP, at(FRAME), R6);
+    a.call(GET_CURRENT_TASK);
+    a.mov(R9, R0);
+    a.read(at(TASK_STACK), 8, R9, o.task_stack);
+    a.read(at(TASK_FLAGS), 4, R9, o.task_flags);
+
+    a.ld_imm64(R1, PSEUDO_MAP_FD, ring);
+    a.mov(R2, FP);
+    a.add_imm(R2, i32::from(REC));
+    a.mov_imm(R3, RECORD_LEN as i32);
+    a.mov_imm(R4, RB_NO_WAKEUP);
+    a.call(RINGBUF_OUTPUT);
+    a.jump(JMP | JEQ, R0, 0, "out");
+    // The ring was full: count it.
+    a.store_imm(W, FP, KEY, 0);
+    a.ld_imm64(R1, PSEUDO_MAP_FD, lost);
+    a.mov(R2, FP);
+    a.add_imm(R2, i32::from(KEY));
+    a.call(MAP_LOOKUP_ELEM);
+    a.jump(JMP | JEQ, R0, 0, "out");
+    a.mov_imm(R1, 1);
+    a.op(STX | ATOMIC | DW, R0, R1, 0, i32::from(ADD));
+
+    a.label("out");
+    a.mov_imm(R0, 0);
+    a.exit();
+    a.finish()
+}
+
+fn word<const N: usize>(r: &[u8], at: usize) -> Option<[u8; N]> {
+    r.get(at..at + N)?.try_into().ok()
+}
+
+/// One record of [`state_program`]'s, or `None` if it is too short or
+/// holds a state this crate does not know.
+pub fn decode(r: &[u8]) -> Option<Timed> {
+    let r = r.get(..RECORD_LEN)?;
+    let u64_at = |at| word::<8>(r, at).map(u64::from_ne_bytes);
+    let u32_at = |at| word::<4>(r, at).map(u32::from_ne_bytes);
+    let u16_at = |at| word::<2>(r, at).map(u16::from_ne_bytes);
+    let state = |at| TcpState::from_kernel(u8::try_from(u32_at(at)?).ok()?);
+    let (saddr, daddr) = if i32::from(u16_at(FAMILY)?) == AF_INET6 {
+        let v6 = |at| {
+            let a = Ipv6Addr::from(word::<16>(r, at)?);
+            Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
+        };
+        (v6(SADDR)?, v6(DADDR)?)
+    } else {
+        let v4 = |at| Some(IpAddr::V4(Ipv4Addr::from(word::<4>(r, at)?)));
+        (v4(SADDR)?, v4(DADDR)?)
+    };
+    let on_task_stack = u64_at(FRAME)?.wrapping_sub(u64_at(TASK_STACK)?) < THREAD_SIZE;
+    let context = if on_task_stack && u32_at(TASK_FLAGS)? & PF_KTHREAD == 0 {
+        Context::Task
+    } else {
+        Context::Interrupt
+    };
+    Some(Timed {
+        ts: u64_at(TS)?,
+        event: Event::State(StateChange {
+            context,
+            tid: u64_at(PID_TGID)? as u32,
+            sk: u64_at(SK)?,
+            old: state(OLD)?,
+            new: state(NEW)?,
+            local: (saddr, u16_at(SPORT)?),
+            remote: (daddr, u16::from_be(u16_at(DPORT)?)),
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offsets() -> SockOffsets {
+        SockOffsets {
+            protocol: 522,
+            family: 16,
+            num: 14,
+            dport: 12,
+            saddr: 4,
+            daddr: 0,
+            saddr_v6: 72,
+            daddr_v6: 56,
+            task_stack: 32,
+            task_flags: 44,
+        }
+    }
+
+    #[test]
+    fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
+        let p = state_program(&offsets(), 3, 4);
+        let n = p.len() as i64;
+        for (i, insn) in p.iter().enumerate() {
+            let class = insn.code & 0x07;
+            let op = insn.code & 0xf0;
+            if (class == JMP || class == JMP32) && op != CALL && op != EXIT {
+                let to = i as i64 + 1 + i64::from(insn.off);
+                assert!((0..n).contains(&to), "insn {i} jumps to {to}");
+            }
+        }
+        assert_eq!(p.last().map(|i| i.code), Some(JMP | EXIT));
+        // The maps are named by fd in ld_imm64 (two slots each).
+        let maps: Vec<i32> = p
+            .iter()
+            .filter(|i| i.code == LD | IMM | DW && i.src == PSEUDO_MAP_FD)
+            .map(|i| i.imm)
+            .collect();
+        assert_eq!(maps, [3, 4]);
+    }
+
+    /// Runs the filter part of the program (up to `keep` or `out`) on a
+    /// transition: the program and [`KEPT`] agree on every pair.
+    #[test]
+    fn the_program_keeps_exactly_the_kept_transitions() {
+        let p = state_program(&offsets(), 3, 4);
+        let keep = p
+            .iter()
+            .position(|i| i.code == LDX | MEM | DW && i.dst == R9)
+            .unwrap();
+        for old in 1..=12u32 {
+            for new in 1..=12u32 {
+                let (mut pc, regs) = (3usize, [old, new]);
+                let kept = loop {
+                    if pc == keep {
+                        break true;
+                    }
+                    let i = p[pc];
+                    let class = i.code & 0x07;
+                    assert!(class == JMP32 || class == JMP, "filter leaves at {pc}");
+                    if i.code & 0xf0 == JA && class == JMP {
+                        pc = (pc as i64 + 1 + i64::from(i.off)) as usize;
+                        if pc > keep {
+                            break false;
+                        }
+                        continue;
+                    }
+                    let v = regs[usize::from(i.dst - R7)];
+                    let taken = match i.code & 0xf0 {
+                        JEQ => v == i.imm as u32,
+                        JNE => v != i.imm as u32,
+                        other => panic!("unexpected op {other:#x}"),
+                    };
+                    pc = if taken {
+                        (pc as i64 + 1 + i64::from(i.off)) as usize
+                    } else {
+                        pc + 1
+                    };
+                };
+                let want = KEPT.iter().any(|&(o, n)| {
+                    o.is_none_or(|o| u32::from(o.kernel()) == old) && u32::from(n.kernel()) == new
+                });
+                assert_eq!(kept, want, "{old} -> {new}");
+            }
+        }
+    }
+
+    /// A record from a task's own call (`frame` 0x3f00 above its stack)
+    /// or elsewhere.
+    fn record(family: u16, frame: u64, flags: u32) -> Vec<u8> {
+        let mut r = vec![0u8; RECORD_LEN];
+        r[TS..TS + 8].copy_from_slice(&77u64.to_ne_bytes());
+        r[PID_TGID..PID_TGID + 8].copy_from_slice(&((41u64 << 32) | 42).to_ne_bytes());
+        r[SK..SK + 8].copy_from_slice(&0xffff_8880_dead_beefu64.to_ne_bytes());
+        r[OLD..OLD + 4].copy_from_slice(&7u32.to_ne_bytes());
+        r[NEW..NEW + 4].copy_from_slice(&2u32.to_ne_bytes());
+        let stack = 0xffff_c900_0010_0000u64;
+        r[FRAME..FRAME + 8].copy_from_slice(&stack.wrapping_add(frame).to_ne_bytes());
+        r[TASK_STACK..TASK_STACK + 8].copy_from_slice(&stack.to_ne_bytes());
+        r[TASK_FLAGS..TASK_FLAGS + 4].copy_from_slice(&flags.to_ne_bytes());
+        r[FAMILY..FAMILY + 2].copy_from_slice(&family.to_ne_bytes());
+        r[SPORT..SPORT + 2].copy_from_slice(&40000u16.to_ne_bytes());
+        r[DPORT..DPORT + 2].copy_from_slice(&8080u16.to_be_bytes());
+        r[PROTOCOL..PROTOCOL + 2].copy_from_slice(&6u16.to_ne_bytes());
+        if family == 2 {
+            r[SADDR..SADDR + 4].copy_from_slice(&[127, 0, 0, 1]);
+            r[DADDR..DADDR + 4].copy_from_slice(&[10, 0, 0, 5]);
+        } else {
+            r[SADDR + 15] = 1;
+            let mapped = Ipv4Addr::new(10, 0, 0, 5).to_ipv6_mapped().octets();
+            r[DADDR..DADDR + 16].copy_from_slice(&mapped);
+        }
+        r
+    }
+
+    #[test]
+    fn records_decode_with_ports_in_host_order_and_the_context_from_the_stack() {
+        let t = decode(&record(2, 0x3f00, 0x40)).unwrap();
+        assert_eq!(t.ts, 77);
+        let Event::State(s) = t.event else {
+            panic!("{t:?}")
+        };
+        assert_eq!(s.tid, 42);
+        assert_eq!(s.context, Context::Task);
+        assert_eq!((s.old, s.new), (TcpState::Close, TcpState::SynSent));
+        assert_eq!(s.local, ("127.0.0.1".parse().unwrap(), 40000));
+        assert_eq!(s.remote, ("10.0.0.5".parse().unwrap(), 8080));
+        assert_eq!(s.sk, 0xffff_8880_dead_beef);
+        // On another stack (an interrupt's), below the task's, or a kernel
+        // thread's (ksoftirqd).
+        for (frame, flags) in [(0x10_0000, 0), (u64::MAX - 8, 0), (0x3f00, PF_KTHREAD)] {
+            let Event::State(s) = decode(&record(2, frame, flags)).unwrap().event else {
+                panic!()
+            };
+            assert_eq!(s.context, Context::Interrupt, "{frame:#x} {flags:#x}");
+        }
+        // IPv6, the peer v4-mapped.
+        let Event::State(s) = decode(&record(10, 8, 0)).unwrap().event else {
+            panic!()
+        };
+        assert_eq!(s.local.0, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(s.remote.0, "10.0.0.5".parse::<IpAddr>().unwrap());
+        for n in 0..RECORD_LEN {
+            assert_eq!(decode(&record(2, 8, 0)[..n]), None);
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The kernel's own type information (`/sys/kernel/btf/vmlinux`, BTF):
+//! where a field sits in a kernel structure and the id of a kernel
+//! variable, for the BPF filter ([`crate::bpf`]), whose reads of a socket
+//! must use this kernel's offsets, never assumed ones.
+//!
+//! Only what the filter needs is read: struct and union members (through
+//! anonymous members, as C allows `sk->skc_daddr` inside unions) and
+//! variables. The encoding is `include/uapi/linux/btf.h`.
+
+use crate::TraceError;
+
+const MAGIC: u16 = 0xeb9f;
+
+/// BTF kinds (`BTF_KIND_*`).
+const STRUCT: u8 = 4;
+const UNION: u8 = 5;
+const VAR: u8 = 14;
+
+/// Bytes each kind adds after the common 12-byte header: fixed, plus per
+/// `vlen` entry.
+fn trailing(kind: u8, vlen: usize) -> Option<usize> {
+    Some(match kind {
+        // INT, ARRAY, VAR, DECL_TAG
+        1 | 14 | 17 => 4,
+        3 => 12,
+        // PTR, FWD, TYPEDEF, VOLATILE, CONST, RESTRICT, FUNC, FLOAT, TYPE_TAG
+        2 | 7..=12 | 16 | 18 => 0,
+        // STRUCT, UNION, DATASEC, ENUM64
+        4 | 5 | 15 | 19 => 12 * vlen,
+        // ENUM, FUNC_PROTO
+        6 | 13 => 8 * vlen,
+        _ => return None,
+    })
+}
+
+struct Member {
+    name: u32,
+    ty: u32,
+    /// Bits from the start of the enclosing type.
+    bits: u32,
+    bitfield: bool,
+}
+
+struct Type {
+    kind: u8,
+    name: u32,
+    /// The size (struct, union) or the referred type (typedef, var, …).
+    size_or_type: u32,
+    members: Vec<Member>,
+}
+
+/// Parsed BTF: its types (id 0 is `void`) and its strings.
+pub struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+}
+
+fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
+}
+
+fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+fn bad(at: usize, detail: &str) -> TraceError {
+    TraceError::Btf {
+        offset: at,
+        detail: detail.to_string(),
+    }
+}
+
+impl Btf {
+    /// Parses a BTF blob (this machine's byte order is little-endian; a
+    /// big-endian blob is refused).
+    pub fn parse(b: &[u8]) -> Result<Btf, TraceError> {
+        if u16_at(b, 0) != Some(MAGIC) {
+            return Err(bad(0, "not BTF (bad magic)"));
+        }
+        let word = |at| u32_at(b, at).ok_or_else(|| bad(at, "header cut short"));
+        let hdr_len = word(4)? as usize;
+        let (type_off, type_len) = (word(8)? as usize, word(12)? as usize);
+        let (str_off, str_len) = (word(16)? as usize, word(20)? as usize);
+        let section = |off: usize, len: usize| {
+            b.get(hdr_len + off..hdr_len + off + len)
+                .ok_or_else(|| bad(hdr_len + off, "section past the end"))
+        };
+        let types_b = section(type_off, type_len)?;
+        let strings = section(str_off, str_len)?.to_vec();
+        let mut types = vec![Type {
+            kind: 0,
+            name: 0,
+            size_or_type: 0,
+            members: Vec::new(),
+        }];
+        let mut p = 0;
+        while p < types_b.len() {
+            let at = hdr_len + type_off + p;
+            let cut = || bad(at, "type cut short");
+            let name = u32_at(types_b, p).ok_or_else(cut)?;
+            let info = u32_at(types_b, p + 4).ok_or_else(cut)?;
+            let size_or_type = u32_at(types_b, p + 8).ok_or_else(cut)?;
+            let kind = ((info >> 24) & 0x1f) as u8;
+            let vlen = (info & 0xffff) as usize;
+            let kflag = info >> 31 == 1;
+            p += 12;
+            let extra = trailing(kind, vlen).ok_or_else(|| bad(at, "unknown type kind"))?;
+            let mut members = Vec::new();
+            if kind == STRUCT || kind == UNION {
+                for i in 0..vlen {
+                    let m = p + 12 * i;
+                    let off = u32_at(types_b, m + 8).ok_or_else(cut)?;
+                    members.push(Member {
+                        name: u32_at(types_b, m).ok_or_else(cut)?,
+                        ty: u32_at(types_b, m + 4).ok_or_else(cut)?,
+                        bits: if kflag { off & 0xff_ffff } else { off },
+                        bitfield: kflag && off >> 24 != 0,
+                    });
+                }
+            }
+            p += extra;
+            types.push(Type {
+                kind,
+                name,
+                size_or_type,
+                members,
+            });
+        }
+        Ok(Btf { types, strings })
+    }
+
+    fn name(&self, off: u32) -> &[u8] {
+        let s = self.strings.get(off as usize..).unwrap_or_default();
+        &s[..s.iter().position(|&c| c == 0).unwrap_or(s.len())]
+    }
+
+    fn named(&self, kind: u8, name: &str) -> Option<u32> {
+        let id = self
+            .types
+            .iter()
+            .position(|t| t.kind == kind && self.name(t.name) == name.as_bytes())?;
+        u32::try_from(id).ok()
+    }
+
+    /// The id of the variable `name` (a per-CPU variable's id is what a BPF
+    /// program names it by).
+    pub fn var(&self, name: &str) -> Option<u32> {
+        self.named(VAR, name)
+    }
+
+    /// The size in bytes of struct `name`.
+    pub fn struct_size(&self, name: &str) -> Option<u32> {
+        let id = self.named(STRUCT, name)?;
+        Some(self.types[id as usize].size_or_type)
+    }
+
+    /// Byte offset of `member` in struct `name`, found through embedded
+    /// anonymous structs and unions and through members named in `via`
+    /// (`sock`'s `__sk_common`), or `None` (also for a bitfield or a
+    /// member not on a byte boundary).
+    pub fn offset(&self, name: &str, via: &[&str], member: &str) -> Option<u32> {
+        let id = self.named(STRUCT, name)?;
+        let bits = self.find(id, via, member, 0)?;
+        (bits % 8 == 0).then_some(bits / 8)
+    }
+
+    fn find(&self, id: u32, via: &[&str], member: &str, depth: u32) -> Option<u32> {
+        let t = self.types.get(id as usize)?;
+        if depth > 8 || !(t.kind == STRUCT || t.kind == UNION) {
+            return None;
+        }
+        for m in &t.members {
+            let name = self.name(m.name);
+            if name == member.as_bytes() {
+                return (!m.bitfield).then_some(m.bits);
+            }
+            if name.is_empty() || via.iter().any(|v| v.as_bytes() == name) {
+                let inner = self.resolve(m.ty);
+                if let Some(b) = self.find(inner, via, member, depth + 1) {
+                    return Some(m.bits + b);
+                }
+            }
+        }
+        None
+    }
+
+    /// Through typedefs and qualifiers to the type itself.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..16 {
+            match self.types.get(id as usize).map(|t| t.kind) {
+                // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
+                Some(8..=11 | 18) => id = self.types[id as usize].size_or_type,
+                _ => break,
+            }
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blob with `struct outer { int a; union { struct { short x; short
+    /// y; }; int z; }; struct inner in; }`, `struct inner { int deep; }`
+    /// and a variable `v`.
+    pub(crate) fn blob() -> Vec<u8> {
+        let strings = b"\0outer\0a\0x\0y\0z\0inner\0deep\0v\0in\0int\0".to_vec();
+        let s = |n: &str| {
+            let pat = format!("\0{n}\0");
+            strings
+                .windows(pat.len())
+                .position(|w| w == pat.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let ty = |t: &mut Vec<u8>, name: u32, kind: u32, vlen: u32, st: u32| {
+            t.extend(name.to_le_bytes());
+            t.extend(((kind << 24) | vlen).to_le_bytes());
+            t.extend(st.to_le_bytes());
+        };
+        let member = |t: &mut Vec<u8>, name: u32, ty: u32, bits: u32| {
+            t.extend(name.to_le_bytes());
+            t.extend(ty.to_le_bytes());
+            t.extend(bits.to_le_bytes());
+        };
+        // 1: int
+        ty(&mut t, s("int"), 1, 0, 4);
+        t.extend(32u32.to_le_bytes());
+        // 2: anonymous struct { short x; short y; } (ints stand in)
+        ty(&mut t, 0, 4, 2, 4);
+        member(&mut t, s("x"), 1, 0);
+        member(&mut t, s("y"), 1, 16);
+        // 3: anonymous union { struct 2; int z; }
+        ty(&mut t, 0, 5, 2, 4);
+        member(&mut t, 0, 2, 0);
+        member(&mut t, s("z"), 1, 0);
+        // 4: struct inner { int deep; }
+        ty(&mut t, s("inner"), 4, 1, 4);
+        member(&mut t, s("deep"), 1, 0);
+        // 5: const struct inner (a qualifier to see through)
+        ty(&mut t, 0, 10, 0, 4);
+        // 6: struct outer
+        ty(&mut t, s("outer"), 4, 3, 12);
+        member(&mut t, s("a"), 1, 0);
+        member(&mut t, 0, 3, 32);
+        member(&mut t, s("in"), 5, 64);
+        // 7: var v
+        ty(&mut t, s("v"), 14, 0, 1);
+        t.extend(1u32.to_le_bytes());
+        let mut b = Vec::new();
+        b.extend(MAGIC.to_le_bytes());
+        b.extend([1, 0]);
+        b.extend(24u32.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend((t.len() as u32).to_le_bytes());
+        b.extend((t.len() as u32).to_le_bytes());
+        b.extend((strings.len() as u32).to_le_bytes());
+        b.extend(t);
+        b.extend(strings);
+        b
+    }
+
+    #[test]
+    fn members_are_found_through_anonymous_unions_and_named_paths() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.offset("outer", &[], "a"), Some(0));
+        assert_eq!(btf.offset("outer", &[], "z"), Some(4));
+        assert_eq!(btf.offset("outer", &[], "y"), Some(6));
+        assert_eq!(btf.offset("outer", &[], "deep"), None);
+        assert_eq!(btf.offset("outer", &["in"], "deep"), Some(8));
+        assert_eq!(btf.offset("outer", &[], "nothing"), None);
+        assert_eq!(btf.offset("inner", &[], "deep"), Some(0));
+        assert_eq!(btf.struct_size("outer"), Some(12));
+        assert_eq!(btf.var("v"), Some(7));
+        assert_eq!(btf.var("a"), None);
+    }
+
+    #[test]
+    fn a_cut_or_foreign_blob_is_an_error_not_a_panic() {
+        let b = blob();
+        for n in 0..b.len() {
+            let _ = Btf::parse(&b[..n]);
+        }
+        assert!(Btf::parse(b"\x9f\xeb rest").is_err());
+        let mut bad_kind = b.clone();
+        bad_kind[24 + 7] = 31;
+        assert!(Btf::parse(&bad_kind).is_err());
+    }
+}
