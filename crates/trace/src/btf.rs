@@ -148,12 +148,6 @@ impl Btf {
         self.named(VAR, name)
     }
 
-    /// The size in bytes of struct `name`.
-    pub fn struct_size(&self, name: &str) -> Option<u32> {
-        let id = self.named(STRUCT, name)?;
-        Some(self.types[id as usize].size_or_type)
-    }
-
     /// Byte offset of `member` in struct `name`, found through embedded
     /// anonymous structs and unions and through members named in `via`
     /// (`sock`'s `__sk_common`), or `None` (also for a bitfield or a
@@ -204,7 +198,7 @@ mod tests {
     /// A blob with `struct outer { int a; union { struct { short x; short
     /// y; }; int z; }; struct inner in; }`, `struct inner { int deep; }`
     /// and a variable `v`.
-    pub(crate) fn blob() -> Vec<u8> {
+    fn blob() -> Vec<u8> {
         let strings = b"\0outer\0a\0x\0y\0z\0inner\0deep\0v\0in\0int\0".to_vec();
         let s = |n: &str| {
             let pat = format!("\0{n}\0");
@@ -272,7 +266,6 @@ mod tests {
         assert_eq!(btf.offset("outer", &["in"], "deep"), Some(8));
         assert_eq!(btf.offset("outer", &[], "nothing"), None);
         assert_eq!(btf.offset("inner", &[], "deep"), Some(0));
-        assert_eq!(btf.struct_size("outer"), Some(12));
         assert_eq!(btf.var("v"), Some(7));
         assert_eq!(btf.var("a"), None);
     }

@@ -48,6 +48,8 @@ const MAX_REPORTED: usize = 65_536;
 /// New tasks remembered until their first event, at most (the oldest go
 /// first).
 const MAX_FORKED: usize = 65_536;
+/// Parents remembered (all forgotten at once past this).
+const MAX_PARENTS: usize = 4_096;
 const EHOSTUNREACH: i64 = 113;
 
 /// How long (ns of trace time) after a connecting socket closes its
@@ -196,6 +198,11 @@ pub struct Tally {
     /// `forked`'s keys and forks, oldest first (some may be gone from it).
     forked_order: VecDeque<(u32, u64)>,
     forks: u64,
+    /// Threads in scope that forked but have no event of their own (a
+    /// shell, a pre-forking server's master), as last looked up: one
+    /// `/proc` read per parent, not per fork. Forgotten when the thread
+    /// execs, switches namespace, or its id is given to a new task.
+    parents: Map<u32, ProcessInfo>,
     events: u64,
     undecoded: u64,
     unattributed: u64,
@@ -219,6 +226,7 @@ impl Tally {
             forked: Map::default(),
             forked_order: VecDeque::new(),
             forks: 0,
+            parents: Map::default(),
             events: 0,
             undecoded: 0,
             unattributed: 0,
@@ -339,10 +347,20 @@ impl Tally {
             Some(_) => return None,
             None => {}
         }
+        if let Some(info) = self.parents.get(&tid) {
+            return Some(info.clone());
+        }
         let info = self.place(tid, lookup)?;
+        let keep = |me: &mut Tally, info: ProcessInfo| {
+            if me.parents.len() >= MAX_PARENTS {
+                me.parents.clear();
+            }
+            me.parents.insert(tid, info.clone());
+            Some(info)
+        };
         match self.scope {
-            Scope::All => Some(info),
-            Scope::Netns(ns) if info.netns == Some(ns) => Some(info),
+            Scope::All => keep(self, info),
+            Scope::Netns(ns) if info.netns == Some(ns) => keep(self, info),
             Scope::Netns(_) => {
                 // Remembered as admitting it would: most forks on a host
                 // are of processes out of scope.
@@ -411,6 +429,8 @@ impl Tally {
                 new_netns,
                 comm,
             } => {
+                // The id is a new task's now.
+                self.parents.remove(&child);
                 if !new_netns {
                     self.forked(parent, child, thread, comm, lookup);
                 }
@@ -420,6 +440,7 @@ impl Tally {
                 // namespace (`ip netns exec`): where setns and unshare are
                 // traced, an exec alone does not.
                 let known = self.syscalls;
+                self.parents.remove(&tid);
                 if let Some((info, _)) = self.forked.get_mut(&tid) {
                     if info.pid == tid {
                         info.comm = Some(comm.name());
@@ -435,6 +456,7 @@ impl Tally {
                 if let Some((info, _)) = self.forked.get_mut(&tid) {
                     info.netns = None;
                 }
+                self.parents.remove(&tid);
                 self.tids.remove(&tid);
             }
             Event::ConnectExit { tid, ret } => self.connect_failed(tid, -ret, lookup),

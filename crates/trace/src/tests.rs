@@ -379,6 +379,62 @@ fn an_exited_task_is_placed_by_its_fork_unless_it_may_have_left() {
     assert_eq!(r.unplaced, 6, "404, 405, 407");
 }
 
+/// [`Host`], counting the lookups of each thread.
+struct Counting(std::collections::HashMap<u32, u32>);
+
+impl Lookup for Counting {
+    fn process(&mut self, tid: u32) -> Option<ProcessInfo> {
+        *self.0.entry(tid).or_default() += 1;
+        Host.process(tid)
+    }
+    fn port_range(&mut self, tid: u32) -> Option<(u16, u16)> {
+        Host.port_range(tid)
+    }
+}
+
+#[test]
+fn a_parent_that_only_forks_is_looked_up_once_until_it_execs() {
+    for scope in [Scope::Netns(NS), Scope::All] {
+        let mut s = Script::new();
+        let fork = |s: &mut Script, child| {
+            s.push(Event::NewTask {
+                parent: 150,
+                child,
+                thread: false,
+                new_netns: false,
+                comm: Comm::from_bytes(b"app"),
+            });
+        };
+        for child in 1_000..1_100 {
+            fork(&mut s, child);
+            connect_and_close(&mut s, child, u64::from(child), 40000);
+        }
+        s.push(Event::Renamed {
+            tid: 150,
+            comm: Comm::from_bytes(b"app2"),
+        });
+        fork(&mut s, 2_000);
+        // Its id given to a new task: looked up again.
+        s.push(Event::NewTask {
+            parent: 101,
+            child: 150,
+            thread: false,
+            new_netns: false,
+            comm: Comm::from_bytes(b"app"),
+        });
+        fork(&mut s, 2_001);
+        let mut t = Tally::new(scope);
+        let mut lookup = Counting(Default::default());
+        for e in &s.events {
+            t.push(*e);
+        }
+        t.finish(&mut lookup);
+        assert_eq!(lookup.0.get(&150), Some(&3), "{scope:?}");
+        let r = t.report(1.0, "t", 0, 5, &|ns| format!("net:[{ns}]"));
+        assert_eq!(r.totals.closed_first, 100, "{scope:?}");
+    }
+}
+
 #[test]
 fn the_forks_remembered_are_bounded_and_the_oldest_go_first() {
     let mut s = Script::new();
