@@ -286,6 +286,9 @@ impl StateFilter {
     /// loads the program (not attached yet). `Err` says why this kernel or
     /// this process cannot (the caller falls back to the tracefs event).
     pub fn load() -> Result<StateFilter, String> {
+        if !cfg!(target_arch = "x86_64") {
+            return Err("its test for interrupt context knows x86-64's stacks only".to_string());
+        }
         let blob = std::fs::read(BTF_PATH).map_err(|e| format!("reading {BTF_PATH}: {e}"))?;
         let btf = Btf::parse(&blob).map_err(|e| format!("{BTF_PATH}: {e}"))?;
         let offsets = SockOffsets::from_btf(&btf)?;
