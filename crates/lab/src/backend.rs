@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
 use timewait_host::scratch::ScratchNetns;
+use timewait_http::Connection;
 
 use crate::LabError;
 use crate::scenario::Traffic;
@@ -119,15 +120,11 @@ fn read_head(conn: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<
 /// sends its upstream by default).
 fn wants_close(head: &str) -> bool {
     let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
-    let connection = |v: &str| {
-        head.lines()
-            .any(|l| l.strip_prefix("connection:").is_some_and(|x| x.contains(v)))
-    };
-    if http10 {
-        !connection("keep-alive")
-    } else {
-        connection("close")
-    }
+    let fields = head.lines().skip(1).filter_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        Some((name.trim(), value.as_bytes()))
+    });
+    !Connection::of(fields).persists(http10)
 }
 
 /// HTTP/1.0, no length: the close ends the body, and the server closes

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use timewait_http::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -317,15 +318,8 @@ fn parse_head(buf: &[u8]) -> io::Result<Option<Head>> {
             .find(|h| h.name.eq_ignore_ascii_case(name))
             .map(|h| String::from_utf8_lossy(h.value).to_ascii_lowercase())
     };
-    let connection = header("connection");
-    // HTTP/1.0 keeps a connection only when asked; 1.1 unless told to close.
-    let keep = if resp.version == Some(0) {
-        connection
-            .as_deref()
-            .is_some_and(|v| v.contains("keep-alive"))
-    } else {
-        !connection.is_some_and(|v| v.contains("close"))
-    };
+    let keep = Connection::of(resp.headers.iter().map(|h| (h.name, h.value)))
+        .persists(resp.version == Some(0));
     let body = if status == 204 || status == 304 || (100..200).contains(&status) {
         Body::None
     } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {

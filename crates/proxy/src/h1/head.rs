@@ -10,6 +10,8 @@
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 
+use timewait_http::Connection;
+
 use crate::config::MAX_HEADERS_LIMIT;
 use crate::headers::{
     ForwardingRules, Name, Refusal, RequestFraming, check_fields, idempotent, tokens,
@@ -156,20 +158,11 @@ fn upstream_head(
     let http10 = req.version == Some(0);
     let checked = check_fields(http10, req.headers.iter().map(|h| (h.name, h.value)))?;
     let kinds = classify(req.headers);
-    let (mut close, mut keep_alive, mut expect, mut upgrade_token) = (false, false, false, false);
-    // Whether Connection lists a name other than the hop-by-hop ones.
-    let (mut upgrade_header, mut named) = (false, false);
+    let mut connection = Connection::default();
+    let (mut expect, mut upgrade_header) = (false, false);
     for (h, kind) in req.headers.iter().zip(kinds) {
         match kind {
-            Name::Connection => {
-                for t in tokens(h.value) {
-                    let (k, u) = (eq(t, "keep-alive"), eq(t, "upgrade"));
-                    close |= eq(t, "close");
-                    keep_alive |= k;
-                    upgrade_token |= u;
-                    named |= !(k || u);
-                }
-            }
+            Name::Connection => connection.add(h.value),
             Name::Expect => {
                 expect |= std::str::from_utf8(h.value).is_ok_and(|v| eq(v.trim(), "100-continue"));
             }
@@ -177,7 +170,9 @@ fn upstream_head(
             _ => {}
         }
     }
-    let upgrade = upgrade_token && upgrade_header && !http10;
+    let upgrade = connection.upgrade && upgrade_header && !http10;
+    // Whether Connection lists a name other than the hop-by-hop ones.
+    let named = connection.names_other;
     let framing = match checked {
         RequestFraming { chunked: true, .. } => Framing::Chunked,
         RequestFraming {
@@ -236,7 +231,7 @@ fn upstream_head(
         push_header(out, b"Connection", b"upgrade");
     }
     out.extend_from_slice(b"\r\n");
-    let client_keep_alive = if http10 { keep_alive } else { !close };
+    let client_keep_alive = connection.persists(http10);
     Ok(RequestInfo {
         framing,
         client_keep_alive,
@@ -338,8 +333,8 @@ fn client_head(
     let status = resp.code.unwrap_or(502);
     let http10_upstream = resp.version == Some(0);
     let kinds = classify(resp.headers);
-    let (mut cl, mut te, mut close, mut keep_alive) = (None::<u64>, false, false, false);
-    let mut named = false;
+    let (mut cl, mut te) = (None::<u64>, false);
+    let mut connection = Connection::default();
     for (h, kind) in resp.headers.iter().zip(kinds) {
         if kind == Name::ContentLength {
             for part in tokens(h.value) {
@@ -355,12 +350,7 @@ fn client_head(
         } else if kind == Name::TransferEncoding {
             te = tokens(h.value).last().is_some_and(|t| eq(t, "chunked"));
         } else if kind == Name::Connection {
-            for t in tokens(h.value) {
-                let (k, u) = (eq(t, "keep-alive"), eq(t, "upgrade"));
-                close |= eq(t, "close");
-                keep_alive |= k;
-                named |= !(k || u);
-            }
+            connection.add(h.value);
         }
     }
     let framing =
@@ -374,7 +364,8 @@ fn client_head(
             Framing::UntilClose
         };
     let upstream_keep_alive =
-        framing != Framing::UntilClose && if http10_upstream { keep_alive } else { !close };
+        framing != Framing::UntilClose && connection.persists(http10_upstream);
+    let named = connection.names_other;
     // Toward the client: chunked only to HTTP/1.1; otherwise close-delimited.
     let to_client = match framing {
         Framing::Chunked if req.client_http10 => Framing::UntilClose,
