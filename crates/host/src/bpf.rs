@@ -20,7 +20,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::libc;
-use timewait_trace::bpf::{SockOffsets, state_program};
+use timewait_trace::Timed;
+use timewait_trace::bpf::{SockOffsets, decode, state_program};
 use timewait_trace::btf::Btf;
 
 const MAP_CREATE: libc::c_long = 0;
@@ -276,6 +277,7 @@ impl Drop for Ring {
 /// [`StateFilter::drain`].
 pub struct StateFilter {
     ring: Ring,
+    thread_size: u64,
     lost: OwnedFd,
     prog: OwnedFd,
     link: Option<OwnedFd>,
@@ -302,6 +304,7 @@ impl StateFilter {
         let prog = load(&insns)?;
         Ok(StateFilter {
             ring,
+            thread_size: offsets.thread_size,
             lost,
             prog,
             link: None,
@@ -326,9 +329,11 @@ impl StateFilter {
         self.link.is_some()
     }
 
-    /// Every record written so far, to `f`.
-    pub fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
-        self.ring.drain(f);
+    /// Every record written so far, decoded (`None`: one that did not
+    /// decode), to `f`.
+    pub fn drain(&mut self, f: &mut dyn FnMut(Option<Timed>)) {
+        let thread_size = self.thread_size;
+        self.ring.drain(&mut |r| f(decode(r, thread_size)));
     }
 
     /// Records the ring had no room for.

@@ -276,7 +276,7 @@ impl Instance {
         let watermark = now_ns();
         self.follow_switch()?;
         if let Some(filter) = &mut self.filter {
-            filter.drain(&mut |r| match timewait_trace::bpf::decode(r) {
+            filter.drain(&mut |t| match t {
                 Some(t) => tally.push(t),
                 None => tally.undecoded(),
             });

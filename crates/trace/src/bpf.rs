@@ -61,6 +61,8 @@ pub struct SockOffsets {
     pub task_stack: u32,
     /// `task_struct`'s `flags` (u32; `PF_KTHREAD`).
     pub task_flags: u32,
+    /// The size of a task's kernel stack (`THREAD_SIZE`).
+    pub thread_size: u64,
 }
 
 impl SockOffsets {
@@ -87,6 +89,13 @@ impl SockOffsets {
             daddr_v6: at("skc_v6_daddr")?,
             task_stack: task("stack")?,
             task_flags: task("flags")?,
+            // x86-64: 16 KiB, twice that with KASAN (`KASAN_STACK_ORDER`),
+            // whose runtime checks every KASAN kernel has.
+            thread_size: if btf.has_function("__kasan_check_read") {
+                32 << 10
+            } else {
+                16 << 10
+            },
         })
     }
 }
@@ -271,10 +280,6 @@ const KEY: i16 = REC - 8;
 const AF_INET6: i32 = 10;
 const IPPROTO_TCP: i32 = 6;
 
-/// A task's kernel stack on x86-64 (`THREAD_SIZE`, 16 KiB without KASAN,
-/// which doubles it: the larger bound still cannot reach an interrupt
-/// stack, a separate mapping between guard pages).
-const THREAD_SIZE: u64 = 32 << 10;
 /// `task_struct.flags`: a kernel thread (`include/linux/sched.h`).
 const PF_KTHREAD: u32 = 0x0020_0000;
 
@@ -364,9 +369,10 @@ fn word<const N: usize>(r: &[u8], at: usize) -> Option<[u8; N]> {
     r.get(at..at + N)?.try_into().ok()
 }
 
-/// One record of [`state_program`]'s, or `None` if it is too short or
-/// holds a state this crate does not know.
-pub fn decode(r: &[u8]) -> Option<Timed> {
+/// One record of [`state_program`]'s, from a kernel whose task stacks are
+/// `thread_size` bytes, or `None` if it is too short or holds a state this
+/// crate does not know.
+pub fn decode(r: &[u8], thread_size: u64) -> Option<Timed> {
     let r = r.get(..RECORD_LEN)?;
     let u64_at = |at| word::<8>(r, at).map(u64::from_ne_bytes);
     let u32_at = |at| word::<4>(r, at).map(u32::from_ne_bytes);
@@ -382,7 +388,7 @@ pub fn decode(r: &[u8]) -> Option<Timed> {
         let v4 = |at| Some(IpAddr::V4(Ipv4Addr::from(word::<4>(r, at)?)));
         (v4(SADDR)?, v4(DADDR)?)
     };
-    let on_task_stack = u64_at(FRAME)?.wrapping_sub(u64_at(TASK_STACK)?) < THREAD_SIZE;
+    let on_task_stack = u64_at(FRAME)?.wrapping_sub(u64_at(TASK_STACK)?) < thread_size;
     let context = if on_task_stack && u32_at(TASK_FLAGS)? & PF_KTHREAD == 0 {
         Context::Task
     } else {
@@ -418,6 +424,7 @@ mod tests {
             daddr_v6: 56,
             task_stack: 32,
             task_flags: 44,
+            thread_size: 16 << 10,
         }
     }
 
@@ -517,9 +524,13 @@ mod tests {
         r
     }
 
+    fn decode16(r: &[u8]) -> Option<Timed> {
+        decode(r, 16 << 10)
+    }
+
     #[test]
     fn records_decode_with_ports_in_host_order_and_the_context_from_the_stack() {
-        let t = decode(&record(2, 0x3f00, 0x40)).unwrap();
+        let t = decode16(&record(2, 0x3f00, 0x40)).unwrap();
         assert_eq!(t.ts, 77);
         let Event::State(s) = t.event else {
             panic!("{t:?}")
@@ -532,20 +543,25 @@ mod tests {
         assert_eq!(s.sk, 0xffff_8880_dead_beef);
         // On another stack (an interrupt's), below the task's, or a kernel
         // thread's (ksoftirqd).
-        for (frame, flags) in [(0x10_0000, 0), (u64::MAX - 8, 0), (0x3f00, PF_KTHREAD)] {
-            let Event::State(s) = decode(&record(2, frame, flags)).unwrap().event else {
+        for (frame, flags) in [
+            (0x10_0000, 0),
+            (0x4008, 0),
+            (u64::MAX - 8, 0),
+            (0x3f00, PF_KTHREAD),
+        ] {
+            let Event::State(s) = decode16(&record(2, frame, flags)).unwrap().event else {
                 panic!()
             };
             assert_eq!(s.context, Context::Interrupt, "{frame:#x} {flags:#x}");
         }
         // IPv6, the peer v4-mapped.
-        let Event::State(s) = decode(&record(10, 8, 0)).unwrap().event else {
+        let Event::State(s) = decode16(&record(10, 8, 0)).unwrap().event else {
             panic!()
         };
         assert_eq!(s.local.0, "::1".parse::<IpAddr>().unwrap());
         assert_eq!(s.remote.0, "10.0.0.5".parse::<IpAddr>().unwrap());
         for n in 0..RECORD_LEN {
-            assert_eq!(decode(&record(2, 8, 0)[..n]), None);
+            assert_eq!(decode16(&record(2, 8, 0)[..n]), None);
         }
     }
 }

@@ -14,6 +14,7 @@ const MAGIC: u16 = 0xeb9f;
 /// BTF kinds (`BTF_KIND_*`).
 const STRUCT: u8 = 4;
 const UNION: u8 = 5;
+const FUNC: u8 = 12;
 const VAR: u8 = 14;
 
 /// Bytes each kind adds after the common 12-byte header: fixed, plus per
@@ -148,6 +149,12 @@ impl Btf {
         self.named(VAR, name)
     }
 
+    /// Whether the kernel has a function `name` (BTF lists every global
+    /// one: a way to tell build options apart).
+    pub fn has_function(&self, name: &str) -> bool {
+        self.named(FUNC, name).is_some()
+    }
+
     /// Byte offset of `member` in struct `name`, found through embedded
     /// anonymous structs and unions and through members named in `via`
     /// (`sock`'s `__sk_common`), or `None` (also for a bitfield or a
@@ -243,6 +250,8 @@ mod tests {
         // 7: var v
         ty(&mut t, s("v"), 14, 0, 1);
         t.extend(1u32.to_le_bytes());
+        // 8: func deep (a name shared with a member)
+        ty(&mut t, s("deep"), 12, 0, 0);
         let mut b = Vec::new();
         b.extend(MAGIC.to_le_bytes());
         b.extend([1, 0]);
@@ -268,6 +277,8 @@ mod tests {
         assert_eq!(btf.offset("inner", &[], "deep"), Some(0));
         assert_eq!(btf.var("v"), Some(7));
         assert_eq!(btf.var("a"), None);
+        assert!(btf.has_function("deep"));
+        assert!(!btf.has_function("v"));
     }
 
     #[test]
