@@ -105,10 +105,6 @@ fn map(kind: u32, key: u32, value: u32, entries: u32, name: &str) -> Result<Owne
         .map_err(|e| format!("creating the BPF map {name}: {}", e.desc()))
 }
 
-fn fd_i32(fd: &OwnedFd) -> i32 {
-    fd.as_raw_fd()
-}
-
 /// Loads `insns`; on refusal, the verifier's last words.
 fn load(insns: &[u8]) -> Result<OwnedFd, String> {
     let license = c"GPL";
@@ -297,7 +293,7 @@ impl StateFilter {
         drop((blob, btf));
         let ring = Ring::new(RING_BYTES)?;
         let lost = map(MAP_TYPE_ARRAY, 4, 8, 1, "timewait_lost")?;
-        let insns: Vec<u8> = state_program(&offsets, fd_i32(&ring.fd), fd_i32(&lost))
+        let insns: Vec<u8> = state_program(&offsets, ring.fd.as_raw_fd(), lost.as_raw_fd())
             .iter()
             .flat_map(|i| i.bytes())
             .collect();
