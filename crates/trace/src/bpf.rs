@@ -294,13 +294,12 @@ pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
     a.mov(R6, R1);
     a.load(DW, R7, R6, 8);
     a.load(DW, R8, R6, 16);
-    for (i, &(old, new)) in KEPT.iter().enumerate() {
-        const NEXT: [&str; 8] = ["n0", "n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+    for (old, new) in KEPT {
         if let Some(old) = old {
-            a.jump(JMP32 | JNE, R7, i32::from(old.kernel()), NEXT[i]);
+            // Another old state: skip the next test.
+            a.op(JMP32 | JNE | K, R7, 0, 1, i32::from(old.kernel()));
         }
         a.jump(JMP32 | JEQ, R8, i32::from(new.kernel()), "keep");
-        a.label(NEXT[i]);
     }
     a.goto("out");
 

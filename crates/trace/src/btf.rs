@@ -5,7 +5,7 @@
 //!
 //! Only what the filter needs is read: struct and union members (through
 //! anonymous members, as C allows `sk->skc_daddr` inside unions) and
-//! variables. The encoding is `include/uapi/linux/btf.h`.
+//! function names. The encoding is `include/uapi/linux/btf.h`.
 
 use crate::TraceError;
 
@@ -15,7 +15,6 @@ const MAGIC: u16 = 0xeb9f;
 const STRUCT: u8 = 4;
 const UNION: u8 = 5;
 const FUNC: u8 = 12;
-const VAR: u8 = 14;
 
 /// Bytes each kind adds after the common 12-byte header: fixed, plus per
 /// `vlen` entry.
@@ -141,12 +140,6 @@ impl Btf {
             .iter()
             .position(|t| t.kind == kind && self.name(t.name) == name.as_bytes())?;
         u32::try_from(id).ok()
-    }
-
-    /// The id of the variable `name` (a per-CPU variable's id is what a BPF
-    /// program names it by).
-    pub fn var(&self, name: &str) -> Option<u32> {
-        self.named(VAR, name)
     }
 
     /// Whether the kernel has a function `name` (BTF lists every global
@@ -275,8 +268,6 @@ mod tests {
         assert_eq!(btf.offset("outer", &["in"], "deep"), Some(8));
         assert_eq!(btf.offset("outer", &[], "nothing"), None);
         assert_eq!(btf.offset("inner", &[], "deep"), Some(0));
-        assert_eq!(btf.var("v"), Some(7));
-        assert_eq!(btf.var("a"), None);
         assert!(btf.has_function("deep"));
         assert!(!btf.has_function("v"));
     }

@@ -67,6 +67,16 @@ impl Script {
     fn reset(&mut self, sk: u64) -> &mut Script {
         self.push(Event::Reset { sk })
     }
+    /// `parent` forked a process `child` named "app".
+    fn fork(&mut self, parent: u32, child: u32) -> &mut Script {
+        self.push(Event::NewTask {
+            parent,
+            child,
+            thread: false,
+            new_netns: false,
+            comm: Comm::from_bytes(b"app"),
+        })
+    }
     #[allow(clippy::too_many_arguments)]
     fn state(
         &mut self,
@@ -396,33 +406,18 @@ impl Lookup for Counting {
 fn a_parent_that_only_forks_is_looked_up_once_until_it_execs() {
     for scope in [Scope::Netns(NS), Scope::All] {
         let mut s = Script::new();
-        let fork = |s: &mut Script, child| {
-            s.push(Event::NewTask {
-                parent: 150,
-                child,
-                thread: false,
-                new_netns: false,
-                comm: Comm::from_bytes(b"app"),
-            });
-        };
         for child in 1_000..1_100 {
-            fork(&mut s, child);
+            s.fork(150, child);
             connect_and_close(&mut s, child, u64::from(child), 40000);
         }
         s.push(Event::Renamed {
             tid: 150,
             comm: Comm::from_bytes(b"app2"),
         });
-        fork(&mut s, 2_000);
+        s.fork(150, 2_000);
         // Its id given to a new task: looked up again.
-        s.push(Event::NewTask {
-            parent: 101,
-            child: 150,
-            thread: false,
-            new_netns: false,
-            comm: Comm::from_bytes(b"app"),
-        });
-        fork(&mut s, 2_001);
+        s.fork(101, 150);
+        s.fork(150, 2_001);
         let mut t = Tally::new(scope);
         let mut lookup = Counting(Default::default());
         for e in &s.events {
@@ -438,15 +433,8 @@ fn a_parent_that_only_forks_is_looked_up_once_until_it_execs() {
 #[test]
 fn the_forks_remembered_are_bounded_and_the_oldest_go_first() {
     let mut s = Script::new();
-    let comm = Comm::from_bytes(b"app");
     for child in 1_000..1_000 + 65_537 {
-        s.push(Event::NewTask {
-            parent: 101,
-            child,
-            thread: false,
-            new_netns: false,
-            comm,
-        });
+        s.fork(101, child);
     }
     connect_and_close(&mut s, 1_000, 1, 40000); // the oldest: forgotten
     connect_and_close(&mut s, 1_000 + 65_536, 2, 40001); // the newest
@@ -457,21 +445,12 @@ fn the_forks_remembered_are_bounded_and_the_oldest_go_first() {
 
     // An id used again: the old entry's eviction leaves the new one.
     let mut s = Script::new();
-    let fork = |s: &mut Script, child| {
-        s.push(Event::NewTask {
-            parent: 101,
-            child,
-            thread: false,
-            new_netns: false,
-            comm,
-        });
-    };
-    fork(&mut s, 7_000);
+    s.fork(101, 7_000);
     for child in 10_000..10_000 + 65_534 {
-        fork(&mut s, child);
+        s.fork(101, child);
     }
-    fork(&mut s, 7_000); // the same id, a new task: now the newest
-    fork(&mut s, 90_000); // one over: the first entry for 7000 goes
+    s.fork(101, 7_000); // the same id, a new task: now the newest
+    s.fork(101, 90_000); // one over: the first entry for 7000 goes
     connect_and_close(&mut s, 7_000, 1, 40000);
     let r = s.report(Scope::Netns(NS));
     let pids: Vec<u32> = r.processes.iter().map(|p| p.pid).collect();
