@@ -39,8 +39,32 @@ impl Tracer {
 
     /// `timewait ARGS`, once its tracing instance records.
     fn spawn(args: &[&str]) -> Tracer {
-        let child = Command::new(env!("CARGO_BIN_EXE_timewait"))
-            .args(args)
+        let mut c = Command::new(env!("CARGO_BIN_EXE_timewait"));
+        c.args(args);
+        Tracer::run(c)
+    }
+
+    /// `timewait trace ARGS` without the capabilities BPF needs (as in a
+    /// container granted tracefs but not BPF); setpriv execs it, so the
+    /// pid is timewait's.
+    fn start_without_bpf(args: &[&str]) -> Tracer {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--bounding-set=-bpf,-perfmon,-sys_admin",
+            "--inh-caps=-bpf,-perfmon,-sys_admin",
+            "--",
+            env!("CARGO_BIN_EXE_timewait"),
+            "trace",
+            "--duration",
+            "120",
+            "--json",
+        ])
+        .args(args);
+        Tracer::run(c)
+    }
+
+    fn run(mut c: Command) -> Tracer {
+        let child = c
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -56,16 +80,25 @@ impl Tracer {
 
     /// SIGINT, then the report it prints.
     fn stop(self) -> Value {
+        self.stop_saying().0
+    }
+
+    /// SIGINT, then the report and what it said on stderr.
+    fn stop_saying(self) -> (Value, String) {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         )
         .unwrap();
-        self.finish(&[0])
+        self.end(&[0])
     }
 
     /// The document it prints when it ends by itself, with one of `codes`.
     fn finish(self, codes: &[i32]) -> Value {
+        self.end(codes).0
+    }
+
+    fn end(self, codes: &[i32]) -> (Value, String) {
         let pid = self.child.id();
         let out = self.child.wait_with_output().unwrap();
         assert!(
@@ -81,7 +114,8 @@ impl Tracer {
             "instance left behind: {:?}",
             instances()
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        (serde_json::from_slice(&out.stdout).unwrap(), said)
     }
 }
 
@@ -332,6 +366,40 @@ fn resets_are_charged_to_the_sender_and_the_receiver_not_to_who_was_running() {
         );
         assert_eq!(r["events_lost"], 0);
     }
+}
+
+/// Where the BPF filter cannot be loaded (here: the capabilities it needs
+/// taken away), state changes come from the tracefs event, one line says
+/// why, and nothing is missed.
+#[test]
+fn without_bpf_capabilities_trace_reads_the_tracefs_event_and_says_why() {
+    let Some(ns) = Netns::new("trace-nocap") else {
+        return;
+    };
+    let mut server = Peer::start(&ns, &["server", "5004", "client-closes"]);
+    let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5004", "25", "client-closes"]);
+    let tracer = Tracer::start_without_bpf(&["--netns", ns.name()]);
+    assert!(!bpf_attached(tracer.child.id()));
+    server.go();
+    client.go();
+    assert_eq!(client.result()["ok"], 25);
+    let (report, said) = tracer.stop_saying();
+    let note: Vec<_> = said.lines().filter(|l| l.contains("BPF")).collect();
+    assert_eq!(note.len(), 1, "{said}");
+    assert!(
+        note[0].contains("the BPF filter could not be used: "),
+        "{said}"
+    );
+    // Without BTF the reason is that; with it, the permission.
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        assert!(note[0].contains("Operation not permitted"), "{said}");
+    }
+    let c = process(&report, client.pid).unwrap_or_else(|| panic!("{report:#}"));
+    assert_eq!(
+        (c["connects"].as_u64(), c["closed_first"].as_u64()),
+        (Some(25), Some(25))
+    );
+    assert_eq!(report["events_lost"], 0);
 }
 
 #[test]

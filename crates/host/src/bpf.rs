@@ -281,9 +281,10 @@ pub struct StateFilter {
 }
 
 impl StateFilter {
-    /// Reads this kernel's offsets from its BTF, creates the maps and
-    /// loads the program (not attached yet). `Err` says why this kernel or
-    /// this process cannot (the caller falls back to the tracefs event).
+    /// Reads this kernel's offsets from its BTF, creates the maps, loads
+    /// the program and sees that it attaches (it is left detached). `Err`
+    /// says why this kernel or this process cannot (the caller falls back
+    /// to the tracefs event).
     pub fn load() -> Result<StateFilter, String> {
         StateFilter::load_sized(RING_BYTES)
     }
@@ -305,6 +306,10 @@ impl StateFilter {
             .flat_map(|i| i.bytes())
             .collect();
         let prog = load(&insns)?;
+        // Attached once and let go: a kernel that loads the program but
+        // will not attach it is known now, while the caller can still fall
+        // back, not when recording starts.
+        drop(attach(&prog)?);
         Ok(StateFilter {
             ring,
             thread_size: offsets.thread_size,
