@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: a scrape of `timewait exporter` (per-destination metrics from a
 # full socket census) against node_exporter in the same run — its sockstat
-# collector alone (the host's TIME_WAIT total) and its default collectors —
-# at 100k and 1M TIME_WAIT sockets in a throw-away network namespace. Both
+# collector alone (the host's TIME_WAIT total, one line of /proc), its tcpstat
+# collector alone (per-state counts from a sock_diag dump of every socket: the
+# same kernel walk the census makes) and its default collectors — at 100k and 1M TIME_WAIT sockets in a throw-away network namespace. Both
 # exporters run inside the namespace on its loopback; scrapes alternate;
 # medians of wall time per scrape; peak RSS (VmHWM) of each exporter after.
 #
@@ -22,8 +23,8 @@ BIN=$PWD/target/release
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns delete "$ns" 2>/dev/null || true; }
 
-echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter default collectors (ms) | timewait / default | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | timewait / sockstat | timewait / tcpstat | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${SIZES[@]}"; do
     ns="twexp-$$-$n"
     ip netns add "$ns"
@@ -35,12 +36,14 @@ for n in "${SIZES[@]}"; do
     ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19100 \
         --collector.disable-defaults --collector.sockstat > /dev/null 2>&1 & pids+=($!); ne1=$!
     ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19101 > /dev/null 2>&1 & pids+=($!); ne2=$!
+    ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19102 \
+        --collector.disable-defaults --collector.tcpstat > /dev/null 2>&1 & pids+=($!)
     sleep 1
     ip netns exec "$ns" "$BIN/examples/make_time_wait" "$n" 64 2 >&2
     ip netns exec "$ns" python3 - "$RUNS" "$n" "$tw" "$ne2" <<'PY'
 import statistics, sys, time, urllib.request
 runs, n, tw_pid, ne_pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-urls = {"tw": "http://127.0.0.1:19809/metrics", "ne1": "http://127.0.0.1:19100/metrics", "ne2": "http://127.0.0.1:19101/metrics"}
+urls = {"tw": "http://127.0.0.1:19809/metrics", "ne1": "http://127.0.0.1:19100/metrics", "ne2": "http://127.0.0.1:19101/metrics", "ne3": "http://127.0.0.1:19102/metrics"}
 def tw_count():
     f = next(l for l in open("/proc/net/sockstat") if l.startswith("TCP:")).split()
     return int(f[f.index("tw") + 1])
@@ -62,7 +65,7 @@ for _ in range(runs):
 after = tw_count()
 series = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
 m = {k: statistics.median(v) for k, v in t.items()}
-print(f"| {before:,} → {after:,} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne2']:.1f} | {m['tw']/m['ne2']:.1f}× | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
+print(f"| {before:,} → {after:,} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['tw']/m['ne1']:.0f}× | {m['tw']/m['ne3']:.2f}× | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
 PY
     cleanup; pids=()
     trap - EXIT
