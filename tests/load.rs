@@ -4,7 +4,7 @@
 //! and a stalling target (latency includes the queueing).
 
 use std::io::Read;
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 
@@ -77,6 +77,61 @@ fn eaddrnotavail_is_counted_exactly_against_the_ports_a_namespace_has() {
             .as_str()
             .unwrap()
             .contains("4-tuple")
+    );
+}
+
+/// A handshake not done when connect() returns is waited for: the
+/// listener's accept queue is full (backlog 0 and one connection of the
+/// test's waiting in it), so the load's SYN is dropped and sent again
+/// after the kernel's initial retransmission timeout (1 s). The request
+/// still goes, and the connect latency is the handshake's, not connect()'s
+/// return.
+#[test]
+fn a_handshake_still_under_way_is_waited_for_and_timed() {
+    let Some(ns) = Netns::new("load-syn") else {
+        return;
+    };
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, 5001));
+    let (listener, filler) = ns.run(|| {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(0).unwrap();
+        (TcpListener::from(s), TcpStream::connect(addr).unwrap())
+    });
+    let (v, got) = std::thread::scope(|scope| {
+        let server = scope.spawn(|| {
+            // Make room only once the load's connect waits on its SYN.
+            let waiting = (0..1000).any(|_| {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                !ns.ss_in_state("syn-sent").is_empty()
+            });
+            assert!(waiting, "no connect waited on its handshake");
+            drop(listener.accept().unwrap());
+            drop(filler);
+            let (mut s, _) = listener.accept().unwrap();
+            let mut got = String::new();
+            s.read_to_string(&mut got).unwrap();
+            got
+        });
+        let v = load(
+            &["ip", "netns", "exec", ns.name()],
+            &[
+                "tcp://127.0.0.1:5001",
+                "--payload",
+                "hello",
+                "--requests",
+                "1",
+                "--timeout",
+                "30",
+            ],
+        );
+        (v, server.join().unwrap())
+    });
+    assert_eq!(v["succeeded"], 1, "{v}");
+    assert_eq!(got, "hello");
+    assert!(
+        v["connect_latency_ms"]["max"].as_f64().unwrap() >= 900.0,
+        "{v}"
     );
 }
 

@@ -66,16 +66,14 @@ impl Netns {
     /// The TIME_WAIT sockets `ss` sees in the namespace, one line each
     /// (`Recv-Q Send-Q Local:Port Peer:Port`).
     pub fn ss_time_wait(&self) -> Vec<String> {
+        self.ss_in_state("time-wait")
+    }
+
+    /// The TCP sockets `ss` sees in the namespace in `state` (its name
+    /// for it: `syn-sent`, `time-wait`, …), one line each.
+    pub fn ss_in_state(&self, state: &str) -> Vec<String> {
         let out = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.name,
-                "ss",
-                "-Htan",
-                "state",
-                "time-wait",
-            ])
+            .args(["netns", "exec", &self.name, "ss", "-Htan", "state", state])
             .output()
             .unwrap();
         assert!(

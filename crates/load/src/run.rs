@@ -6,11 +6,13 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use socket2::{Domain, Protocol, Socket, Type};
 use timewait_http::Connection;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -618,6 +620,48 @@ async fn one(
     }
 }
 
+/// A new connection to `addr` with `first` written on it, and how long
+/// the handshake took to be seen done. The write is tried as soon as
+/// connect() returns: on loopback the handshake is over by then, so the
+/// request goes at once, without the wait for the runtime to report the
+/// socket writable and the `SO_ERROR` read that tokio's connect makes;
+/// otherwise it waits for the handshake. A handshake that fails gives its
+/// errno either way (the write returns the socket's error: ECONNREFUSED,
+/// ETIMEDOUT, …); one that cannot start (EADDRNOTAVAIL) is connect()'s.
+async fn open(addr: SocketAddr, first: &[u8]) -> io::Result<(TcpStream, Duration)> {
+    let c0 = Instant::now();
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    match socket.connect(&addr.into()) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    // A send that does not block was made on an established connection:
+    // the handshake was done before it.
+    let mut up = c0.elapsed();
+    let sent = match first {
+        [] => 0,
+        _ => match socket.send(first) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            r => r?,
+        },
+    };
+    let mut s = TcpStream::from_std(socket.into())?;
+    if sent == 0 {
+        // Not up yet, or nothing to send that would say so.
+        s.writable().await?;
+        if let Some(e) = s.take_error()? {
+            return Err(e);
+        }
+        up = c0.elapsed();
+    }
+    s.write_all(&first[sent..]).await?;
+    Ok((s, up))
+}
+
 async fn exchange(
     plan: &Plan,
     request: &[u8],
@@ -626,13 +670,15 @@ async fn exchange(
     t: &mut Request,
 ) -> io::Result<u16> {
     let mut s = match conn.take() {
-        Some(s) => s,
+        Some(mut s) => {
+            s.write_all(request).await?;
+            s
+        }
         None => {
             // Nothing read from an earlier connection belongs to this one.
             buf.clear();
-            let c0 = Instant::now();
-            let s = TcpStream::connect(plan.target.addr()).await?;
-            t.connected(c0.elapsed().as_micros().max(1) as u64);
+            let (s, up) = open(plan.target.addr(), request).await?;
+            t.connected(up.as_micros().max(1) as u64);
             // Nagle off where a connection carries more than one request
             // (a request is one write: the first segment of a connection
             // is never held back, so a short connection needs no syscall).
@@ -643,14 +689,8 @@ async fn exchange(
         }
     };
     let status = match plan.target {
-        Target::Tcp { .. } => {
-            if !request.is_empty() {
-                s.write_all(request).await?;
-            }
-            200
-        }
+        Target::Tcp { .. } => 200,
         Target::Http { .. } => {
-            s.write_all(request).await?;
             let (status, reusable) = read_response(&mut s, buf).await?;
             if plan.mode == Mode::KeepAlive && reusable {
                 *conn = Some(s);
