@@ -378,6 +378,9 @@ fn without_bpf_capabilities_trace_reads_the_tracefs_event_and_says_why() {
     };
     let mut server = Peer::start(&ns, &["server", "5004", "client-closes"]);
     let mut client = Peer::start(&ns, &["client", "127.0.0.1", "5004", "25", "client-closes"]);
+    // Without CAP_SYS_ADMIN it could not mount tracefs: mounted here if
+    // need be, as timewait does (and leaves it).
+    timewait_host::tracefs::tracefs().unwrap();
     let tracer = Tracer::start_without_bpf(&["--netns", ns.name()]);
     assert!(!bpf_attached(tracer.child.id()));
     server.go();
