@@ -17,7 +17,7 @@ use timewait_load::run::{Live, run_with};
 
 use crate::Failure;
 use crate::cli::{LoadArgs, LoadMode};
-use crate::render::{self, Align, Style, Table, int, real};
+use crate::render::{self, Align, Style, Table, int, millis, real};
 
 fn plan(a: &LoadArgs) -> Result<Plan, Failure> {
     let target = Target::parse(&a.target).map_err(|e| Failure::Usage(format!("TARGET {e}")))?;
@@ -115,10 +115,10 @@ fn human(r: &Report, st: &Style) -> String {
             let _ = writeln!(
                 o,
                 "  {name} ms: p50 {} p90 {} p99 {} max {}",
-                real(p.p50),
-                real(p.p90),
-                real(p.p99),
-                real(p.max)
+                millis(p.p50),
+                millis(p.p90),
+                millis(p.p99),
+                millis(p.max)
             );
         }
     }

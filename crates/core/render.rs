@@ -103,6 +103,17 @@ pub fn real(x: f64) -> String {
     if neg { format!("-{s}") } else { s }
 }
 
+/// Milliseconds: as [`real`], but two significant digits below 1 ms, so
+/// that a loopback handshake of 9 µs reads `0.009`, not `0`.
+pub fn millis(x: f64) -> String {
+    if !(x > 0.0 && x < 1.0) {
+        return real(x);
+    }
+    let decimals = (1.0 - x.log10().floor()).min(6.0) as usize;
+    let s = format!("{x:.decimals$}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Bits per second with an SI prefix: `25 Gbit/s`, `1.5 Mbit/s`.
 pub fn bits(bps: f64) -> String {
     let (div, unit) = match bps {
@@ -261,6 +272,13 @@ mod tests {
         assert_eq!(real(28_232.0), "28,232");
         assert_eq!(real(0.04), "0");
         assert_eq!(real(7000.0), "7,000");
+        assert_eq!(millis(0.009), "0.009");
+        assert_eq!(millis(0.001), "0.001");
+        assert_eq!(millis(0.14), "0.14");
+        assert_eq!(millis(0.5), "0.5");
+        assert_eq!(millis(0.999), "1");
+        assert_eq!(millis(4.34), "4.3");
+        assert_eq!(millis(0.0), "0");
         assert_eq!(bits(25e9), "25 Gbit/s");
         assert_eq!(bits(1.5e6), "1.5 Mbit/s");
         assert_eq!(duration(0.1718), "171.8 ms");
