@@ -80,6 +80,35 @@ fn eaddrnotavail_is_counted_exactly_against_the_ports_a_namespace_has() {
     );
 }
 
+/// A port nothing listens on: every connect is refused and counted as
+/// ECONNREFUSED, whether the request would have been written at once
+/// (HTTP, a TCP payload) or there is nothing to write (bare TCP).
+#[test]
+fn refused_connects_are_counted_by_errno_whatever_is_sent() {
+    let Some(ns) = Netns::new("load-refused") else {
+        return;
+    };
+    for target in [
+        &["http://127.0.0.1:5999/"][..],
+        &["tcp://127.0.0.1:5999", "--payload", "hello"],
+        &["tcp://127.0.0.1:5999"],
+    ] {
+        let mut args = target.to_vec();
+        args.extend(["--requests", "20", "--concurrency", "2"]);
+        let v = load(&["ip", "netns", "exec", ns.name()], &args);
+        assert_eq!(
+            (v["succeeded"].as_u64(), v["connections_opened"].as_u64()),
+            (Some(0), Some(0)),
+            "{target:?}: {v}"
+        );
+        assert_eq!(
+            v["errors"],
+            serde_json::json!({"ECONNREFUSED": 20}),
+            "{target:?}"
+        );
+    }
+}
+
 /// A handshake not done when connect() returns is waited for: the
 /// listener's accept queue is full (backlog 0 and one connection of the
 /// test's waiting in it), so the load's SYN is dropped and sent again
