@@ -3,7 +3,8 @@
 # full socket census) against node_exporter in the same run — its sockstat
 # collector alone (the host's TIME_WAIT total, one line of /proc), its tcpstat
 # collector alone (per-state counts from a sock_diag dump of every socket: the
-# same kernel walk the census makes) and its default collectors — at 100k and 1M TIME_WAIT sockets in a throw-away network namespace. Both
+# same kernel walk the census makes) and its default collectors — at 100k
+# and 1M TIME_WAIT sockets in a throw-away network namespace. Both
 # exporters run inside the namespace on its loopback; scrapes alternate;
 # medians of wall time per scrape; peak RSS (VmHWM) of each exporter after.
 #
