@@ -29,12 +29,13 @@ fn instances() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A trace that runs until it is stopped, its report in JSON.
+const TRACE: [&str; 4] = ["trace", "--duration", "120", "--json"];
+
 impl Tracer {
     /// `timewait trace ARGS` until stopped.
     fn start(args: &[&str]) -> Tracer {
-        let mut all = vec!["trace", "--duration", "120", "--json"];
-        all.extend_from_slice(args);
-        Tracer::spawn(&all)
+        Tracer::spawn(&[&TRACE[..], args].concat())
     }
 
     /// `timewait ARGS`, once its tracing instance records.
@@ -54,11 +55,8 @@ impl Tracer {
             "--inh-caps=-bpf,-perfmon,-sys_admin",
             "--",
             env!("CARGO_BIN_EXE_timewait"),
-            "trace",
-            "--duration",
-            "120",
-            "--json",
         ])
+        .args(TRACE)
         .args(args);
         Tracer::run(c)
     }

@@ -626,8 +626,9 @@ async fn one(
 /// request goes at once, without the wait for the runtime to report the
 /// socket writable and the `SO_ERROR` read that tokio's connect makes;
 /// otherwise it waits for the handshake. A handshake that fails gives its
-/// errno either way (the write returns the socket's error: ECONNREFUSED,
-/// ETIMEDOUT, …); one that cannot start (EADDRNOTAVAIL) is connect()'s.
+/// errno either way: the write, or the `SO_ERROR` read where there is
+/// nothing to write, returns the socket's error (ECONNREFUSED in the
+/// tests); one that cannot start (EADDRNOTAVAIL) is connect()'s.
 async fn open(addr: SocketAddr, first: &[u8]) -> io::Result<(TcpStream, Duration)> {
     let c0 = Instant::now();
     let socket = Socket::new(
