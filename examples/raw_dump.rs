@@ -5,6 +5,8 @@
 //!
 //! Usage: raw_dump [STATES_MASK]   (default: every state)
 //! Environment: RAW_DUMP_FAMILY=4|6, RAW_DUMP_SPLIT=N (see below).
+//! Prints the number of sockets on stdout and the dump's own wall time
+//! (without the process's start) on stderr as `dump_ms N`.
 // A benchmark helper: stopping with a message on any failure is what it should do.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
@@ -28,15 +30,21 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
+    let start = std::time::Instant::now();
+    let messages = dump(families, states, split);
+    eprintln!("dump_ms {:.3}", start.elapsed().as_secs_f64() * 1000.0);
+    println!("{messages}");
+}
+
+fn dump(families: &[u8], states: u32, split: u32) -> u64 {
     if split == 0 {
         let mut messages = 0u64;
         for &family in families {
             timewait_host::sockdiag::dump(family, states, |_| messages += 1).expect("dump");
         }
-        println!("{messages}");
-        return;
+        return messages;
     }
-    let total: u64 = std::thread::scope(|s| {
+    std::thread::scope(|s| {
         let mut handles = Vec::new();
         for &family in families {
             for part in 0..split {
@@ -55,6 +63,5 @@ fn main() {
             }
         }
         handles.into_iter().map(|h| h.join().expect("thread")).sum()
-    });
-    println!("{total}");
+    })
 }

@@ -8,13 +8,24 @@
 # exporters run inside the namespace on its loopback; scrapes alternate;
 # medians of wall time per scrape; peak RSS (VmHWM) of each exporter after.
 #
+# Beside them, the kernel's own dump of the same sockets (examples/raw_dump.rs,
+# both families in parallel, as the census reads them; its own clock, no
+# process start): the floor under any census that dumps; and the same dump
+# asked for listeners only, for sockets held by bind() alone, and for
+# ESTABLISHED only, to show which requests the kernel answers without
+# walking the table of connections.
+#
 # TIME_WAIT lasts 60 s: each size is generated and measured inside that
-# window (the count is printed before and after).
-# Usage: scripts/bench-exporter.sh [SCRAPES] [SIZES...]   (default 9; 100000 1000000)
+# window (the count is printed before and after). Size 0 measures the floor
+# of an empty namespace; size 0e the same in a namespace created with its
+# own 1024-bucket established hash (tcp_child_ehash_entries, set in a parent
+# namespace of its own), which shows how much of that floor is the walk of
+# the host-wide hash table.
+# Usage: scripts/bench-exporter.sh [SCRAPES] [SIZES...]   (default 9; 0 0e 100000 1000000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-9}"; shift || true
-SIZES=("${@:-100000 1000000}")
+SIZES=("${@:-0 0e 100000 1000000}")
 # shellcheck disable=SC2206
 SIZES=(${SIZES[*]})
 command -v prometheus-node-exporter >/dev/null || { apt-get update -qq && apt-get install -y -qq prometheus-node-exporter >/dev/null; }
@@ -22,14 +33,28 @@ command -v sysctl >/dev/null || { apt-get update -qq && apt-get install -y -qq p
 cargo build --release --quiet --bin timewait --examples
 BIN=$PWD/target/release
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns delete "$ns" 2>/dev/null || true; }
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    ip netns delete "$ns" 2>/dev/null || true
+    ip netns delete "$ns-parent" 2>/dev/null || true
+}
 
-echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | timewait / sockstat | timewait / tcpstat | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | kernel dump alone (ms) | dump: LISTEN only | dump: bind() only | dump: ESTABLISHED only | timewait / sockstat | timewait / tcpstat | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${SIZES[@]}"; do
     ns="twexp-$$-$n"
-    ip netns add "$ns"
     trap cleanup EXIT
+    note=""
+    if [[ $n == 0e ]]; then
+        # A namespace's own established hash is sized by its creator's namespace.
+        ip netns add "$ns-parent"
+        ip netns exec "$ns-parent" sysctl -qw net.ipv4.tcp_child_ehash_entries=1024
+        # nsenter, not ip netns exec: the new name must be mounted in our mount namespace.
+        nsenter --net=/run/netns/"$ns-parent" ip netns add "$ns"
+        n=0 note=" (own 1024-bucket established hash)"
+    else
+        ip netns add "$ns"
+    fi
     ip -n "$ns" link set lo up
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=0 \
         net.ipv4.tcp_max_tw_buckets=4000000
@@ -40,10 +65,10 @@ for n in "${SIZES[@]}"; do
     ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19102 \
         --collector.disable-defaults --collector.tcpstat > /dev/null 2>&1 & pids+=($!)
     sleep 1
-    ip netns exec "$ns" "$BIN/examples/make_time_wait" "$n" 64 2 >&2
-    ip netns exec "$ns" python3 - "$RUNS" "$n" "$tw" "$ne2" <<'PY'
-import statistics, sys, time, urllib.request
-runs, n, tw_pid, ne_pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    ((n == 0)) || ip netns exec "$ns" "$BIN/examples/make_time_wait" "$n" 64 2 >&2
+    ip netns exec "$ns" python3 - "$RUNS" "$n" "$tw" "$ne2" "$BIN/examples/raw_dump" "$note" <<'PY'
+import os, statistics, subprocess, sys, time, urllib.request
+runs, n, tw_pid, ne_pid, raw, note = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
 urls = {"tw": "http://127.0.0.1:19809/metrics", "ne1": "http://127.0.0.1:19100/metrics", "ne2": "http://127.0.0.1:19101/metrics", "ne3": "http://127.0.0.1:19102/metrics"}
 def tw_count():
     f = next(l for l in open("/proc/net/sockstat") if l.startswith("TCP:")).split()
@@ -55,8 +80,18 @@ def hwm(pid):
             return int(l.split()[1]) / 1024
 before = tw_count()
 t = {k: [] for k in urls}
+# State masks (a bit per kernel state number): every state the census asks
+# for, LISTEN (10), BOUND_INACTIVE (13), ESTABLISHED (1).
+masks = {"raw": "2ffe", "listen": "0400", "bound": "2000", "est": "0002"}
+for k in masks:
+    t[k] = []
 body = ""
+def raw_dump_ms(mask):
+    p = subprocess.run([raw, mask], env=dict(os.environ, RAW_DUMP_SPLIT="1"), capture_output=True, text=True, check=True)
+    return float(p.stderr.split()[1])
 for _ in range(runs):
+    for k, mask in masks.items():
+        t[k].append(raw_dump_ms(mask))
     for k, u in urls.items():
         t0 = time.perf_counter()
         b = urllib.request.urlopen(u, timeout=60).read().decode()
@@ -66,7 +101,7 @@ for _ in range(runs):
 after = tw_count()
 series = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
 m = {k: statistics.median(v) for k, v in t.items()}
-print(f"| {before:,} → {after:,} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['tw']/m['ne1']:.0f}× | {m['tw']/m['ne3']:.2f}× | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
+print(f"| {before:,} → {after:,}{note} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['raw']:.1f} | {m['listen']:.2f} | {m['bound']:.1f} | {m['est']:.1f} | {m['tw']/m['ne1']:.1f}× | {m['tw']/m['ne3']:.2f}× | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
 PY
     cleanup; pids=()
     trap - EXIT
