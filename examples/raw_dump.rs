@@ -4,23 +4,25 @@
 //! at least pay.
 //!
 //! Usage: raw_dump [STATES_MASK]   (default: every state)
-//! Environment: RAW_DUMP_FAMILY=4|6, RAW_DUMP_SPLIT=N (see below).
+//! Environment: RAW_DUMP_FAMILY=4|6|both, RAW_DUMP_SPLIT=N (see below).
 //! Prints the number of sockets on stdout and the dump's own wall time
 //! (without the process's start) on stderr as `dump_ms N`.
 // A benchmark helper: stopping with a message on any failure is what it should do.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
-use timewait_kernel::inet_diag::{AF_INET, AF_INET6};
+use timewait_kernel::inet_diag::{AF_INET, AF_INET6, AF_UNSPEC};
 
 fn main() {
     let states = std::env::args()
         .nth(1)
         .map(|s| u32::from_str_radix(s.trim_start_matches("0x"), 16).expect("hex mask"))
         .unwrap_or(0x2ffe);
-    // RAW_DUMP_FAMILY=4 or 6 dumps one family only.
+    // RAW_DUMP_FAMILY=4 or 6 dumps one family only; `both`, both families
+    // through one request (one walk of the kernel's tables).
     let families: &[u8] = match std::env::var("RAW_DUMP_FAMILY").as_deref() {
         Ok("4") => &[AF_INET],
         Ok("6") => &[AF_INET6],
+        Ok("both") => &[AF_UNSPEC],
         _ => &[AF_INET, AF_INET6],
     };
     // RAW_DUMP_SPLIT=N: N threads per family, each dumping 1/N of the local

@@ -9,11 +9,12 @@
 # medians of wall time per scrape; peak RSS (VmHWM) of each exporter after.
 #
 # Beside them, the kernel's own dump of the same sockets (examples/raw_dump.rs,
-# both families in parallel, as the census reads them; its own clock, no
-# process start): the floor under any census that dumps; and the same dump
-# asked for listeners only, for sockets held by bind() alone, and for
-# ESTABLISHED only, to show which requests the kernel answers without
-# walking the table of connections.
+# timed by its own clock, no process start): one request for both families,
+# as the census reads them, the floor under any census that dumps; one
+# request per family, the two in parallel (how the census read them before);
+# and the one request asked for listeners only, for sockets held by bind()
+# alone, and for ESTABLISHED only, to show which requests the kernel answers
+# without walking the table of connections.
 #
 # TIME_WAIT lasts 60 s: each size is generated and measured inside that
 # window (the count is printed before and after). Size 0 measures the floor
@@ -39,8 +40,8 @@ cleanup() {
     ip netns delete "$ns-parent" 2>/dev/null || true
 }
 
-echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | kernel dump alone (ms) | dump: LISTEN only | dump: bind() only | dump: ESTABLISHED only | timewait / sockstat | timewait / tcpstat | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| TIME_WAIT sockets | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | kernel dump alone (ms) | dump, per family in parallel (ms) | dump: LISTEN only | dump: bind() only | dump: ESTABLISHED only | timewait / sockstat | timewait / tcpstat | timewait CPU per scrape (ms) | sockstat CPU per scrape (ms) | tcpstat CPU per scrape (ms) | dump CPU, one request (ms) | dump CPU, per family (ms) | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${SIZES[@]}"; do
     ns="twexp-$$-$n"
     trap cleanup EXIT
@@ -63,12 +64,17 @@ for n in "${SIZES[@]}"; do
         --collector.disable-defaults --collector.sockstat > /dev/null 2>&1 & pids+=($!); ne1=$!
     ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19101 > /dev/null 2>&1 & pids+=($!); ne2=$!
     ip netns exec "$ns" prometheus-node-exporter --web.listen-address=127.0.0.1:19102 \
-        --collector.disable-defaults --collector.tcpstat > /dev/null 2>&1 & pids+=($!)
+        --collector.disable-defaults --collector.tcpstat > /dev/null 2>&1 & pids+=($!); ne3=$!
     sleep 1
     ((n == 0)) || ip netns exec "$ns" "$BIN/examples/make_time_wait" "$n" 64 2 >&2
-    ip netns exec "$ns" python3 - "$RUNS" "$n" "$tw" "$ne2" "$BIN/examples/raw_dump" "$note" <<'PY'
-import os, statistics, subprocess, sys, time, urllib.request
+    ip netns exec "$ns" python3 - "$RUNS" "$n" "$tw" "$ne2" "$BIN/examples/raw_dump" "$note" "$ne1" "$ne3" <<'PY'
+import os, resource, statistics, subprocess, sys, time, urllib.request
 runs, n, tw_pid, ne_pid, raw, note = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6]
+ne1_pid, ne3_pid = sys.argv[7], sys.argv[8]
+def cpu_ms(pid):
+    # utime + stime of the whole process, in clock ticks.
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 urls = {"tw": "http://127.0.0.1:19809/metrics", "ne1": "http://127.0.0.1:19100/metrics", "ne2": "http://127.0.0.1:19101/metrics", "ne3": "http://127.0.0.1:19102/metrics"}
 def tw_count():
     f = next(l for l in open("/proc/net/sockstat") if l.startswith("TCP:")).split()
@@ -81,27 +87,41 @@ def hwm(pid):
 before = tw_count()
 t = {k: [] for k in urls}
 # State masks (a bit per kernel state number): every state the census asks
-# for, LISTEN (10), BOUND_INACTIVE (13), ESTABLISHED (1).
-masks = {"raw": "2ffe", "listen": "0400", "bound": "2000", "est": "0002"}
-for k in masks:
+# for, LISTEN (10), BOUND_INACTIVE (13), ESTABLISHED (1); and how the
+# families are asked for.
+both, split = {"RAW_DUMP_FAMILY": "both"}, {"RAW_DUMP_SPLIT": "1"}
+dumps = {"raw": ("2ffe", both), "raw2": ("2ffe", split), "listen": ("0400", both),
+         "bound": ("2000", both), "est": ("0002", both)}
+for k in dumps:
     t[k] = []
+# CPU time (user + system, the kernel's walk included: it runs in the
+# reader's system calls) over all scrapes or dumps, per scrape or dump.
+cpu = {"tw": 0.0, "ne1": 0.0, "ne3": 0.0, "raw": 0.0, "raw2": 0.0}
+pid_of = {"tw": tw_pid, "ne1": ne1_pid, "ne3": ne3_pid}
 body = ""
-def raw_dump_ms(mask):
-    p = subprocess.run([raw, mask], env=dict(os.environ, RAW_DUMP_SPLIT="1"), capture_output=True, text=True, check=True)
+def raw_dump_ms(k, mask, env):
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.run([raw, mask], env=dict(os.environ, **env), capture_output=True, text=True, check=True)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if k in cpu:
+        cpu[k] += (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1000
     return float(p.stderr.split()[1])
 for _ in range(runs):
-    for k, mask in masks.items():
-        t[k].append(raw_dump_ms(mask))
+    for k, (mask, env) in dumps.items():
+        t[k].append(raw_dump_ms(k, mask, env))
     for k, u in urls.items():
+        c0 = cpu_ms(pid_of[k]) if k in pid_of else 0
         t0 = time.perf_counter()
         b = urllib.request.urlopen(u, timeout=60).read().decode()
         t[k].append((time.perf_counter() - t0) * 1000)
+        if k in pid_of:
+            cpu[k] += cpu_ms(pid_of[k]) - c0
         if k == "tw":
             body = b
 after = tw_count()
 series = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
 m = {k: statistics.median(v) for k, v in t.items()}
-print(f"| {before:,} → {after:,}{note} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['raw']:.1f} | {m['listen']:.2f} | {m['bound']:.1f} | {m['est']:.1f} | {m['tw']/m['ne1']:.1f}× | {m['tw']/m['ne3']:.2f}× | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
+print(f"| {before:,} → {after:,}{note} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['raw']:.1f} | {m['raw2']:.1f} | {m['listen']:.2f} | {m['bound']:.1f} | {m['est']:.1f} | {m['tw']/m['ne1']:.1f}× | {m['tw']/m['ne3']:.2f}× | {cpu['tw']/runs:.1f} | {cpu['ne1']/runs:.1f} | {cpu['ne3']/runs:.1f} | {cpu['raw']/runs:.1f} | {cpu['raw2']/runs:.1f} | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
 PY
     cleanup; pids=()
     trap - EXIT

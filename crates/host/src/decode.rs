@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 use std::io;
 
 use nix::errno::Errno;
-use timewait_kernel::inet_diag::{self, AF_INET, AF_INET6, state_mask};
-use timewait_kernel::netlink::{self, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY};
+use timewait_kernel::inet_diag::{self, AF_INET, AF_INET6, AF_UNSPEC, state_mask};
+use timewait_kernel::netlink::{
+    self, NLMSG_DONE, NLMSG_ERROR, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
+};
 use timewait_kernel::{TcpState, proc_tcp};
 use timewait_model::ports::{DEFAULT_PORT_RANGE, PortRange};
 use timewait_snapshot::Census;
@@ -211,7 +213,7 @@ impl<F: FnMut(&[u8])> DumpWalk<F> {
                         return false;
                     }
                 },
-                SOCK_DIAG_BY_FAMILY => (self.on_message)(m.payload),
+                SOCK_DIAG_BY_FAMILY | TCPDIAG_GETSOCK => (self.on_message)(m.payload),
                 _ => {}
             }
         }
@@ -254,32 +256,33 @@ fn skip_missing_ipv6(family: u8, r: Result<(), HostError>) -> Result<(), HostErr
 }
 
 /// Listeners first (so accepted connections are recognised), then everything.
+///
+/// One request for both families where the kernel takes it (the
+/// `TCPDIAG_GETSOCK` request answers IPv4 and IPv6 sockets from one walk of
+/// its tables); where it refuses that request, one request per family, the
+/// two dumped in parallel.
 fn census_netlink(
     source: &dyn Source,
     range: PortRange,
     problems: &mut Vec<Problem>,
 ) -> Result<Census, HostError> {
-    let mut listening = Vec::new();
     let mut bad = 0u64;
-    for family in [AF_INET, AF_INET6] {
-        dump(
-            source,
-            family,
-            state_mask(&[TcpState::Listen]),
-            |payload| match inet_diag::decode(payload) {
-                Ok((m, _)) => listening.push(m.src_port),
-                Err(_) => bad += 1,
-            },
-        )?;
-    }
-    // Each family's dump walks the whole socket table, so the two run in
-    // parallel, each folding into its own aggregator (threads spawned here
-    // inherit this thread's network namespace).
+    let (families, listening): (&[u8], _) = match listening_ports(source, &[AF_UNSPEC], &mut bad) {
+        Ok(l) => (&[AF_UNSPEC], l),
+        Err(e) if both_families_refused(&e) => {
+            let families = &[AF_INET, AF_INET6];
+            (families, listening_ports(source, families, &mut bad)?)
+        }
+        Err(e) => return Err(e),
+    };
+    // Each dump walks the whole socket table; several run in parallel, each
+    // folding into its own aggregator (threads spawned here inherit this
+    // thread's network namespace).
     let template = Aggregator::new(range, listening);
     let results: Vec<Result<(Aggregator, u64), HostError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = [AF_INET, AF_INET6]
-            .into_iter()
-            .map(|family| {
+        let handles: Vec<_> = families
+            .iter()
+            .map(|&family| {
                 let mut agg = template.empty_like();
                 s.spawn(move || {
                     let mut bad = 0u64;
@@ -323,6 +326,41 @@ fn census_netlink(
         ));
     }
     Ok(agg.finish())
+}
+
+/// The listening ports of `families`, one dump each; undecodable answers
+/// are counted in `bad`.
+fn listening_ports(
+    source: &dyn Source,
+    families: &[u8],
+    bad: &mut u64,
+) -> Result<Vec<u16>, HostError> {
+    let mut listening = Vec::new();
+    for &family in families {
+        dump(
+            source,
+            family,
+            state_mask(&[TcpState::Listen]),
+            |payload| match inet_diag::decode(payload) {
+                Ok((m, _)) => listening.push(m.src_port),
+                Err(_) => *bad += 1,
+            },
+        )?;
+    }
+    Ok(listening)
+}
+
+/// How a kernel without the both-families request answers it
+/// (`sock_diag_rcv_msg()`): an unknown request type (`EINVAL`), or no
+/// handler for it (`EOPNOTSUPP`).
+fn both_families_refused(e: &HostError) -> bool {
+    matches!(
+        e,
+        HostError::Netlink {
+            op: "dump",
+            errno: Errno::EINVAL | Errno::EOPNOTSUPP,
+        }
+    )
 }
 
 fn census_proc(source: &dyn Source, range: PortRange, problems: &mut Vec<Problem>) -> Census {

@@ -11,8 +11,10 @@ use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto,
     setsockopt, socket, sockopt,
 };
-use timewait_kernel::inet_diag::{encode_request, encode_request_with_bytecode};
-use timewait_kernel::netlink::{self, SOCK_DIAG_BY_FAMILY};
+use timewait_kernel::inet_diag::{
+    AF_UNSPEC, encode_request, encode_request_both_families, with_bytecode,
+};
+use timewait_kernel::netlink::{self, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK};
 
 use crate::HostError;
 use crate::decode::DumpWalk;
@@ -23,7 +25,8 @@ const NLM_F_DUMP: u16 = 0x300;
 const RECV_BUFFER: usize = 64 * 1024;
 
 /// Sends a dump request for TCP sockets of `family` in `states` (a bit per
-/// state number), optionally with a kernel-side filter program, and calls
+/// state number; `AF_UNSPEC`: both families, in one walk of the kernel's
+/// tables), optionally with a kernel-side filter program, and calls
 /// `datagram` with each answer until it returns `false` or the socket has
 /// nothing more (which the caller judges: a dump must end in `NLMSG_DONE`).
 pub(crate) fn receive(
@@ -43,13 +46,21 @@ pub(crate) fn receive(
     // A big socket buffer lets the kernel run ahead of us; without it the
     // dump is only slower, so a refusal is not worth reporting.
     let _ = setsockopt(&fd, sockopt::RcvBuf, &(4 << 20));
+    let (kind, request) = if family == AF_UNSPEC {
+        (
+            TCPDIAG_GETSOCK,
+            encode_request_both_families(states).to_vec(),
+        )
+    } else {
+        (SOCK_DIAG_BY_FAMILY, encode_request(family, states).to_vec())
+    };
     let request = netlink::encode(
-        SOCK_DIAG_BY_FAMILY,
+        kind,
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
         &match bytecode {
-            Some(b) => encode_request_with_bytecode(family, states, b),
-            None => encode_request(family, states).to_vec(),
+            Some(b) => with_bytecode(&request, b),
+            None => request,
         },
     );
     sendto(
@@ -74,8 +85,8 @@ pub(crate) fn receive(
     }
 }
 
-/// Dumps TCP sockets of `family` in `states`, calling `on_message` with
-/// each `inet_diag_msg` payload.
+/// Dumps TCP sockets of `family` (`AF_UNSPEC`: both) in `states`, calling
+/// `on_message` with each `inet_diag_msg` payload.
 pub fn dump(family: u8, states: u32, on_message: impl FnMut(&[u8])) -> Result<(), HostError> {
     dump_filtered(family, states, None, on_message)
 }

@@ -17,7 +17,8 @@ use crate::{HostError, sockdiag};
 /// finite anyway; this bounds a log that grows while we read it).
 const MAX_KMSG_RECORDS: usize = 500_000;
 
-/// Raw reads. `Sync`: the two address families are dumped in parallel.
+/// Raw reads. `Sync`: where the kernel refuses one dump of both address
+/// families, the two are dumped in parallel.
 pub(crate) trait Source: Sync {
     /// A whole file (a `/proc` or `/proc/sys` path).
     fn file(&self, path: &str) -> io::Result<Vec<u8>>;

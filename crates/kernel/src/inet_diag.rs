@@ -237,6 +237,26 @@ pub fn encode_request(family: u8, states: u32) -> [u8; REQ_V2_LEN] {
     b
 }
 
+/// `AF_UNSPEC`: in a dump request, both families.
+pub const AF_UNSPEC: u8 = 0;
+/// Length of `struct inet_diag_req`.
+pub const REQ_COMPAT_LEN: usize = 60;
+
+/// `struct inet_diag_req`, the request before `inet_diag_req_v2`, for a
+/// TCP dump (netlink type [`crate::netlink::TCPDIAG_GETSOCK`]) of sockets in
+/// `states`. The kernel answers it with family `AF_UNSPEC`
+/// (`inet_diag_dump_compat()`), so one walk of its tables returns IPv4 and
+/// IPv6 sockets alike, where a v2 request per family walks them once per
+/// family. The answers are `inet_diag_msg`s, as for v2.
+pub fn encode_request_both_families(states: u32) -> [u8; REQ_COMPAT_LEN] {
+    let mut b = [0u8; REQ_COMPAT_LEN];
+    // b[0..4]: idiag_family (the kernel does not read it), src_len,
+    // dst_len, ext = 0; b[4..52]: the socket id, zero: every socket.
+    b[52..56].copy_from_slice(&states.to_ne_bytes());
+    // b[56..60] idiag_dbs: unused.
+    b
+}
+
 /// The `idiag_states` mask for some states.
 pub fn state_mask(states: &[TcpState]) -> u32 {
     states.iter().fold(0, |m, s| m | (1 << s.kernel()))
@@ -257,6 +277,14 @@ mod request_tests {
             u32::from_ne_bytes([r[4], r[5], r[6], r[7]]),
             (1 << 6) | (1 << 10)
         );
+    }
+
+    #[test]
+    fn both_families_request_carries_the_states_after_the_socket_id() {
+        let r = encode_request_both_families(state_mask(&[TcpState::TimeWait]));
+        // struct inet_diag_req: 4 bytes, then the 48-byte inet_diag_sockid.
+        assert_eq!(u32::from_ne_bytes([r[52], r[53], r[54], r[55]]), 1 << 6);
+        assert!(r[..52].iter().chain(&r[56..]).all(|&b| b == 0));
     }
 }
 
@@ -286,7 +314,14 @@ pub fn bytecode_local_ports(lo: u16, hi: u16) -> Vec<u8> {
 
 /// A request with a filter program attached as an rtattr.
 pub fn encode_request_with_bytecode(family: u8, states: u32, bytecode: &[u8]) -> Vec<u8> {
-    let mut out = encode_request(family, states).to_vec();
+    with_bytecode(&encode_request(family, states), bytecode)
+}
+
+/// Any request (v2, or [`encode_request_both_families`]'s, which the
+/// kernel reads its filter after as well) followed by a filter program as
+/// an rtattr.
+pub fn with_bytecode(request: &[u8], bytecode: &[u8]) -> Vec<u8> {
+    let mut out = request.to_vec();
     let len = 4 + bytecode.len();
     out.extend_from_slice(&(len as u16).to_ne_bytes());
     out.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());

@@ -8,6 +8,9 @@ pub const NLMSG_ERROR: u16 = 2;
 pub const NLMSG_DONE: u16 = 3;
 /// `SOCK_DIAG_BY_FAMILY`: a sock_diag request or answer.
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
+/// `TCPDIAG_GETSOCK`: the request sock_diag replaced, still answered (see
+/// [`crate::inet_diag::encode_request_both_families`]), and its answers.
+pub const TCPDIAG_GETSOCK: u16 = 18;
 /// Size of `struct nlmsghdr`.
 pub const HEADER_LEN: usize = 16;
 

@@ -127,7 +127,8 @@ const TCP4: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm
 ";
 
 /// A healthy namespace: every sysctl and file readable, one listener on
-/// :5000 and one TIME_WAIT toward it, IPv4 only in the dumps.
+/// :5000 and one TIME_WAIT toward it, IPv4 only in the dumps, whether
+/// asked for both families in one request or one family per request.
 fn healthy() -> Recorded {
     let mut h = Recorded::default();
     for (name, v) in [
@@ -158,10 +159,37 @@ fn healthy() -> Recorded {
         (AF_INET, LISTEN),
         Ok(answers(std::slice::from_ref(&listener))),
     );
-    h.dumps
-        .insert((AF_INET, ALL_STATES), Ok(answers(&[listener, tw])));
+    h.dumps.insert(
+        (AF_INET, ALL_STATES),
+        Ok(answers(&[listener.clone(), tw.clone()])),
+    );
     h.dumps.insert((AF_INET6, LISTEN), Ok(answers(&[])));
     h.dumps.insert((AF_INET6, ALL_STATES), Ok(answers(&[])));
+    h.dumps.insert(
+        (AF_UNSPEC, LISTEN),
+        Ok(answers(&[both_families(&listener)])),
+    );
+    h.dumps.insert(
+        (AF_UNSPEC, ALL_STATES),
+        Ok(answers(&[both_families(&listener), both_families(&tw)])),
+    );
+    h
+}
+
+/// An answer as the both-families request gets it: the same
+/// `inet_diag_msg`, under that request's message type.
+fn both_families(answer: &[u8]) -> Vec<u8> {
+    let mut a = answer.to_vec();
+    a[4..6].copy_from_slice(&TCPDIAG_GETSOCK.to_ne_bytes());
+    a
+}
+
+/// [`healthy`] on a kernel that refuses the both-families request with
+/// `errno` (as an error answer).
+fn per_family_only(errno: Errno) -> Recorded {
+    let mut h = healthy();
+    h.dumps.insert((AF_UNSPEC, LISTEN), Ok(vec![error(errno)]));
+    h.dumps.remove(&(AF_UNSPEC, ALL_STATES));
     h
 }
 
@@ -192,9 +220,57 @@ fn a_healthy_host_reads_cleanly_over_netlink() {
 }
 
 #[test]
+fn one_request_reads_both_families() {
+    let mut h = healthy();
+    // Only the both-families requests are answered (the recording panics
+    // at any other), and their answers mix the families.
+    h.dumps.retain(|&(family, _), _| family == AF_UNSPEC);
+    let listener = sock(10, ("127.0.0.1", 5000), ("0.0.0.0", 0));
+    let tw4 = sock(6, ("127.0.0.1", 40001), ("127.0.0.1", 5000));
+    let tw6 = sock(6, ("::1", 40002), ("::1", 6000));
+    h.dumps.insert(
+        (AF_UNSPEC, ALL_STATES),
+        Ok(answers(&[listener, tw4, tw6].map(|a| both_families(&a)))),
+    );
+    let s = take(&h, Via::Netlink).unwrap();
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_eq!(s.census.states.get("TIME_WAIT"), Some(&2));
+    let mut remotes: Vec<String> = s
+        .census
+        .destinations
+        .iter()
+        .map(|d| format!("{}:{}", d.remote_ip, d.remote_port))
+        .collect();
+    remotes.sort();
+    assert_eq!(remotes, ["127.0.0.1:5000", "::1:6000"]);
+}
+
+#[test]
+fn a_kernel_refusing_the_both_families_request_is_read_one_family_at_a_time() {
+    let both = take(&healthy(), Via::Netlink).unwrap();
+    // An unknown request type (EINVAL), no handler for it (EOPNOTSUPP).
+    for errno in [Errno::EINVAL, Errno::EOPNOTSUPP] {
+        let s = take(&per_family_only(errno), Via::Netlink).unwrap();
+        assert!(s.problems.is_empty(), "{:?}", s.problems);
+        assert_eq!(s.census, both.census);
+    }
+    // Any other answer to it is the census's failure, not a reason to retry.
+    let mut h = healthy();
+    h.dumps
+        .insert((AF_UNSPEC, LISTEN), Ok(vec![error(Errno::ENOBUFS)]));
+    assert!(matches!(
+        take(&h, Via::Netlink),
+        Err(HostError::Netlink {
+            errno: Errno::ENOBUFS,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn netlink_refused_falls_back_to_proc_and_says_so() {
     let mut h = healthy();
-    h.dumps.insert((AF_INET, LISTEN), Err(Errno::EPERM));
+    h.dumps.insert((AF_UNSPEC, LISTEN), Err(Errno::EPERM));
     let s = take(&h, Via::Auto).unwrap();
     assert_eq!(s.census_source, CensusSource::Proc);
     assert_eq!(s.census.states.get("TIME_WAIT"), Some(&1));
@@ -208,7 +284,7 @@ fn netlink_refused_falls_back_to_proc_and_says_so() {
 #[test]
 fn netlink_only_reports_the_errno_instead_of_falling_back() {
     let mut h = healthy();
-    h.dumps.insert((AF_INET, LISTEN), Err(Errno::EPERM));
+    h.dumps.insert((AF_UNSPEC, LISTEN), Err(Errno::EPERM));
     match take(&h, Via::Netlink) {
         Err(HostError::Netlink { op, errno }) => assert_eq!((op, errno), ("socket", Errno::EPERM)),
         other => panic!("{other:?}"),
@@ -217,7 +293,7 @@ fn netlink_only_reports_the_errno_instead_of_falling_back() {
 
 #[test]
 fn a_kernel_without_ipv6_is_not_a_failure() {
-    let mut h = healthy();
+    let mut h = per_family_only(Errno::EOPNOTSUPP);
     // What a kernel without IPv6 answers to an AF_INET6 dump.
     h.dumps
         .insert((AF_INET6, LISTEN), Ok(vec![error(Errno::ENOENT)]));
@@ -229,10 +305,10 @@ fn a_kernel_without_ipv6_is_not_a_failure() {
 }
 
 #[test]
-fn an_error_answer_for_ipv4_keeps_its_errno() {
+fn an_error_answer_to_the_dump_keeps_its_errno() {
     let mut h = healthy();
     h.dumps
-        .insert((AF_INET, ALL_STATES), Ok(vec![error(Errno::ENOBUFS)]));
+        .insert((AF_UNSPEC, ALL_STATES), Ok(vec![error(Errno::ENOBUFS)]));
     match take(&h, Via::Netlink) {
         Err(HostError::Netlink { op, errno }) => assert_eq!((op, errno), ("dump", Errno::ENOBUFS)),
         other => panic!("{other:?}"),
@@ -244,7 +320,7 @@ fn a_dump_cut_short_is_not_taken_for_a_complete_census() {
     let mut h = healthy();
     let tw = sock(6, ("127.0.0.1", 40001), ("127.0.0.1", 5000));
     // Sockets, then the socket closes: no NLMSG_DONE.
-    h.dumps.insert((AF_INET, ALL_STATES), Ok(vec![tw]));
+    h.dumps.insert((AF_UNSPEC, ALL_STATES), Ok(vec![tw]));
     assert!(matches!(
         take(&h, Via::Netlink),
         Err(HostError::DumpTruncated(_))
@@ -264,7 +340,7 @@ fn a_truncated_message_is_a_decode_error_not_a_panic() {
     let mut h = healthy();
     let mut bytes = sock(6, ("127.0.0.1", 40001), ("127.0.0.1", 5000));
     bytes.truncate(30);
-    h.dumps.insert((AF_INET, ALL_STATES), Ok(vec![bytes]));
+    h.dumps.insert((AF_UNSPEC, ALL_STATES), Ok(vec![bytes]));
     assert!(matches!(
         take(&h, Via::Netlink),
         Err(HostError::NetlinkMessage(_))
@@ -277,7 +353,7 @@ fn undecodable_answers_are_counted() {
     let short = netlink::encode(SOCK_DIAG_BY_FAMILY, 2, 1, &[0u8; 20]);
     let tw = sock(6, ("127.0.0.1", 40002), ("127.0.0.1", 5000));
     h.dumps.insert(
-        (AF_INET, ALL_STATES),
+        (AF_UNSPEC, ALL_STATES),
         Ok(answers(&[short.clone(), tw, short])),
     );
     let s = take(&h, Via::Netlink).unwrap();
