@@ -277,41 +277,24 @@ fn census_netlink(
     };
     // Each dump walks the whole socket table; several run in parallel, each
     // folding into its own aggregator (threads spawned here inherit this
-    // thread's network namespace).
+    // thread's network namespace); one runs here.
     let template = Aggregator::new(range, listening);
-    let results: Vec<Result<(Aggregator, u64), HostError>> = std::thread::scope(|s| {
-        let handles: Vec<_> = families
-            .iter()
-            .map(|&family| {
-                let mut agg = template.empty_like();
-                s.spawn(move || {
-                    let mut bad = 0u64;
-                    dump(
-                        source,
-                        family,
-                        ALL_STATES,
-                        |payload| match inet_diag::decode(payload) {
-                            Ok((m, _)) => agg.add(&SocketView {
-                                state: m.state_raw,
-                                timewait_timer: m.is_timewait_sock(),
-                                expires_ms: u64::from(m.expires_ms),
-                                local: m.src,
-                                local_port: m.src_port,
-                                remote: m.dst,
-                                remote_port: m.dst_port,
-                            }),
-                            Err(_) => bad += 1,
-                        },
-                    )
-                    .map(|()| (agg, bad))
+    let results: Vec<Result<(Aggregator, u64), HostError>> = match families {
+        &[family] => vec![fold_dump(source, family, template.empty_like())],
+        _ => std::thread::scope(|s| {
+            let handles: Vec<_> = families
+                .iter()
+                .map(|&family| {
+                    let agg = template.empty_like();
+                    s.spawn(move || fold_dump(source, family, agg))
                 })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect()
-    });
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        }),
+    };
     let mut agg = template;
     for r in results {
         let (part, b) = r?;
@@ -326,6 +309,34 @@ fn census_netlink(
         ));
     }
     Ok(agg.finish())
+}
+
+/// One dump of every state of `family`, folded into `agg`; with the count
+/// of answers that could not be decoded.
+fn fold_dump(
+    source: &dyn Source,
+    family: u8,
+    mut agg: Aggregator,
+) -> Result<(Aggregator, u64), HostError> {
+    let mut bad = 0u64;
+    dump(
+        source,
+        family,
+        ALL_STATES,
+        |payload| match inet_diag::decode(payload) {
+            Ok((m, _)) => agg.add(&SocketView {
+                state: m.state_raw,
+                timewait_timer: m.is_timewait_sock(),
+                expires_ms: u64::from(m.expires_ms),
+                local: m.src,
+                local_port: m.src_port,
+                remote: m.dst,
+                remote_port: m.dst_port,
+            }),
+            Err(_) => bad += 1,
+        },
+    )?;
+    Ok((agg, bad))
 }
 
 /// The listening ports of `families`, one dump each; undecodable answers
