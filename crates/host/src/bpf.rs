@@ -26,9 +26,12 @@ use timewait_trace::btf::Btf;
 
 const MAP_CREATE: libc::c_long = 0;
 const MAP_LOOKUP_ELEM: libc::c_long = 1;
+const MAP_UPDATE_ELEM: libc::c_long = 2;
+const MAP_GET_NEXT_KEY: libc::c_long = 4;
 const PROG_LOAD: libc::c_long = 5;
 const RAW_TRACEPOINT_OPEN: libc::c_long = 17;
-const MAP_TYPE_ARRAY: u32 = 2;
+pub(crate) const MAP_TYPE_HASH: u32 = 1;
+pub(crate) const MAP_TYPE_ARRAY: u32 = 2;
 const MAP_TYPE_RINGBUF: u32 = 27;
 const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
@@ -41,7 +44,7 @@ const HDR: u64 = 8;
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
 
-const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+pub(crate) const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const TRACEPOINT: &str = "inet_sock_set_state";
 
 /// `union bpf_attr`, as bytes: each command fills the fields it reads and
@@ -94,7 +97,13 @@ fn owned(fd: libc::c_int) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-fn map(kind: u32, key: u32, value: u32, entries: u32, name: &str) -> Result<OwnedFd, String> {
+pub(crate) fn map(
+    kind: u32,
+    key: u32,
+    value: u32,
+    entries: u32,
+    name: &str,
+) -> Result<OwnedFd, String> {
     let mut a = Attr::new()
         .u32(0, kind)
         .u32(4, key)
@@ -106,8 +115,41 @@ fn map(kind: u32, key: u32, value: u32, entries: u32, name: &str) -> Result<Owne
         .map_err(|e| format!("creating the BPF map {name}: {}", e.desc()))
 }
 
-/// Loads `insns`; on refusal, the verifier's last words.
-fn load(insns: &[u8]) -> Result<OwnedFd, String> {
+/// Sets `key` to `value` in the map `fd`.
+pub(crate) fn update(fd: &OwnedFd, key: &[u8], value: &[u8]) -> Result<(), Errno> {
+    let mut a = Attr::new()
+        .u32(0, fd.as_raw_fd() as u32)
+        .u64(8, key.as_ptr() as u64)
+        .u64(16, value.as_ptr() as u64);
+    bpf(MAP_UPDATE_ELEM, &mut a).map(drop)
+}
+
+/// Reads `key`'s value of the map `fd` into `value` (its size).
+pub(crate) fn lookup(fd: &OwnedFd, key: &[u8], value: &mut [u8]) -> Result<(), Errno> {
+    let mut a = Attr::new()
+        .u32(0, fd.as_raw_fd() as u32)
+        .u64(8, key.as_ptr() as u64)
+        .u64(16, value.as_mut_ptr() as u64);
+    bpf(MAP_LOOKUP_ELEM, &mut a).map(drop)
+}
+
+/// The key after `key` (the first one for `None`) of the map `fd`, into
+/// `next`; `false` after the last.
+pub(crate) fn next_key(fd: &OwnedFd, key: Option<&[u8]>, next: &mut [u8]) -> Result<bool, Errno> {
+    let mut a = Attr::new()
+        .u32(0, fd.as_raw_fd() as u32)
+        .u64(8, key.map_or(0, |k| k.as_ptr() as u64))
+        .u64(16, next.as_mut_ptr() as u64);
+    match bpf(MAP_GET_NEXT_KEY, &mut a) {
+        Ok(_) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Loads `insns` as a raw-tracepoint program named `name`; on refusal,
+/// the verifier's last words.
+pub(crate) fn load(insns: &[u8], name: &str) -> Result<OwnedFd, String> {
     let license = c"GPL";
     let attempt = |log: &mut Vec<u8>| {
         let mut a = Attr::new()
@@ -115,7 +157,7 @@ fn load(insns: &[u8]) -> Result<OwnedFd, String> {
             .u32(4, (insns.len() / 8) as u32)
             .u64(8, insns.as_ptr() as u64)
             .u64(16, license.as_ptr() as u64)
-            .name(48, "timewait_state");
+            .name(48, name);
         if !log.is_empty() {
             a = a
                 .u32(24, 1)
@@ -142,19 +184,21 @@ fn load(insns: &[u8]) -> Result<OwnedFd, String> {
     })
 }
 
-fn attach(prog: &OwnedFd) -> Result<OwnedFd, String> {
-    let name = CString::new(TRACEPOINT).map_err(|e| e.to_string())?;
+/// Attaches `prog` to the raw tracepoint `tracepoint`; detached when the
+/// link is closed.
+pub(crate) fn attach(prog: &OwnedFd, tracepoint: &str) -> Result<OwnedFd, String> {
+    let name = CString::new(tracepoint).map_err(|e| e.to_string())?;
     let mut a = Attr::new()
         .u64(0, name.as_ptr() as u64)
         .u32(8, prog.as_raw_fd() as u32);
     bpf(RAW_TRACEPOINT_OPEN, &mut a)
         .map(owned)
-        .map_err(|e| format!("attaching to the raw tracepoint {TRACEPOINT}: {}", e.desc()))
+        .map_err(|e| format!("attaching to the raw tracepoint {tracepoint}: {}", e.desc()))
 }
 
 /// A BPF ring buffer mapped into this process.
-struct Ring {
-    fd: OwnedFd,
+pub(crate) struct Ring {
+    pub(crate) fd: OwnedFd,
     consumer: NonNull<u8>,
     producer: NonNull<u8>,
     page: usize,
@@ -162,7 +206,7 @@ struct Ring {
 }
 
 impl Ring {
-    fn new(bytes: u32) -> Result<Ring, String> {
+    pub(crate) fn new(bytes: u32) -> Result<Ring, String> {
         let fd = map(MAP_TYPE_RINGBUF, 0, 0, bytes, "timewait_ring")?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
@@ -210,7 +254,7 @@ impl Ring {
 
     /// Hands every committed record to `f`, oldest first, and gives their
     /// room back to the kernel.
-    fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
+    pub(crate) fn drain(&mut self, f: &mut dyn FnMut(&[u8])) {
         // SAFETY: both positions are 8-byte aligned words at the start of
         // their pages, which stay mapped while `self` lives; the kernel and
         // we access them atomically (it with smp_load_acquire and
@@ -305,11 +349,11 @@ impl StateFilter {
             .iter()
             .flat_map(|i| i.bytes())
             .collect();
-        let prog = load(&insns)?;
+        let prog = load(&insns, "timewait_state")?;
         // Attached once and let go: a kernel that loads the program but
         // will not attach it is known now, while the caller can still fall
         // back, not when recording starts.
-        drop(attach(&prog)?);
+        drop(attach(&prog, TRACEPOINT)?);
         Ok(StateFilter {
             ring,
             thread_size: offsets.thread_size,
@@ -322,7 +366,7 @@ impl StateFilter {
     /// Starts (or resumes) filtering.
     pub fn attach(&mut self) -> Result<(), String> {
         if self.link.is_none() {
-            self.link = Some(attach(&self.prog)?);
+            self.link = Some(attach(&self.prog, TRACEPOINT)?);
         }
         Ok(())
     }
@@ -346,17 +390,10 @@ impl StateFilter {
 
     /// Records the ring had no room for.
     pub fn lost(&self) -> Result<u64, String> {
-        let key = 0u32;
-        let mut value = 0u64;
-        let mut a = Attr::new()
-            .u32(0, self.lost.as_raw_fd() as u32)
-            .u64(8, &key as *const u32 as u64)
-            .u64(16, &mut value as *mut u64 as u64);
-        bpf(MAP_LOOKUP_ELEM, &mut a)
+        let mut value = [0u8; 8];
+        lookup(&self.lost, &0u32.to_ne_bytes(), &mut value)
             .map_err(|e| format!("reading the BPF filter's lost count: {}", e.desc()))?;
-        // SAFETY: `value` is a live, aligned local; read as volatile because
-        // the kernel wrote it behind the compiler's back.
-        Ok(unsafe { std::ptr::read_volatile(&value) })
+        Ok(u64::from_ne_bytes(value))
     }
 }
 

@@ -267,14 +267,7 @@ fn census_netlink(
     problems: &mut Vec<Problem>,
 ) -> Result<Census, HostError> {
     let mut bad = 0u64;
-    let (families, listening): (&[u8], _) = match listening_ports(source, &[AF_UNSPEC], &mut bad) {
-        Ok(l) => (&[AF_UNSPEC], l),
-        Err(e) if both_families_refused(&e) => {
-            let families = &[AF_INET, AF_INET6];
-            (families, listening_ports(source, families, &mut bad)?)
-        }
-        Err(e) => return Err(e),
-    };
+    let (families, listening) = families_and_listening(source, &mut bad)?;
     // Each dump walks the whole socket table; several run in parallel, each
     // folding into its own aggregator (threads spawned here inherit this
     // thread's network namespace); one runs here.
@@ -357,6 +350,46 @@ fn listening_ports(
                 Err(_) => *bad += 1,
             },
         )?;
+    }
+    Ok(listening)
+}
+
+/// The requests that dump both families (one where the kernel takes the
+/// both-families request, one per family where it refuses it), and the
+/// listening ports, dumped with them.
+fn families_and_listening(
+    source: &dyn Source,
+    bad: &mut u64,
+) -> Result<(&'static [u8], Vec<u16>), HostError> {
+    match listening_ports(source, &[AF_UNSPEC], bad) {
+        Ok(l) => Ok((&[AF_UNSPEC], l)),
+        Err(e) if both_families_refused(&e) => {
+            let families = &[AF_INET, AF_INET6];
+            Ok((families, listening_ports(source, families, bad)?))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The listening ports of both families.
+pub(crate) fn listening(source: &dyn Source) -> Result<Vec<u16>, HostError> {
+    let mut bad = 0u64;
+    families_and_listening(source, &mut bad).map(|(_, l)| l)
+}
+
+/// Dumps `states` of both families, in one request where the kernel takes
+/// it and one per family where it refuses that request; with the
+/// listening ports, dumped first the same way.
+pub(crate) fn dump_both_families(
+    source: &dyn Source,
+    states: u32,
+    mut on_message: impl FnMut(&[u8]),
+) -> Result<Vec<u16>, HostError> {
+    // Undecodable listener answers are the caller's to see in its own dump.
+    let mut bad = 0u64;
+    let (families, listening) = families_and_listening(source, &mut bad)?;
+    for &family in families {
+        dump(source, family, states, &mut on_message)?;
     }
     Ok(listening)
 }

@@ -10,6 +10,8 @@
 //! - [`scratch`]: throw-away network namespaces for `lab`.
 //! - [`tracefs`]: a tracefs instance of our own, for `trace`, and [`bpf`]:
 //!   its BPF filter of TCP state changes (the only unsafe code).
+//! - [`live`]: a live count of TIME_WAIT sockets by destination, kept by
+//!   BPF programs on the timer tracepoints, read without a dump.
 //! - [`sysctl`]: `tune --apply`'s effects (runtime values and the
 //!   persistent `/etc/sysctl.d` file).
 //!
@@ -21,6 +23,7 @@
 
 pub mod bpf;
 mod decode;
+pub mod live;
 mod netns;
 pub mod nginx_files;
 mod process;

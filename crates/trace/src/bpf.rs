@@ -28,13 +28,13 @@
 //! The encoding is the kernel's (`Documentation/bpf/standardization/
 //! instruction-set.rst`); helper numbers are `include/uapi/linux/bpf.h`'s.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
 use timewait_kernel::TcpState;
 
+pub use crate::asm::Insn;
+use crate::asm::*;
 use crate::btf::Btf;
 use crate::event::{Context, Event, KEPT, StateChange, Timed};
+use crate::tuple::{TupleOffsets, TupleSlots, addr, read_tuple};
 
 /// Where `inet_sock_set_state`'s program reads a socket, in bytes from the
 /// `struct sock` pointer, and the running task.
@@ -42,20 +42,8 @@ use crate::event::{Context, Event, KEPT, StateChange, Timed};
 pub struct SockOffsets {
     /// `sk_protocol` (u16).
     pub protocol: u32,
-    /// `skc_family` (u16).
-    pub family: u32,
-    /// `skc_num`: the local port, host order (u16).
-    pub num: u32,
-    /// `skc_dport`: the remote port, network order (u16).
-    pub dport: u32,
-    /// `skc_rcv_saddr` (4 bytes).
-    pub saddr: u32,
-    /// `skc_daddr` (4 bytes).
-    pub daddr: u32,
-    /// `skc_v6_rcv_saddr` (16 bytes).
-    pub saddr_v6: u32,
-    /// `skc_v6_daddr` (16 bytes).
-    pub daddr_v6: u32,
+    /// The 4-tuple, in `sock.__sk_common`.
+    pub tuple: TupleOffsets,
     /// `task_struct`'s `stack`: the lowest address of the task's kernel
     /// stack.
     pub task_stack: u32,
@@ -80,13 +68,7 @@ impl SockOffsets {
         };
         Ok(SockOffsets {
             protocol: at("sk_protocol")?,
-            family: at("skc_family")?,
-            num: at("skc_num")?,
-            dport: at("skc_dport")?,
-            saddr: at("skc_rcv_saddr")?,
-            daddr: at("skc_daddr")?,
-            saddr_v6: at("skc_v6_rcv_saddr")?,
-            daddr_v6: at("skc_v6_daddr")?,
+            tuple: TupleOffsets::from_btf(btf, "sock", "__sk_common")?,
             task_stack: task("stack")?,
             task_flags: task("flags")?,
             // x86-64: 16 KiB, twice that with KASAN (`KASAN_STACK_ORDER`),
@@ -97,160 +79,6 @@ impl SockOffsets {
                 16 << 10
             },
         })
-    }
-}
-
-/// One instruction, 8 bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Insn {
-    code: u8,
-    dst: u8,
-    src: u8,
-    off: i16,
-    imm: i32,
-}
-
-impl Insn {
-    /// As the kernel reads it.
-    pub fn bytes(&self) -> [u8; 8] {
-        let o = self.off.to_le_bytes();
-        let i = self.imm.to_le_bytes();
-        [
-            self.code,
-            self.dst | (self.src << 4),
-            o[0],
-            o[1],
-            i[0],
-            i[1],
-            i[2],
-            i[3],
-        ]
-    }
-}
-
-// Classes, sizes, modes, operations, sources.
-const LD: u8 = 0x00;
-const LDX: u8 = 0x01;
-const ST: u8 = 0x02;
-const STX: u8 = 0x03;
-const JMP: u8 = 0x05;
-const JMP32: u8 = 0x06;
-const ALU64: u8 = 0x07;
-const W: u8 = 0x00;
-const H: u8 = 0x08;
-const DW: u8 = 0x18;
-const IMM: u8 = 0x00;
-const MEM: u8 = 0x60;
-const ATOMIC: u8 = 0xc0;
-const ADD: u8 = 0x00;
-const MOV: u8 = 0xb0;
-const JA: u8 = 0x00;
-const JEQ: u8 = 0x10;
-const JNE: u8 = 0x50;
-const CALL: u8 = 0x80;
-const EXIT: u8 = 0x90;
-const K: u8 = 0x00;
-const X: u8 = 0x08;
-
-/// `ld_imm64`'s source register: the immediate is a map's fd / a BTF id.
-const PSEUDO_MAP_FD: u8 = 1;
-
-/// Helpers.
-const MAP_LOOKUP_ELEM: i32 = 1;
-const KTIME_GET_NS: i32 = 5;
-const GET_CURRENT_PID_TGID: i32 = 14;
-const GET_CURRENT_TASK: i32 = 35;
-const PROBE_READ_KERNEL: i32 = 113;
-const RINGBUF_OUTPUT: i32 = 130;
-/// `bpf_ringbuf_output`'s flag: do not wake the reader.
-const RB_NO_WAKEUP: i32 = 1;
-
-const R0: u8 = 0;
-const R1: u8 = 1;
-const R2: u8 = 2;
-const R3: u8 = 3;
-const R4: u8 = 4;
-const R6: u8 = 6;
-const R7: u8 = 7;
-const R8: u8 = 8;
-const R9: u8 = 9;
-const FP: u8 = 10;
-
-/// A tiny assembler: instructions, and jumps to named labels resolved at
-/// the end.
-#[derive(Default)]
-struct Asm {
-    insns: Vec<Insn>,
-    labels: HashMap<&'static str, usize>,
-    jumps: Vec<(usize, &'static str)>,
-}
-
-impl Asm {
-    fn op(&mut self, code: u8, dst: u8, src: u8, off: i16, imm: i32) {
-        self.insns.push(Insn {
-            code,
-            dst,
-            src,
-            off,
-            imm,
-        });
-    }
-    fn mov(&mut self, dst: u8, src: u8) {
-        self.op(ALU64 | MOV | X, dst, src, 0, 0);
-    }
-    fn mov_imm(&mut self, dst: u8, imm: i32) {
-        self.op(ALU64 | MOV | K, dst, 0, 0, imm);
-    }
-    fn add_imm(&mut self, dst: u8, imm: i32) {
-        self.op(ALU64 | ADD | K, dst, 0, 0, imm);
-    }
-    fn load(&mut self, size: u8, dst: u8, src: u8, off: i16) {
-        self.op(LDX | MEM | size, dst, src, off, 0);
-    }
-    fn store(&mut self, size: u8, dst: u8, off: i16, src: u8) {
-        self.op(STX | MEM | size, dst, src, off, 0);
-    }
-    fn store_imm(&mut self, size: u8, dst: u8, off: i16, imm: i32) {
-        self.op(ST | MEM | size, dst, 0, off, imm);
-    }
-    fn ld_imm64(&mut self, dst: u8, pseudo: u8, imm: i32) {
-        self.op(LD | IMM | DW, dst, pseudo, 0, imm);
-        self.op(0, 0, 0, 0, 0);
-    }
-    fn call(&mut self, helper: i32) {
-        self.op(JMP | CALL, 0, 0, 0, helper);
-    }
-    fn exit(&mut self) {
-        self.op(JMP | EXIT, 0, 0, 0, 0);
-    }
-    /// `if dst <op> imm goto label` (`class_op`: `JMP` or `JMP32` and the
-    /// comparison).
-    fn jump(&mut self, class_op: u8, dst: u8, imm: i32, label: &'static str) {
-        self.jumps.push((self.insns.len(), label));
-        self.op(class_op | K, dst, 0, 0, imm);
-    }
-    fn goto(&mut self, label: &'static str) {
-        self.jumps.push((self.insns.len(), label));
-        self.op(JMP | JA, 0, 0, 0, 0);
-    }
-    fn label(&mut self, name: &'static str) {
-        self.labels.insert(name, self.insns.len());
-    }
-    /// `bpf_probe_read_kernel(fp + at, len, base + from)`.
-    fn read(&mut self, at: i16, len: i32, base: u8, from: u32) {
-        self.mov(R1, FP);
-        self.add_imm(R1, i32::from(at));
-        self.mov_imm(R2, len);
-        self.mov(R3, base);
-        self.add_imm(R3, from as i32);
-        self.call(PROBE_READ_KERNEL);
-    }
-    fn finish(mut self) -> Vec<Insn> {
-        for (at, label) in self.jumps {
-            let to = self.labels[label];
-            self.insns[at].off = (to as i64 - at as i64 - 1) as i16;
-        }
-        self.insns
     }
 }
 
@@ -277,7 +105,6 @@ const DADDR: usize = 80;
 const REC: i16 = -(RECORD_LEN as i16);
 const KEY: i16 = REC - 8;
 
-const AF_INET6: i32 = 10;
 const IPPROTO_TCP: i32 = 6;
 
 /// `task_struct.flags`: a kernel thread (`include/linux/sched.h`).
@@ -312,18 +139,14 @@ pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
     a.read(at(PROTOCOL), 2, R9, o.protocol);
     a.load(H, R1, FP, at(PROTOCOL));
     a.jump(JMP | JNE, R1, IPPROTO_TCP, "out");
-    a.read(at(FAMILY), 2, R9, o.family);
-    a.read(at(SPORT), 2, R9, o.num);
-    a.read(at(DPORT), 2, R9, o.dport);
-    a.load(H, R1, FP, at(FAMILY));
-    a.jump(JMP | JEQ, R1, AF_INET6, "v6");
-    a.read(at(SADDR), 4, R9, o.saddr);
-    a.read(at(DADDR), 4, R9, o.daddr);
-    a.goto("filled");
-    a.label("v6");
-    a.read(at(SADDR), 16, R9, o.saddr_v6);
-    a.read(at(DADDR), 16, R9, o.daddr_v6);
-    a.label("filled");
+    let slots = TupleSlots {
+        family: at(FAMILY),
+        sport: at(SPORT),
+        dport: at(DPORT),
+        saddr: at(SADDR),
+        daddr: at(DADDR),
+    };
+    read_tuple(&mut a, &o.tuple, R9, &slots);
     a.store(DW, FP, at(SK), R9);
     a.store(W, FP, at(OLD), R7);
     a.store(W, FP, at(NEW), R8);
@@ -350,13 +173,10 @@ pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
     a.jump(JMP | JEQ, R0, 0, "out");
     // The ring was full: count it.
     a.store_imm(W, FP, KEY, 0);
-    a.ld_imm64(R1, PSEUDO_MAP_FD, lost);
-    a.mov(R2, FP);
-    a.add_imm(R2, i32::from(KEY));
-    a.call(MAP_LOOKUP_ELEM);
+    a.lookup(lost, KEY);
     a.jump(JMP | JEQ, R0, 0, "out");
     a.mov_imm(R1, 1);
-    a.op(STX | ATOMIC | DW, R0, R1, 0, i32::from(ADD));
+    a.atomic_add(R0, 0, R1);
 
     a.label("out");
     a.mov_imm(R0, 0);
@@ -377,16 +197,8 @@ pub fn decode(r: &[u8], thread_size: u64) -> Option<Timed> {
     let u32_at = |at| word::<4>(r, at).map(u32::from_ne_bytes);
     let u16_at = |at| word::<2>(r, at).map(u16::from_ne_bytes);
     let state = |at| TcpState::from_kernel(u8::try_from(u32_at(at)?).ok()?);
-    let (saddr, daddr) = if i32::from(u16_at(FAMILY)?) == AF_INET6 {
-        let v6 = |at| {
-            let a = Ipv6Addr::from(word::<16>(r, at)?);
-            Some(a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4))
-        };
-        (v6(SADDR)?, v6(DADDR)?)
-    } else {
-        let v4 = |at| Some(IpAddr::V4(Ipv4Addr::from(word::<4>(r, at)?)));
-        (v4(SADDR)?, v4(DADDR)?)
-    };
+    let family = u16_at(FAMILY)?;
+    let (saddr, daddr) = (addr(family, &r[SADDR..])?, addr(family, &r[DADDR..])?);
     let on_task_stack = u64_at(FRAME)?.wrapping_sub(u64_at(TASK_STACK)?) < thread_size;
     let context = if on_task_stack && u32_at(TASK_FLAGS)? & PF_KTHREAD == 0 {
         Context::Task
@@ -409,18 +221,15 @@ pub fn decode(r: &[u8], thread_size: u64) -> Option<Timed> {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
     use super::*;
+    use crate::asm::check;
 
     fn offsets() -> SockOffsets {
         SockOffsets {
             protocol: 522,
-            family: 16,
-            num: 14,
-            dport: 12,
-            saddr: 4,
-            daddr: 0,
-            saddr_v6: 72,
-            daddr_v6: 56,
+            tuple: crate::tuple::sample(),
             task_stack: 32,
             task_flags: 44,
             thread_size: 16 << 10,
@@ -430,23 +239,8 @@ mod tests {
     #[test]
     fn every_jump_lands_inside_the_program_and_it_ends_in_exit() {
         let p = state_program(&offsets(), 3, 4);
-        let n = p.len() as i64;
-        for (i, insn) in p.iter().enumerate() {
-            let class = insn.code & 0x07;
-            let op = insn.code & 0xf0;
-            if (class == JMP || class == JMP32) && op != CALL && op != EXIT {
-                let to = i as i64 + 1 + i64::from(insn.off);
-                assert!((0..n).contains(&to), "insn {i} jumps to {to}");
-            }
-        }
-        assert_eq!(p.last().map(|i| i.code), Some(JMP | EXIT));
         // The maps are named by fd in ld_imm64 (two slots each).
-        let maps: Vec<i32> = p
-            .iter()
-            .filter(|i| i.code == LD | IMM | DW && i.src == PSEUDO_MAP_FD)
-            .map(|i| i.imm)
-            .collect();
-        assert_eq!(maps, [3, 4]);
+        assert_eq!(check::well_formed(&p), [3, 4]);
     }
 
     /// Runs the filter part of the program (up to `keep` or `out`) on a

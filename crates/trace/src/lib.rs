@@ -15,7 +15,11 @@
 //! - [`bpf`]: the state-change filter as a BPF program for the raw
 //!   tracepoint (assembled here: no compiler at build or run time), and its
 //!   records; [`btf`]: the kernel's type information, for the offsets the
-//!   program reads at.
+//!   programs read at; [`tuple`]: a socket's 4-tuple as they read it.
+//! - [`tw`]: a live count of TIME_WAIT sockets by destination, kept by two
+//!   programs on the timer tracepoints, and its exact seeding from a dump
+//!   (for the census, not for `trace`: it lives here with the other
+//!   programs).
 //! - [`mod@format`]: tracefs `format` files (ids and field offsets).
 //! - [`ring`]: ring-buffer pages (`trace_pipe_raw`).
 //! - [`event`]: the tracepoints, their kernel-side filters, and records
@@ -24,6 +28,7 @@
 //! - [`report`]: the JSON document.
 #![deny(missing_docs)]
 
+mod asm;
 pub mod bpf;
 pub mod btf;
 pub mod event;
@@ -31,6 +36,8 @@ pub mod format;
 pub mod report;
 pub mod ring;
 pub mod tally;
+pub mod tuple;
+pub mod tw;
 
 pub use event::{Comm, Decoder, Event, Formats, SYSCALLS, TRACEPOINTS, Timed, Tracepoint};
 pub use format::Format;
