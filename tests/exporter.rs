@@ -175,6 +175,80 @@ fn metrics_match_ss_and_pass_promtool() {
     );
 }
 
+/// The series a census gives, by name and labels (scrape timings and
+/// collection problems left out).
+fn census_series(text: &str) -> std::collections::BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            [
+                "timewait_sockets{",
+                "timewait_destination_",
+                "timewait_port_headroom",
+                "timewait_server_",
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))
+        })
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// `--live`: the counts kept by the BPF programs are the dump's, series by
+/// series, and follow sockets made after the count began (new listeners
+/// included: the count starts again when the service ports change).
+#[test]
+fn with_live_the_exporter_serves_the_dumps_numbers_and_follows_new_sockets() {
+    let Some(ns) = namespace_with_time_wait("exporter-live") else {
+        return;
+    };
+    let live = Exporter::start(&["--netns", ns.name(), "--cache-ms", "0", "--live"]);
+    let dump = Exporter::start(&["--netns", ns.name(), "--cache-ms", "0"]);
+    let (status, text) = live.get("/metrics");
+    assert_eq!(status, 200, "{text}");
+    promtool_check_metrics(&text);
+    assert_eq!(census_series(&text), census_series(&dump.get("/metrics").1));
+    assert_eq!(
+        value(&text, "timewait_sockets{state=\"TIME_WAIT\"}"),
+        Some(65.0)
+    );
+    // What the live count cannot know is said, not shown as 0.
+    assert_eq!(
+        value(
+            &text,
+            "timewait_collection_problem{what=\"SYN_RECV sockets\",cause=\"other\"}"
+        ),
+        Some(1.0)
+    );
+    // Ten more toward :5000, and two connections left open to :5001.
+    let open = ns.run(|| {
+        let l0 = TcpListener::bind(("127.0.0.1", 5000)).unwrap();
+        client_closes_first(&l0, (Ipv4Addr::LOCALHOST, 5000).into(), 10);
+        let l1 = TcpListener::bind(("127.0.0.1", 5001)).unwrap();
+        let open: Vec<_> = (0..2)
+            .map(|_| {
+                let c = TcpStream::connect(("127.0.0.1", 5001)).unwrap();
+                (c, l1.accept().unwrap().0)
+            })
+            .collect();
+        (l1, open)
+    });
+    let text = live.get("/metrics").1;
+    assert_eq!(census_series(&text), census_series(&dump.get("/metrics").1));
+    let dest = |port: u16| {
+        format!("{{local_ip=\"127.0.0.1\",remote_ip=\"127.0.0.1\",remote_port=\"{port}\"}}")
+    };
+    let at = |name: &str, port| value(&text, &format!("{name}{}", dest(port)));
+    assert_eq!(at("timewait_destination_time_wait", 5000), Some(50.0));
+    assert_eq!(at("timewait_destination_established", 5001), Some(2.0));
+    assert_eq!(
+        value(&text, "timewait_sockets{state=\"TIME_WAIT\"}"),
+        Some(ns.ss_time_wait().len() as f64)
+    );
+    drop(open);
+}
+
 /// A free loopback port (bound then released: Prometheus needs a number).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -603,13 +603,21 @@ pub struct ExporterArgs {
     pub cache_ms: u64,
     /// Print the metrics of a snapshot file (from `timewait snapshot`) once
     /// and exit, instead of serving.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid", "trace"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["netns", "pid", "trace", "live"])]
     pub from: Option<PathBuf>,
     /// Also trace connect() and TCP state changes while serving, and export
     /// per process connects, failed connects by errno and first closes
     /// (needs root; see `timewait trace`).
     #[arg(long)]
     pub trace: bool,
+    /// Count sockets live instead of dumping them at each scrape: BPF
+    /// programs on the TCP state and timer tracepoints keep the counts by
+    /// destination, so a scrape costs the number of destinations, not the
+    /// number of sockets (needs root; one dump at start). Unknown this
+    /// way: the SYN_RECV count and when TIME_WAIT timers fire; ports held
+    /// by bind() alone are dumped once a minute.
+    #[arg(long)]
+    pub live: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 use std::sync::Mutex;
 
 use timewait_exporter::{Exporter, TraceState, metrics, serve};
+use timewait_host::live::LiveCollector;
 use timewait_host::tracefs::{TraceOptions, TraceTarget};
 use timewait_host::{Target, collect};
 
@@ -36,8 +37,17 @@ pub fn run_exporter(a: &ExporterArgs) -> Result<String, Failure> {
         .next()
         .ok_or_else(|| Failure::Usage(format!("--listen {}: resolves to no address", a.listen)))?;
     let (t, v) = (target(&a.target), via(&a.target));
-    // Fail now, not at the first scrape, if the namespace cannot be read.
-    collect(&t, v, false)?;
+    // Fail now, not at the first scrape, if the namespace cannot be read
+    // (or counted live).
+    let live = if a.live {
+        let c = LiveCollector::start(&t)
+            .map_err(|e| Failure::Runtime(anyhow::anyhow!("--live: {e}")))?;
+        c.collect()?;
+        Some(c)
+    } else {
+        collect(&t, v, false)?;
+        None
+    };
     let listener = TcpListener::bind(addr)
         .map_err(|e| Failure::Runtime(anyhow::anyhow!("--listen {addr}: {e}")))?;
     let bound = listener.local_addr().map_err(anyhow::Error::from)?;
@@ -49,7 +59,13 @@ pub fn run_exporter(a: &ExporterArgs) -> Result<String, Failure> {
     let mut exporter = Exporter::new(
         // Without the kernel log: a scan of the whole ring buffer per scrape
         // costs more than the one finding it adds on kernels before 4.10.
-        move || collect(&t, v, false).map_err(|e| e.to_string()),
+        move || {
+            match &live {
+                Some(c) => c.collect(),
+                None => collect(&t, v, false),
+            }
+            .map_err(|e| e.to_string())
+        },
         a.top,
         Duration::from_millis(a.cache_ms),
     );

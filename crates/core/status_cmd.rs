@@ -186,6 +186,7 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
             match r.census_source {
                 CensusSource::Netlink => "netlink sock_diag",
                 CensusSource::Proc => "/proc/net/tcp: netlink was unavailable",
+                CensusSource::Live => "a live count by BPF programs",
             }
         ),
     );
@@ -308,9 +309,15 @@ fn render_status(r: &StatusReport, by: GroupByArg, st: &Style, rates: Option<&Ra
                         } else {
                             headroom
                         },
-                        int(d.expiring.within_10s),
-                        int(d.expiring.within_30s),
-                        int(d.expiring.within_60s),
+                        d.expiring
+                            .as_ref()
+                            .map_or_else(unknown, |e| int(e.within_10s)),
+                        d.expiring
+                            .as_ref()
+                            .map_or_else(unknown, |e| int(e.within_30s)),
+                        d.expiring
+                            .as_ref()
+                            .map_or_else(unknown, |e| int(e.within_60s)),
                         match d.max_new_connections_per_second {
                             Some(r) => format!(
                                 "{}{}",

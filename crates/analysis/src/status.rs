@@ -47,8 +47,9 @@ pub struct DestinationRow {
     pub usable_ports: Option<u32>,
     /// Share of usable ports still free toward it (0 = exhausted).
     pub headroom_ratio: Option<f64>,
-    /// When its TIME_WAIT timers fire.
-    pub expiring: Expiring,
+    /// When its TIME_WAIT timers fire (`None`: unknown, the census was
+    /// counted live).
+    pub expiring: Option<Expiring>,
     /// Whether `tcp_tw_reuse` applies toward it.
     pub reuse_applies: Option<bool>,
     /// Model: sustainable new connections per second toward it, with the
@@ -150,7 +151,10 @@ pub fn analyse(snap: &Snapshot, by: GroupBy, top: usize) -> StatusReport {
         .census
         .destinations
         .iter()
-        .map(|d| (d.in_range, row(d, &settings, &ceilings)))
+        .map(|d| {
+            let row = row(d, &settings, &ceilings, !snap.census.timers_unknown);
+            (d.in_range, row)
+        })
         .collect();
     // Ports in use differ from `in_range` by the same bound-port count for
     // every destination, so this order holds even when that count is unknown.
@@ -249,7 +253,7 @@ impl Ceilings {
     }
 }
 
-fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings) -> DestinationRow {
+fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings, timers: bool) -> DestinationRow {
     let usable = s.usable_ports.known().copied();
     let bound = s.bind_held_in_range.known().copied();
     let ports_in_use = bound.map(|b| d.in_range + b);
@@ -289,11 +293,11 @@ fn row(d: &DestinationTally, s: &Settings, ceilings: &Ceilings) -> DestinationRo
         ports_in_use,
         usable_ports: usable,
         headroom_ratio,
-        expiring: Expiring {
+        expiring: timers.then_some(Expiring {
             within_10s: d.expiring_10s,
             within_30s: d.expiring_30s,
             within_60s: d.expiring_60s,
-        },
+        }),
         reuse_applies: ceiling.map(|(applies, _)| applies),
         max_new_connections_per_second: max_new,
     }

@@ -212,9 +212,20 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
                 "unknown (it needs tcp_tw_reuse, tcp_timestamps and the TIME_WAIT length)".into()
             }
         };
+        let timers = match &d.expiring {
+            Some(e) => format!(
+                "TIME_WAIT timers free {} ports within 10 s and {} within 60 s.",
+                int(e.within_10s),
+                int(e.within_60s)
+            ),
+            None => {
+                "When TIME_WAIT timers free ports: unknown (a live count keeps no socket's timer)."
+                    .into()
+            }
+        };
         let mut evidence = format!(
             "{}: {} of {} usable ports in use ({}): {} TIME_WAIT, {} ESTABLISHED, {} other, {} held by listeners/bind() in {}.\n\
-             TIME_WAIT timers free {} ports within 10 s and {} within 60 s.\n\
+             {timers}\n\
              Sustainable rate of new connections toward it (model): {sustainable}.",
             dest(d),
             int(ports_in_use),
@@ -225,8 +236,6 @@ fn port_exhaustion_risk(ctx: &Ctx) -> Vec<Finding> {
             int(d.other),
             s.bind_held_in_range.map(|&b| int(b)),
             s.port_range,
-            int(d.expiring.within_10s),
-            int(d.expiring.within_60s),
         );
         if free == 0 {
             evidence.push_str("\nExhausted now: connect() toward it fails with EADDRNOTAVAIL (\"Cannot assign requested address\").");

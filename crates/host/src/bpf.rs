@@ -32,6 +32,7 @@ const PROG_LOAD: libc::c_long = 5;
 const RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 pub(crate) const MAP_TYPE_HASH: u32 = 1;
 pub(crate) const MAP_TYPE_ARRAY: u32 = 2;
+pub(crate) const MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 const MAP_TYPE_RINGBUF: u32 = 27;
 const PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
@@ -301,6 +302,11 @@ impl Ring {
         }
     }
 }
+
+// SAFETY: the ring's pointers are to mappings it owns, valid in every
+// thread of the process; it is read only through `&mut self`, so moving it
+// to another thread (behind a lock) shares nothing.
+unsafe impl Send for Ring {}
 
 impl Drop for Ring {
     fn drop(&mut self) {

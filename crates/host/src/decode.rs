@@ -55,6 +55,27 @@ pub(crate) fn snapshot(
     kernel_log: bool,
     namespace: String,
 ) -> Result<Snapshot, HostError> {
+    snapshot_with(
+        source,
+        kernel_log,
+        namespace,
+        &mut |source, range, problems| census(source, via, range, problems),
+    )
+}
+
+/// How a snapshot's census is taken: from the namespace `source` sees,
+/// with the ephemeral range it classifies by; what it cannot read goes to
+/// the problems.
+pub(crate) type CensusStep<'a> = dyn FnMut(&dyn Source, PortRange, &mut Vec<Problem>) -> Result<(CensusSource, Census), HostError>
+    + 'a;
+
+/// [`snapshot`] with the census taken by `census`.
+pub(crate) fn snapshot_with(
+    source: &dyn Source,
+    kernel_log: bool,
+    namespace: String,
+    census: &mut CensusStep<'_>,
+) -> Result<Snapshot, HostError> {
     let mut problems = Vec::new();
     let mut sysctls = BTreeMap::new();
     for &(name, required) in snapshot::SYSCTLS {
@@ -86,30 +107,7 @@ pub(crate) fn snapshot(
         .get("net.ipv4.ip_local_port_range")
         .and_then(|r| r.parse::<PortRange>().ok())
         .unwrap_or(DEFAULT_PORT_RANGE);
-    let (census_source, census) = match via {
-        Via::Proc => (
-            CensusSource::Proc,
-            census_proc(source, range, &mut problems),
-        ),
-        Via::Netlink => (
-            CensusSource::Netlink,
-            census_netlink(source, range, &mut problems)?,
-        ),
-        Via::Auto => match census_netlink(source, range, &mut problems) {
-            Ok(c) => (CensusSource::Netlink, c),
-            Err(e) => {
-                problems.push(Problem::new(
-                    "netlink sock_diag",
-                    cause_of(&e),
-                    format!("{e}; the census was read from /proc/net/tcp{{,6}} instead"),
-                ));
-                (
-                    CensusSource::Proc,
-                    census_proc(source, range, &mut problems),
-                )
-            }
-        },
-    };
+    let (census_source, census) = census(source, range, &mut problems)?;
     let mut log = Vec::new();
     if kernel_log
         && let Err(e) = matching_kernel_log(source, snapshot::KERNEL_LOG_PATTERNS, &mut log)
@@ -138,6 +136,33 @@ pub(crate) fn snapshot(
         census,
         kernel_log: log,
         problems,
+    })
+}
+
+/// The census by dumps, `via` netlink or `/proc`.
+fn census(
+    source: &dyn Source,
+    via: Via,
+    range: PortRange,
+    problems: &mut Vec<Problem>,
+) -> Result<(CensusSource, Census), HostError> {
+    Ok(match via {
+        Via::Proc => (CensusSource::Proc, census_proc(source, range, problems)),
+        Via::Netlink => (
+            CensusSource::Netlink,
+            census_netlink(source, range, problems)?,
+        ),
+        Via::Auto => match census_netlink(source, range, problems) {
+            Ok(c) => (CensusSource::Netlink, c),
+            Err(e) => {
+                problems.push(Problem::new(
+                    "netlink sock_diag",
+                    cause_of(&e),
+                    format!("{e}; the census was read from /proc/net/tcp{{,6}} instead"),
+                ));
+                (CensusSource::Proc, census_proc(source, range, problems))
+            }
+        },
     })
 }
 

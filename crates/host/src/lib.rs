@@ -120,6 +120,9 @@ pub enum HostError {
     /// tracefs text that did not parse.
     #[error("tracefs: {0}")]
     Trace(timewait_trace::TraceError),
+    /// The live count could not start or be read.
+    #[error("live count: {0}")]
+    Live(String),
     /// A command the host crate runs (iproute2's `ip`) failed.
     #[error("{0}")]
     Command(String),

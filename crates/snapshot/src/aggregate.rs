@@ -88,6 +88,43 @@ pub struct Census {
     pub listening_ports: Vec<u16>,
     /// Ports inside the ephemeral range held by `bind()` or a listener.
     pub bind_held_in_range: u64,
+    /// Whether the TIME_WAIT timers are unknown (`expiring_*` are then 0,
+    /// not counts): a live count keeps no socket's timer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timers_unknown: bool,
+}
+
+/// Sockets counted without being listed (the live count), already
+/// classified by the rule [`Aggregator::add`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Counted {
+    /// Their state.
+    pub state: TcpState,
+    /// Their local address.
+    pub local: IpAddr,
+    /// Which side they are on.
+    pub side: Side,
+    /// How many.
+    pub n: u64,
+}
+
+/// The side of counted sockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Outgoing connections toward one destination.
+    Client {
+        /// The remote address.
+        remote: IpAddr,
+        /// The remote port.
+        remote_port: u16,
+        /// Whether their local ports lie in the ephemeral range.
+        in_range: bool,
+    },
+    /// Accepted connections on a service port.
+    Server {
+        /// The service port.
+        port: u16,
+    },
 }
 
 type Key = (IpAddr, IpAddr, u16);
@@ -104,6 +141,7 @@ pub struct Aggregator {
     server: BTreeMap<u16, ServerSide>,
     /// Held by bind() or a listener.
     bound: PortSet,
+    timers_unknown: bool,
 }
 
 impl Aggregator {
@@ -120,6 +158,7 @@ impl Aggregator {
             groups: HashMap::new(),
             server: BTreeMap::new(),
             bound: PortSet::default(),
+            timers_unknown: false,
         }
     }
 
@@ -139,26 +178,70 @@ impl Aggregator {
         let tw = s.timewait_timer && state == Some(TcpState::TimeWait);
         let server_side = self.listening.contains(s.local_port)
             || (!self.range.contains(s.local_port) && self.range.contains(s.remote_port));
-        if server_side {
-            let e = self.server.entry(s.local_port).or_insert(ServerSide {
-                local_port: s.local_port,
-                time_wait: 0,
-                established: 0,
-            });
-            if tw {
-                e.time_wait += 1;
-            } else if state == Some(TcpState::Established) {
-                e.established += 1;
+        let side = if server_side {
+            Side::Server { port: s.local_port }
+        } else {
+            Side::Client {
+                remote: s.remote,
+                remote_port: s.remote_port,
+                in_range: self.range.contains(s.local_port),
             }
-            return;
+        };
+        if let Some(g) = self.fold(s.local, side, tw, state, 1)
+            && tw
+        {
+            g.expiring_10s += u64::from(s.expires_ms <= 10_000);
+            g.expiring_30s += u64::from(s.expires_ms <= 30_000);
+            g.expiring_60s += u64::from(s.expires_ms <= 60_000);
         }
+    }
+
+    /// Adds sockets counted, not listed: their timers are unknown.
+    pub fn add_counted(&mut self, c: &Counted) {
+        self.sockets += c.n;
+        self.states[usize::from(c.state.kernel()) & 15] += c.n;
+        self.timers_unknown = true;
+        let tw = c.state == TcpState::TimeWait;
+        self.fold(c.local, c.side, tw, Some(c.state), c.n);
+    }
+
+    /// Adds `n` classified sockets to their side's counts; the
+    /// destination's, for a client side.
+    fn fold(
+        &mut self,
+        local: IpAddr,
+        side: Side,
+        tw: bool,
+        state: Option<TcpState>,
+        n: u64,
+    ) -> Option<&mut DestinationTally> {
+        let (remote, remote_port, in_range) = match side {
+            Side::Server { port } => {
+                let e = self.server.entry(port).or_insert(ServerSide {
+                    local_port: port,
+                    time_wait: 0,
+                    established: 0,
+                });
+                if tw {
+                    e.time_wait += n;
+                } else if state == Some(TcpState::Established) {
+                    e.established += n;
+                }
+                return None;
+            }
+            Side::Client {
+                remote,
+                remote_port,
+                in_range,
+            } => (remote, remote_port, in_range),
+        };
         let g = self
             .groups
-            .entry((s.local, s.remote, s.remote_port))
+            .entry((local, remote, remote_port))
             .or_insert_with(|| DestinationTally {
-                local_ip: s.local,
-                remote_ip: s.remote,
-                remote_port: s.remote_port,
+                local_ip: local,
+                remote_ip: remote,
+                remote_port,
                 time_wait: 0,
                 established: 0,
                 other: 0,
@@ -168,16 +251,16 @@ impl Aggregator {
                 expiring_60s: 0,
             });
         if tw {
-            g.time_wait += 1;
-            g.expiring_10s += u64::from(s.expires_ms <= 10_000);
-            g.expiring_30s += u64::from(s.expires_ms <= 30_000);
-            g.expiring_60s += u64::from(s.expires_ms <= 60_000);
+            g.time_wait += n;
         } else if state == Some(TcpState::Established) {
-            g.established += 1;
+            g.established += n;
         } else {
-            g.other += 1;
+            g.other += n;
         }
-        g.in_range += u64::from(self.range.contains(s.local_port));
+        if in_range {
+            g.in_range += n;
+        }
+        Some(g)
     }
 
     /// Folds in another aggregator's sockets (one per dump thread); the
@@ -216,6 +299,7 @@ impl Aggregator {
             e.established += s.established;
         }
         self.bound.union(&other.bound);
+        self.timers_unknown |= other.timers_unknown;
     }
 
     /// A fresh aggregator with the same range and listening ports.
@@ -247,6 +331,7 @@ impl Aggregator {
             server_side: self.server.into_values().collect(),
             listening_ports,
             bind_held_in_range,
+            timers_unknown: self.timers_unknown,
         }
     }
 }
@@ -305,6 +390,53 @@ mod tests {
             remote: remote.parse().unwrap(),
             remote_port: rp,
         }
+    }
+
+    /// The same sockets listed one by one and counted by class fold into
+    /// the same census, but for the timers the counts do not know.
+    #[test]
+    fn counted_sockets_fold_as_the_listed_ones_without_their_timers() {
+        let range = PortRange::new(32768, 60999).unwrap();
+        let socks = [
+            sock(6, 80, "192.0.2.9", 51000, 5_000),
+            sock(1, 80, "192.0.2.9", 51001, 0),
+            sock(6, 33000, "192.0.2.1", 443, 1_000),
+            sock(6, 33001, "192.0.2.1", 443, 1_000),
+            sock(1, 33002, "192.0.2.1", 443, 0),
+            sock(8, 1000, "192.0.2.1", 443, 0),
+        ];
+        let mut listed = Aggregator::new(range, [80]);
+        for s in &socks {
+            listed.add(s);
+        }
+        let mut counted = Aggregator::new(range, [80]);
+        let local = "10.0.0.1".parse().unwrap();
+        let client = |in_range| Side::Client {
+            remote: "192.0.2.1".parse().unwrap(),
+            remote_port: 443,
+            in_range,
+        };
+        for (state, side, n) in [
+            (TcpState::TimeWait, Side::Server { port: 80 }, 1),
+            (TcpState::Established, Side::Server { port: 80 }, 1),
+            (TcpState::TimeWait, client(true), 2),
+            (TcpState::Established, client(true), 1),
+            (TcpState::CloseWait, client(false), 1),
+        ] {
+            counted.add_counted(&Counted {
+                state,
+                local,
+                side,
+                n,
+            });
+        }
+        let (mut want, got) = (listed.finish(), counted.finish());
+        assert!(got.timers_unknown && !want.timers_unknown);
+        want.timers_unknown = true;
+        for d in &mut want.destinations {
+            (d.expiring_10s, d.expiring_30s, d.expiring_60s) = (0, 0, 0);
+        }
+        assert_eq!(got, want);
     }
 
     #[test]

@@ -112,6 +112,9 @@ pub enum CensusSource {
     Netlink,
     /// `/proc/net/tcp` and `/proc/net/tcp6` (netlink was unavailable).
     Proc,
+    /// Counted live by BPF programs on the state and timer tracepoints
+    /// (`exporter --live`): no socket's timer is known, nor SYN_RECV.
+    Live,
 }
 
 /// One observation of one network namespace.

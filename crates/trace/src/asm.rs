@@ -51,6 +51,7 @@ pub(crate) const IMM: u8 = 0x00;
 pub(crate) const MEM: u8 = 0x60;
 pub(crate) const ATOMIC: u8 = 0xc0;
 pub(crate) const ADD: u8 = 0x00;
+pub(crate) const SUB: u8 = 0x10;
 pub(crate) const MOV: u8 = 0xb0;
 pub(crate) const RSH: u8 = 0x70;
 pub(crate) const AND: u8 = 0x50;
@@ -176,6 +177,12 @@ impl Asm {
     }
     /// `bpf_probe_read_kernel(fp + at, len, base + from)`.
     pub(crate) fn read(&mut self, at: i16, len: i32, base: u8, from: u32) {
+        // The helper's arguments are set in r1-r3 first: a base there
+        // would be overwritten before it is used.
+        assert!(
+            base > R3,
+            "a read based on r{base}, which its arguments clobber"
+        );
         self.mov(R1, FP);
         self.add_imm(R1, i32::from(at));
         self.mov_imm(R2, len);

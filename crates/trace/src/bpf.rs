@@ -71,14 +71,19 @@ impl SockOffsets {
             tuple: TupleOffsets::from_btf(btf, "sock", "__sk_common")?,
             task_stack: task("stack")?,
             task_flags: task("flags")?,
-            // x86-64: 16 KiB, twice that with KASAN (`KASAN_STACK_ORDER`),
-            // whose runtime checks every KASAN kernel has.
-            thread_size: if btf.has_function("__kasan_check_read") {
-                32 << 10
-            } else {
-                16 << 10
-            },
+            thread_size: thread_size(btf),
         })
+    }
+}
+
+/// The size of a task's kernel stack (`THREAD_SIZE`). x86-64: 16 KiB,
+/// twice that with KASAN (`KASAN_STACK_ORDER`), whose runtime checks every
+/// KASAN kernel has.
+pub fn thread_size(btf: &Btf) -> u64 {
+    if btf.has_function("__kasan_check_read") {
+        32 << 10
+    } else {
+        16 << 10
     }
 }
 

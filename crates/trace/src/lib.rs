@@ -16,8 +16,8 @@
 //!   tracepoint (assembled here: no compiler at build or run time), and its
 //!   records; [`btf`]: the kernel's type information, for the offsets the
 //!   programs read at; [`tuple`]: a socket's 4-tuple as they read it.
-//! - [`tw`]: a live count of TIME_WAIT sockets by destination, kept by two
-//!   programs on the timer tracepoints, and its exact seeding from a dump
+//! - [`live`]: a live count of sockets by state and destination, kept by
+//!   programs on the state and timer tracepoints, and its exact seeding from a dump
 //!   (for the census, not for `trace`: it lives here with the other
 //!   programs).
 //! - [`mod@format`]: tracefs `format` files (ids and field offsets).
@@ -33,11 +33,11 @@ pub mod bpf;
 pub mod btf;
 pub mod event;
 pub mod format;
+pub mod live;
 pub mod report;
 pub mod ring;
 pub mod tally;
 pub mod tuple;
-pub mod tw;
 
 pub use event::{Comm, Decoder, Event, Formats, SYSCALLS, TRACEPOINTS, Timed, Tracepoint};
 pub use format::Format;
