@@ -45,8 +45,78 @@ const HDR: u64 = 8;
 const BUSY: u32 = 1 << 31;
 const DISCARD: u32 = 1 << 30;
 
-pub(crate) const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 const TRACEPOINT: &str = "inet_sock_set_state";
+
+/// Calls `f` with this kernel's BTF (read, parsed and let go here).
+///
+/// The file (megabytes) is mapped, not read into the heap: a buffer that
+/// size, once freed, would raise the allocator's thresholds and stay in
+/// the process's memory for good. Kernels since 6.16 map it in place;
+/// older ones are read into an anonymous mapping.
+pub(crate) fn with_kernel_btf<R>(f: impl FnOnce(&Btf) -> Result<R, String>) -> Result<R, String> {
+    let err = |e: std::io::Error| format!("reading {BTF_PATH}: {e}");
+    let mut file = std::fs::File::open(BTF_PATH).map_err(err)?;
+    let len = file.metadata().map_err(err)?.len() as usize;
+    let blob = match Mapping::new(len, Some(&file)) {
+        Ok(m) => m,
+        Err(_) => {
+            let mut m = Mapping::new(len, None).map_err(err)?;
+            std::io::Read::read_exact(&mut file, m.bytes_mut()).map_err(err)?;
+            m
+        }
+    };
+    let btf = Btf::parse(blob.bytes()).map_err(|e| format!("{BTF_PATH}: {e}"))?;
+    f(&btf)
+}
+
+/// A private mapping of `len` bytes: of a file, read-only, or anonymous
+/// and writable.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize, file: Option<&std::fs::File>) -> std::io::Result<Mapping> {
+        let (prot, flags, fd) = match file {
+            Some(f) => (libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd()),
+            None => (
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+            ),
+        };
+        // SAFETY: a fresh mapping the kernel places; the result is checked,
+        // and `Drop` unmaps it once.
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len.max(1), prot, flags, fd, 0) };
+        if p == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        NonNull::new(p.cast::<u8>())
+            .map(|ptr| Mapping { ptr, len })
+            .ok_or_else(|| std::io::Error::other("mmap returned null"))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` mapped, readable bytes, alive while `self` is.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as `bytes`; an anonymous mapping is writable and only
+        // `self` refers to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, unmapped once; the slices it
+        // lent cannot outlive `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
+    }
+}
 
 /// `union bpf_attr`, as bytes: each command fills the fields it reads and
 /// the kernel checks that the rest is zero.
@@ -345,10 +415,7 @@ impl StateFilter {
         if !cfg!(target_arch = "x86_64") {
             return Err("its test for interrupt context knows x86-64's stacks only".to_string());
         }
-        let blob = std::fs::read(BTF_PATH).map_err(|e| format!("reading {BTF_PATH}: {e}"))?;
-        let btf = Btf::parse(&blob).map_err(|e| format!("{BTF_PATH}: {e}"))?;
-        let offsets = SockOffsets::from_btf(&btf)?;
-        drop((blob, btf));
+        let offsets = with_kernel_btf(SockOffsets::from_btf)?;
         let ring = Ring::new(ring_bytes)?;
         let lost = map(MAP_TYPE_ARRAY, 4, 8, 1, "timewait_lost")?;
         let insns: Vec<u8> = state_program(&offsets, ring.fd.as_raw_fd(), lost.as_raw_fd())

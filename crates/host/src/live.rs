@@ -20,7 +20,6 @@ use timewait_model::ports::PortRange;
 use timewait_snapshot::Census;
 use timewait_snapshot::aggregate::{Aggregator, Counted, Side, SocketView};
 use timewait_snapshot::snapshot::{Cause, CensusSource, Problem, Snapshot};
-use timewait_trace::btf::Btf;
 use timewait_trace::live::{
     self, CONTROL_LEN, COUNTED, COUNTERS, COUNTING, COVERED, FLAGS, Group, INFLIGHT, KEY_LEN,
     LISTENING_WORDS, Listening, LiveKey, LiveMaps, LiveParams, RING_LOST, Role, Seed, SockOffsets,
@@ -37,10 +36,13 @@ use crate::{HostError, Target, in_namespace};
 /// A change it has no room for is counted ([`LiveCensus::read`] then
 /// fails), never lost silently.
 const MAX_KEYS: u32 = 16_384;
-/// The seeding log: 4 MiB holds 65,000 changes (56 bytes and an 8-byte
-/// header each): about 6,000 loopback connections opened and closed
-/// (five state changes and a TIME_WAIT at each end) while the dump runs.
-const RING_BYTES: u32 = 4 << 20;
+/// The seeding log: 1 MiB holds 16,000 changes (56 bytes and an 8-byte
+/// header each), read every [`DRAIN_EVERY`] dumped sockets: about 1,600
+/// loopback connections opened and closed (five state changes and a
+/// TIME_WAIT at each end) in the time the kernel dumps 1,024 sockets.
+const RING_BYTES: u32 = 1 << 20;
+/// Dumped sockets between two reads of the seeding log.
+const DRAIN_EVERY: u64 = 1024;
 /// How long the seeding waits for programs still between their window
 /// check and their log (microseconds each: the bound is for a stuck CPU).
 const SETTLE: Duration = Duration::from_secs(1);
@@ -57,7 +59,6 @@ pub struct LiveCensus {
     _programs: Vec<OwnedFd>,
     _listening_map: OwnedFd,
     _taken: OwnedFd,
-    _ring: Ring,
 }
 
 /// The counts at one moment.
@@ -144,18 +145,45 @@ fn counted(m: &inet_diag::InetDiagMsg) -> Option<(Tuple, TcpState)> {
     Some((t, state))
 }
 
+/// What the programs are built from: where this kernel keeps what they
+/// read (its BTF, read once) and its TIME_WAIT timers' handler.
+#[derive(Debug, Clone, Copy)]
+pub struct LiveKernel {
+    handler: u64,
+    tw_offsets: TwOffsets,
+    sock_offsets: SockOffsets,
+}
+
+impl LiveKernel {
+    /// Reads them; `Err` says what this kernel or this process lacks.
+    pub fn read() -> Result<LiveKernel, String> {
+        let handler = kernel_symbol("tw_timer_handler")?;
+        let (tw_offsets, sock_offsets) = bpf::with_kernel_btf(|btf| {
+            Ok((TwOffsets::from_btf(btf)?, SockOffsets::from_btf(btf)?))
+        })?;
+        Ok(LiveKernel {
+            handler,
+            tw_offsets,
+            sock_offsets,
+        })
+    }
+}
+
 impl LiveCensus {
     /// Attaches the programs to count `target`'s sockets, and counts those
     /// already there. `Err` says why this kernel or this process cannot
     /// (the caller keeps to dumps).
     pub fn start(target: &Target) -> Result<LiveCensus, String> {
-        let handler = kernel_symbol("tw_timer_handler")?;
-        let blob =
-            std::fs::read(bpf::BTF_PATH).map_err(|e| format!("reading {}: {e}", bpf::BTF_PATH))?;
-        let btf = Btf::parse(&blob).map_err(|e| format!("{}: {e}", bpf::BTF_PATH))?;
-        let tw_offsets = TwOffsets::from_btf(&btf)?;
-        let sock_offsets = SockOffsets::from_btf(&btf)?;
-        drop((blob, btf));
+        LiveCensus::start_on(target, &LiveKernel::read()?)
+    }
+
+    /// [`LiveCensus::start`] with the kernel's facts read before.
+    pub fn start_on(target: &Target, kernel: &LiveKernel) -> Result<LiveCensus, String> {
+        let LiveKernel {
+            handler,
+            tw_offsets,
+            sock_offsets,
+        } = *kernel;
         let netns = target.netns_inode().map_err(|e| e.to_string())?;
         let netns = u32::try_from(netns).map_err(|_| "a namespace inode above 2^32".to_string())?;
         let (range, listening) = in_namespace(target, || {
@@ -227,11 +255,18 @@ impl LiveCensus {
         let mut full = None;
         let mut states: Vec<TcpState> = COUNTED.to_vec();
         states.push(TcpState::TimeWait);
+        let mut window = Vec::new();
+        let mut undecoded = 0u64;
+        let mut log = |ring: &mut Ring| {
+            ring.drain(&mut |r| match live::decode_record(r) {
+                Some(c) => window.push(c),
+                None => undecoded += 1,
+            })
+        };
+        let mut dumped = 0u64;
         let listening_after = in_namespace(target, || {
-            dump_both_families(
-                &Live,
-                state_mask(&states),
-                |payload| match inet_diag::decode(payload) {
+            dump_both_families(&Live, state_mask(&states), |payload| {
+                match inet_diag::decode(payload) {
                     Ok((m, _)) => {
                         if let Some((t, s)) = counted(&m)
                             && let Err(e) = seed.dumped(&t, key(&t, s))
@@ -240,8 +275,12 @@ impl LiveCensus {
                         }
                     }
                     Err(_) => bad += 1,
-                },
-            )
+                }
+                dumped += 1;
+                if dumped.is_multiple_of(DRAIN_EVERY) {
+                    log(&mut ring);
+                }
+            })
         })
         .map_err(|e| e.to_string())?
         .map_err(|e| e.to_string())?;
@@ -262,15 +301,14 @@ impl LiveCensus {
             }
             std::thread::yield_now();
         }
-        let mut window = Vec::new();
-        let mut undecoded = 0u64;
-        ring.drain(&mut |r| match live::decode_record(r) {
-            Some(c) => window.push(c),
-            None => undecoded += 1,
-        });
+        log(&mut ring);
         if undecoded > 0 {
             return Err(format!("{undecoded} seeding records did not decode"));
         }
+        // Read only while seeding: its mapping (twice its size in this
+        // process's memory: the ring is mapped twice) goes; the programs
+        // hold the map itself.
+        drop(ring);
         if counter(&control, RING_LOST)? > 0 {
             return Err("the seeding log overflowed: too many changes during the dump".into());
         }
@@ -294,7 +332,6 @@ impl LiveCensus {
             _programs: programs,
             _listening_map: listening_map,
             _taken: taken,
-            _ring: ring,
         })
     }
 
@@ -392,6 +429,7 @@ pub const BOUND_REFRESH: Duration = Duration::from_secs(60);
 /// ephemeral range, the listening ports) or when it is no longer whole.
 pub struct LiveCollector {
     target: Target,
+    kernel: LiveKernel,
     live: Mutex<Option<LiveCensus>>,
     bound: Mutex<Option<(Instant, Vec<u16>)>>,
 }
@@ -399,9 +437,11 @@ pub struct LiveCollector {
 impl LiveCollector {
     /// Starts the count now: `Err` says why it cannot run here.
     pub fn start(target: &Target) -> Result<LiveCollector, String> {
-        let live = LiveCensus::start(target)?;
+        let kernel = LiveKernel::read()?;
+        let live = LiveCensus::start_on(target, &kernel)?;
         Ok(LiveCollector {
             target: target.clone(),
+            kernel,
             live: Mutex::new(Some(live)),
             bound: Mutex::new(None),
         })
@@ -439,7 +479,7 @@ impl LiveCollector {
             .is_none_or(|l| l.classified_by() != (range, &listening[..]));
         if stale {
             *live = None;
-            *live = Some(LiveCensus::start(&self.target).map_err(failed)?);
+            *live = Some(LiveCensus::start_on(&self.target, &self.kernel).map_err(failed)?);
         }
         let counts = match live.as_ref().map(LiveCensus::read) {
             Some(Ok(c)) => c,
@@ -450,7 +490,7 @@ impl LiveCollector {
                     format!("{why}; counted again from a dump"),
                 ));
                 *live = None;
-                let again = LiveCensus::start(&self.target).map_err(failed)?;
+                let again = LiveCensus::start_on(&self.target, &self.kernel).map_err(failed)?;
                 let c = again.read().map_err(failed)?;
                 *live = Some(again);
                 c

@@ -41,18 +41,15 @@ struct Member {
     bitfield: bool,
 }
 
-struct Type {
-    kind: u8,
-    name: u32,
-    /// The size (struct, union) or the referred type (typedef, var, …).
-    size_or_type: u32,
-    members: Vec<Member>,
-}
-
-/// Parsed BTF: its types (id 0 is `void`) and its strings.
-pub struct Btf {
-    types: Vec<Type>,
-    strings: Vec<u8>,
+/// Parsed BTF, borrowing the blob: where each type starts (id 0 is
+/// `void`), read in place when asked. The kernel's BTF is megabytes of
+/// types; nothing of it is copied.
+pub struct Btf<'a> {
+    /// The type section.
+    types: &'a [u8],
+    /// Each type's byte offset in `types` (index: id − 1).
+    starts: Vec<u32>,
+    strings: &'a [u8],
 }
 
 fn u16_at(b: &[u8], at: usize) -> Option<u16> {
@@ -70,10 +67,10 @@ fn bad(at: usize, detail: &str) -> TraceError {
     }
 }
 
-impl Btf {
+impl<'a> Btf<'a> {
     /// Parses a BTF blob (this machine's byte order is little-endian; a
     /// big-endian blob is refused).
-    pub fn parse(b: &[u8]) -> Result<Btf, TraceError> {
+    pub fn parse(b: &'a [u8]) -> Result<Btf<'a>, TraceError> {
         if u16_at(b, 0) != Some(MAGIC) {
             return Err(bad(0, "not BTF (bad magic)"));
         }
@@ -85,48 +82,62 @@ impl Btf {
             b.get(hdr_len + off..hdr_len + off + len)
                 .ok_or_else(|| bad(hdr_len + off, "section past the end"))
         };
-        let types_b = section(type_off, type_len)?;
-        let strings = section(str_off, str_len)?.to_vec();
-        let mut types = vec![Type {
-            kind: 0,
-            name: 0,
-            size_or_type: 0,
-            members: Vec::new(),
-        }];
+        let types = section(type_off, type_len)?;
+        let strings = section(str_off, str_len)?;
+        let mut starts = Vec::new();
         let mut p = 0;
-        while p < types_b.len() {
+        while p < types.len() {
             let at = hdr_len + type_off + p;
-            let cut = || bad(at, "type cut short");
-            let name = u32_at(types_b, p).ok_or_else(cut)?;
-            let info = u32_at(types_b, p + 4).ok_or_else(cut)?;
-            let size_or_type = u32_at(types_b, p + 8).ok_or_else(cut)?;
+            let info = u32_at(types, p + 4).ok_or_else(|| bad(at, "type cut short"))?;
+            u32_at(types, p + 8).ok_or_else(|| bad(at, "type cut short"))?;
             let kind = ((info >> 24) & 0x1f) as u8;
             let vlen = (info & 0xffff) as usize;
-            let kflag = info >> 31 == 1;
-            p += 12;
             let extra = trailing(kind, vlen).ok_or_else(|| bad(at, "unknown type kind"))?;
-            let mut members = Vec::new();
-            if kind == STRUCT || kind == UNION {
-                for i in 0..vlen {
-                    let m = p + 12 * i;
-                    let off = u32_at(types_b, m + 8).ok_or_else(cut)?;
-                    members.push(Member {
-                        name: u32_at(types_b, m).ok_or_else(cut)?,
-                        ty: u32_at(types_b, m + 4).ok_or_else(cut)?,
-                        bits: if kflag { off & 0xff_ffff } else { off },
-                        bitfield: kflag && off >> 24 != 0,
-                    });
-                }
+            if p + 12 + extra > types.len() {
+                return Err(bad(at, "type cut short"));
             }
-            p += extra;
-            types.push(Type {
-                kind,
-                name,
-                size_or_type,
-                members,
-            });
+            starts.push(u32::try_from(p).map_err(|_| bad(at, "type section too long"))?);
+            p += 12 + extra;
         }
-        Ok(Btf { types, strings })
+        Ok(Btf {
+            types,
+            starts,
+            strings,
+        })
+    }
+
+    /// The header of type `id`: (kind, name, size or referred type), and
+    /// where its trailing data starts; `None` for `void` or a bad id.
+    fn header(&self, id: u32) -> Option<(u8, u32, u32, usize)> {
+        let p = *self.starts.get((id as usize).checked_sub(1)?)? as usize;
+        let name = u32_at(self.types, p)?;
+        let info = u32_at(self.types, p + 4)?;
+        let size_or_type = u32_at(self.types, p + 8)?;
+        Some((((info >> 24) & 0x1f) as u8, name, size_or_type, p))
+    }
+
+    /// The members of struct or union `id` (empty for other kinds).
+    fn members(&self, id: u32) -> impl Iterator<Item = Member> + '_ {
+        let (kind, p, info) = match self.header(id) {
+            Some((k, _, _, p)) => (k, p, u32_at(self.types, p + 4).unwrap_or(0)),
+            None => (0, 0, 0),
+        };
+        let vlen = if kind == STRUCT || kind == UNION {
+            (info & 0xffff) as usize
+        } else {
+            0
+        };
+        let kflag = info >> 31 == 1;
+        (0..vlen).filter_map(move |i| {
+            let m = p + 12 + 12 * i;
+            let off = u32_at(self.types, m + 8)?;
+            Some(Member {
+                name: u32_at(self.types, m)?,
+                ty: u32_at(self.types, m + 4)?,
+                bits: if kflag { off & 0xff_ffff } else { off },
+                bitfield: kflag && off >> 24 != 0,
+            })
+        })
     }
 
     fn name(&self, off: u32) -> &[u8] {
@@ -135,11 +146,10 @@ impl Btf {
     }
 
     fn named(&self, kind: u8, name: &str) -> Option<u32> {
-        let id = self
-            .types
-            .iter()
-            .position(|t| t.kind == kind && self.name(t.name) == name.as_bytes())?;
-        u32::try_from(id).ok()
+        (1..=self.starts.len() as u32).find(|&id| {
+            self.header(id)
+                .is_some_and(|(k, n, _, _)| k == kind && self.name(n) == name.as_bytes())
+        })
     }
 
     /// Whether the kernel has a function `name` (BTF lists every global
@@ -159,11 +169,11 @@ impl Btf {
     }
 
     fn find(&self, id: u32, via: &[&str], member: &str, depth: u32) -> Option<u32> {
-        let t = self.types.get(id as usize)?;
-        if depth > 8 || !(t.kind == STRUCT || t.kind == UNION) {
+        let (kind, ..) = self.header(id)?;
+        if depth > 8 || !(kind == STRUCT || kind == UNION) {
             return None;
         }
-        for m in &t.members {
+        for m in self.members(id) {
             let name = self.name(m.name);
             if name == member.as_bytes() {
                 return (!m.bitfield).then_some(m.bits);
@@ -181,9 +191,9 @@ impl Btf {
     /// Through typedefs and qualifiers to the type itself.
     fn resolve(&self, mut id: u32) -> u32 {
         for _ in 0..16 {
-            match self.types.get(id as usize).map(|t| t.kind) {
+            match self.header(id) {
                 // TYPEDEF, VOLATILE, CONST, RESTRICT, TYPE_TAG
-                Some(8..=11 | 18) => id = self.types[id as usize].size_or_type,
+                Some((8..=11 | 18, _, referred, _)) => id = referred,
                 _ => break,
             }
         }
@@ -260,7 +270,8 @@ mod tests {
 
     #[test]
     fn members_are_found_through_anonymous_unions_and_named_paths() {
-        let btf = Btf::parse(&blob()).unwrap();
+        let b = blob();
+        let btf = Btf::parse(&b).unwrap();
         assert_eq!(btf.offset("outer", &[], "a"), Some(0));
         assert_eq!(btf.offset("outer", &[], "z"), Some(4));
         assert_eq!(btf.offset("outer", &[], "y"), Some(6));
