@@ -56,7 +56,7 @@ pub struct LiveCensus {
     listening: Vec<u16>,
     // Held for their lifetime: closing the links detaches the programs.
     _links: Vec<OwnedFd>,
-    _programs: Vec<OwnedFd>,
+    programs: Vec<OwnedFd>,
     _listening_map: OwnedFd,
     _taken: OwnedFd,
 }
@@ -71,22 +71,28 @@ pub struct LiveCounts {
 /// Where a kernel function is (`/proc/kallsyms`, which shows addresses to
 /// root unless `kptr_restrict` is 2).
 fn kernel_symbol(name: &str) -> Result<u64, String> {
-    let text = std::fs::read_to_string("/proc/kallsyms")
+    use std::io::BufRead;
+    // Megabytes of text: read a line at a time.
+    let file = std::fs::File::open("/proc/kallsyms")
         .map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
-    let addr = text
-        .lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            let (addr, _kind, sym) = (f.next()?, f.next()?, f.next()?);
-            (sym == name).then(|| u64::from_str_radix(addr, 16).ok())?
-        })
-        .ok_or_else(|| format!("/proc/kallsyms has no {name}"))?;
-    if addr == 0 {
-        return Err(format!(
-            "/proc/kallsyms hides {name}'s address (kernel.kptr_restrict, or not root)"
-        ));
+    let mut found = None;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|e| format!("reading /proc/kallsyms: {e}"))?;
+        let mut f = line.split_whitespace();
+        if let (Some(addr), Some(_kind), Some(sym)) = (f.next(), f.next(), f.next())
+            && sym == name
+        {
+            found = u64::from_str_radix(addr, 16).ok();
+            break;
+        }
     }
-    Ok(addr)
+    match found {
+        None => Err(format!("/proc/kallsyms has no {name}")),
+        Some(0) => Err(format!(
+            "/proc/kallsyms hides {name}'s address (kernel.kptr_restrict, or not root)"
+        )),
+        Some(addr) => Ok(addr),
+    }
 }
 
 fn counter(control: &OwnedFd, at: usize) -> Result<u64, String> {
@@ -329,7 +335,7 @@ impl LiveCensus {
             range,
             listening,
             _links: links,
-            _programs: programs,
+            programs,
             _listening_map: listening_map,
             _taken: taken,
         })
@@ -360,7 +366,7 @@ impl LiveCensus {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .ok_or_else(|| format!("{path} has no recursion_misses"))
         };
-        let [start, cancel, primary, _cover] = &self._programs[..] else {
+        let [start, cancel, primary, _cover] = &self.programs[..] else {
             return Err("the live count lost a program".into());
         };
         let covered = counter(&self.control, COVERED)?;
