@@ -614,8 +614,9 @@ pub struct ExporterArgs {
     /// programs on the TCP state and timer tracepoints keep the counts by
     /// destination, so a scrape costs the number of destinations, not the
     /// number of sockets (needs root; one dump at start). Unknown this
-    /// way: the SYN_RECV count and when TIME_WAIT timers fire; ports held
-    /// by bind() alone are dumped once a minute.
+    /// way: the SYN_RECV count and when TIME_WAIT timers fire; an orphan
+    /// in FIN_WAIT2 is counted as the TIME_WAIT minisocket it is; ports
+    /// held by bind() alone are dumped once a minute.
     #[arg(long)]
     pub live: bool,
 }
