@@ -15,7 +15,7 @@
 //! - [`bpf`]: the state-change filter as a BPF program for the raw
 //!   tracepoint (assembled here: no compiler at build or run time), and its
 //!   records; [`btf`]: the kernel's type information, for the offsets the
-//!   programs read at; [`tuple`]: a socket's 4-tuple as they read it.
+//!   programs read at; [`mod@tuple`]: a socket's 4-tuple as they read it.
 //! - [`live`]: a live count of sockets by state and destination, kept by
 //!   programs on the state and timer tracepoints, and its exact seeding from a dump
 //!   (for the census, not for `trace`: it lives here with the other
