@@ -617,7 +617,7 @@ pub struct ExporterArgs {
     /// way: the SYN_RECV count and when TIME_WAIT timers fire; an orphan
     /// in FIN_WAIT2 is counted as the TIME_WAIT minisocket it is; ports
     /// held by bind() alone are dumped once a minute.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "via")]
     pub live: bool,
 }
 
