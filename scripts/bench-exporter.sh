@@ -41,8 +41,8 @@ cleanup() {
     ip netns delete "$ns-parent" 2>/dev/null || true
 }
 
-echo "| TIME_WAIT sockets | timewait exporter --live scrape (ms) | --live / sockstat | --live CPU per scrape (ms) | --live peak RSS (MB) | --live TIME_WAIT counted | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | kernel dump alone (ms) | dump, per family in parallel (ms) | dump: LISTEN only | dump: bind() only | dump: ESTABLISHED only | timewait / sockstat | timewait / tcpstat | timewait CPU per scrape (ms) | sockstat CPU per scrape (ms) | tcpstat CPU per scrape (ms) | dump CPU, one request (ms) | dump CPU, per family (ms) | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
-echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| TIME_WAIT sockets | timewait exporter --live scrape (ms) | --live / sockstat | --live CPU per scrape (ms) | --live peak RSS (MB) | --live RSS after (MB) | --live TIME_WAIT counted | timewait exporter scrape (ms) | node_exporter sockstat only (ms) | node_exporter tcpstat only (ms) | node_exporter default collectors (ms) | kernel dump alone (ms) | dump, per family in parallel (ms) | dump: LISTEN only | dump: bind() only | dump: ESTABLISHED only | timewait / sockstat | timewait / tcpstat | timewait CPU per scrape (ms) | sockstat CPU per scrape (ms) | tcpstat CPU per scrape (ms) | dump CPU, one request (ms) | dump CPU, per family (ms) | timewait peak RSS (MB) | node_exporter peak RSS (MB, default) | timewait series |"
+echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for n in "${SIZES[@]}"; do
     ns="twexp-$$-$n"
     trap cleanup EXIT
@@ -82,10 +82,10 @@ urls = {"lw": "http://127.0.0.1:19810/metrics", "tw": "http://127.0.0.1:19809/me
 def tw_count():
     f = next(l for l in open("/proc/net/sockstat") if l.startswith("TCP:")).split()
     return int(f[f.index("tw") + 1])
-def hwm(pid):
+def hwm(pid, field="VmHWM:"):
     # `ip netns exec` execs the exporter, so the pid is the exporter's.
     for l in open(f"/proc/{pid}/status"):
-        if l.startswith("VmHWM:"):
+        if l.startswith(field):
             return int(l.split()[1]) / 1024
 before = tw_count()
 t = {k: [] for k in urls}
@@ -133,7 +133,7 @@ after = tw_count()
 live_tw = next((l.split()[-1] for l in live_body.splitlines() if l.startswith('timewait_sockets{state="TIME_WAIT"}')), "0")
 series = sum(1 for l in body.splitlines() if l and not l.startswith("#"))
 m = {k: statistics.median(v) for k, v in t.items()}
-print(f"| {before:,} → {after:,}{note} | {m['lw']:.2f} | {m['lw']/m['ne1']:.2f}× | {cpu['lw']/runs:.2f} | {hwm(lw_pid):.1f} | {float(live_tw):,.0f} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['raw']:.1f} | {m['raw2']:.1f} | {m['listen']:.2f} | {m['bound']:.1f} | {m['est']:.1f} | {m['tw']/m['ne1']:.1f}× | {m['tw']/m['ne3']:.2f}× | {cpu['tw']/runs:.1f} | {cpu['ne1']/runs:.1f} | {cpu['ne3']/runs:.1f} | {cpu['raw']/runs:.1f} | {cpu['raw2']/runs:.1f} | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
+print(f"| {before:,} → {after:,}{note} | {m['lw']:.2f} | {m['lw']/m['ne1']:.2f}× | {cpu['lw']/runs:.2f} | {hwm(lw_pid):.1f} | {hwm(lw_pid, 'VmRSS:'):.1f} | {float(live_tw):,.0f} | {m['tw']:.1f} | {m['ne1']:.1f} | {m['ne3']:.1f} | {m['ne2']:.1f} | {m['raw']:.1f} | {m['raw2']:.1f} | {m['listen']:.2f} | {m['bound']:.1f} | {m['est']:.1f} | {m['tw']/m['ne1']:.1f}× | {m['tw']/m['ne3']:.2f}× | {cpu['tw']/runs:.1f} | {cpu['ne1']/runs:.1f} | {cpu['ne3']/runs:.1f} | {cpu['raw']/runs:.1f} | {cpu['raw2']/runs:.1f} | {hwm(tw_pid):.1f} | {hwm(ne_pid):.1f} | {series} |", flush=True)
 PY
     cleanup; pids=()
     trap - EXIT

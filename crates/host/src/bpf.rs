@@ -58,38 +58,39 @@ pub(crate) fn with_kernel_btf<R>(f: impl FnOnce(&Btf) -> Result<R, String>) -> R
     let err = |e: std::io::Error| format!("reading {BTF_PATH}: {e}");
     let mut file = std::fs::File::open(BTF_PATH).map_err(err)?;
     let len = file.metadata().map_err(err)?.len() as usize;
-    let blob = match Mapping::new(len, Some(&file)) {
-        Ok(m) => m,
-        Err(_) => {
-            let mut m = Mapping::new(len, None).map_err(err)?;
-            std::io::Read::read_exact(&mut file, m.bytes_mut()).map_err(err)?;
-            m
-        }
-    };
-    let btf = Btf::parse(blob.bytes()).map_err(|e| format!("{BTF_PATH}: {e}"))?;
+    let blob = Mapping::of_file(&mut file, len).map_err(err)?;
+    let btf = Btf::parse(&blob.bytes()[..len]).map_err(|e| format!("{BTF_PATH}: {e}"))?;
     f(&btf)
 }
 
-/// A private mapping of `len` bytes: of a file, read-only, or anonymous
-/// and writable.
+/// A mapping of `len` bytes into this process, unmapped on drop.
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
 }
 
 impl Mapping {
-    fn new(len: usize, file: Option<&std::fs::File>) -> std::io::Result<Mapping> {
-        let (prot, flags, fd) = match file {
-            Some(f) => (libc::PROT_READ, libc::MAP_PRIVATE, f.as_raw_fd()),
-            None => (
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-            ),
-        };
+    /// `mmap(len, prot, flags, fd, offset)` (`fd` −1 for an anonymous one).
+    fn new(
+        len: usize,
+        prot: libc::c_int,
+        flags: libc::c_int,
+        fd: libc::c_int,
+        offset: usize,
+    ) -> std::io::Result<Mapping> {
+        let len = len.max(1);
         // SAFETY: a fresh mapping the kernel places; the result is checked,
         // and `Drop` unmaps it once.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len.max(1), prot, flags, fd, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags,
+                fd,
+                offset as libc::off_t,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
@@ -98,25 +99,38 @@ impl Mapping {
             .ok_or_else(|| std::io::Error::other("mmap returned null"))
     }
 
+    /// A private read-only mapping of `file`, or else an anonymous one
+    /// `file` is read into.
+    fn of_file(file: &mut std::fs::File, len: usize) -> std::io::Result<Mapping> {
+        let fd = file.as_raw_fd();
+        Mapping::new(len, libc::PROT_READ, libc::MAP_PRIVATE, fd, 0).or_else(|_| {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let m = Mapping::new(len, rw, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)?;
+            // SAFETY: the anonymous mapping just made: `len` writable bytes
+            // (or 1 for an empty file) that only `m` refers to.
+            let bytes = unsafe { std::slice::from_raw_parts_mut(m.ptr.as_ptr(), m.len) };
+            std::io::Read::read_exact(file, &mut bytes[..len])?;
+            Ok(m)
+        })
+    }
+
     fn bytes(&self) -> &[u8] {
         // SAFETY: `len` mapped, readable bytes, alive while `self` is.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
-    }
-
-    fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as `bytes`; an anonymous mapping is writable and only
-        // `self` refers to it.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
     }
 }
 
 impl Drop for Mapping {
     fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once; the slices it
-        // lent cannot outlive `self`.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len.max(1)) };
+        // SAFETY: the mapping made in `new`, unmapped once; the slices and
+        // pointers it lent do not outlive `self`.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+// SAFETY: a mapping is valid in every thread of the process; moving its
+// owner to another thread shares nothing.
+unsafe impl Send for Mapping {}
 
 /// `union bpf_attr`, as bytes: each command fills the fields it reads and
 /// the kernel checks that the rest is zero.
@@ -270,8 +284,10 @@ pub(crate) fn attach(prog: &OwnedFd, tracepoint: &str) -> Result<OwnedFd, String
 /// A BPF ring buffer mapped into this process.
 pub(crate) struct Ring {
     pub(crate) fd: OwnedFd,
-    consumer: NonNull<u8>,
-    producer: NonNull<u8>,
+    /// The consumer position's page, writable.
+    consumer: Mapping,
+    /// The producer position's page, then the data pages twice, read-only.
+    producer: Mapping,
     page: usize,
     mask: u64,
 }
@@ -281,39 +297,15 @@ impl Ring {
         let fd = map(MAP_TYPE_RINGBUF, 0, 0, bytes, "timewait_ring")?;
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        // The offsets and protections the kernel gives ring buffers: one
+        // writable consumer page; the producer page and the data, mapped
+        // twice, read-only.
         let mapping = |len: usize, prot: libc::c_int, offset: usize| {
-            // SAFETY: a fresh shared mapping of the ring's fd at the offsets
-            // and protections the kernel gives ring buffers (one writable
-            // consumer page; the producer page and the data, mapped twice,
-            // read-only); the result is checked.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    prot,
-                    libc::MAP_SHARED,
-                    fd.as_raw_fd(),
-                    offset as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                Err(format!(
-                    "mapping the BPF ring buffer: {}",
-                    Errno::last().desc()
-                ))
-            } else {
-                NonNull::new(p.cast::<u8>()).ok_or_else(|| "mmap returned null".to_string())
-            }
+            Mapping::new(len, prot, libc::MAP_SHARED, fd.as_raw_fd(), offset)
+                .map_err(|e| format!("mapping the BPF ring buffer: {e}"))
         };
         let consumer = mapping(page, libc::PROT_READ | libc::PROT_WRITE, 0)?;
-        let producer = match mapping(page + 2 * bytes as usize, libc::PROT_READ, page) {
-            Ok(p) => p,
-            Err(e) => {
-                // SAFETY: the consumer page was mapped just above, once.
-                unsafe { libc::munmap(consumer.as_ptr().cast(), page) };
-                return Err(e);
-            }
-        };
+        let producer = mapping(page + 2 * bytes as usize, libc::PROT_READ, page)?;
         Ok(Ring {
             fd,
             consumer,
@@ -332,12 +324,12 @@ impl Ring {
         // smp_store_release).
         let (consumer, producer) = unsafe {
             (
-                &*self.consumer.as_ptr().cast::<AtomicU64>(),
-                &*self.producer.as_ptr().cast::<AtomicU64>(),
+                &*self.consumer.ptr.as_ptr().cast::<AtomicU64>(),
+                &*self.producer.ptr.as_ptr().cast::<AtomicU64>(),
             )
         };
         // SAFETY: the data pages follow the producer page in its mapping.
-        let data = unsafe { self.producer.as_ptr().add(self.page) };
+        let data = unsafe { self.producer.ptr.as_ptr().add(self.page) };
         let mut at = consumer.load(Ordering::Acquire);
         loop {
             let end = producer.load(Ordering::Acquire);
@@ -369,23 +361,6 @@ impl Ring {
                 at += (u64::from(n) + HDR + 7) & !7;
                 consumer.store(at, Ordering::Release);
             }
-        }
-    }
-}
-
-// SAFETY: the ring's pointers are to mappings it owns, valid in every
-// thread of the process; it is read only through `&mut self`, so moving it
-// to another thread (behind a lock) shares nothing.
-unsafe impl Send for Ring {}
-
-impl Drop for Ring {
-    fn drop(&mut self) {
-        let size = self.mask as usize + 1;
-        // SAFETY: the two mappings made in `new`, unmapped once; nothing
-        // borrows them past `self`.
-        unsafe {
-            libc::munmap(self.consumer.as_ptr().cast(), self.page);
-            libc::munmap(self.producer.as_ptr().cast(), self.page + 2 * size);
         }
     }
 }

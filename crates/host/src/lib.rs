@@ -10,8 +10,9 @@
 //! - [`scratch`]: throw-away network namespaces for `lab`.
 //! - [`tracefs`]: a tracefs instance of our own, for `trace`, and [`bpf`]:
 //!   its BPF filter of TCP state changes (the only unsafe code).
-//! - [`live`]: a live count of TIME_WAIT sockets by destination, kept by
-//!   BPF programs on the timer tracepoints, read without a dump.
+//! - [`live`]: a live count of sockets by state and destination, kept by
+//!   BPF programs on the state and timer tracepoints, read without a
+//!   dump (`exporter --live`).
 //! - [`sysctl`]: `tune --apply`'s effects (runtime values and the
 //!   persistent `/etc/sysctl.d` file).
 //!

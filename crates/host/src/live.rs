@@ -22,7 +22,7 @@ use timewait_snapshot::aggregate::{Aggregator, Counted, Side, SocketView};
 use timewait_snapshot::snapshot::{Cause, CensusSource, Problem, Snapshot};
 use timewait_trace::live::{
     self, CONTROL_LEN, COUNTED, COUNTERS, COUNTING, COVERED, FLAGS, Group, INFLIGHT, KEY_LEN,
-    LISTENING_WORDS, Listening, LiveKey, LiveMaps, LiveParams, RING_LOST, Role, Seed, SockOffsets,
+    LISTENING_WORDS, Listening, LiveKey, LiveMaps, LiveParams, RING_LOST, Role, Seed, StateOffsets,
     Tuple, TwOffsets, UNCOUNTED, WINDOW,
 };
 
@@ -50,6 +50,7 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// A live count of one namespace's connections and TIME_WAIT minisockets.
 pub struct LiveCensus {
     counts: OwnedFd,
+    max_keys: u32,
     control: OwnedFd,
     baseline: HashMap<LiveKey, i64>,
     range: PortRange,
@@ -95,13 +96,23 @@ fn kernel_symbol(name: &str) -> Result<u64, String> {
     }
 }
 
-fn counter(control: &OwnedFd, at: usize) -> Result<u64, String> {
-    let mut v = [0u8; CONTROL_LEN];
-    bpf::lookup(control, &COUNTERS.to_ne_bytes(), &mut v)
-        .map_err(|e| format!("reading the live count's control map: {}", e.desc()))?;
-    let mut word = [0u8; 8];
-    word.copy_from_slice(&v[at..at + 8]);
-    Ok(u64::from_ne_bytes(word))
+/// The programs' counters, read in one lookup; indexed by their byte
+/// offsets ([`INFLIGHT`], [`UNCOUNTED`], …).
+struct Counters([u8; CONTROL_LEN]);
+
+impl Counters {
+    fn read(control: &OwnedFd) -> Result<Counters, String> {
+        let mut v = [0u8; CONTROL_LEN];
+        bpf::lookup(control, &COUNTERS.to_ne_bytes(), &mut v)
+            .map_err(|e| format!("reading the live count's control map: {}", e.desc()))?;
+        Ok(Counters(v))
+    }
+
+    fn at(&self, at: usize) -> u64 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&self.0[at..at + 8]);
+        u64::from_ne_bytes(word)
+    }
 }
 
 /// Sets the flags (one entry of their own: the programs' counters are
@@ -157,7 +168,7 @@ fn counted(m: &inet_diag::InetDiagMsg) -> Option<(Tuple, TcpState)> {
 pub struct LiveKernel {
     handler: u64,
     tw_offsets: TwOffsets,
-    sock_offsets: SockOffsets,
+    sock_offsets: StateOffsets,
 }
 
 impl LiveKernel {
@@ -165,7 +176,7 @@ impl LiveKernel {
     pub fn read() -> Result<LiveKernel, String> {
         let handler = kernel_symbol("tw_timer_handler")?;
         let (tw_offsets, sock_offsets) = bpf::with_kernel_btf(|btf| {
-            Ok((TwOffsets::from_btf(btf)?, SockOffsets::from_btf(btf)?))
+            Ok((TwOffsets::from_btf(btf)?, StateOffsets::from_btf(btf)?))
         })?;
         Ok(LiveKernel {
             handler,
@@ -185,6 +196,32 @@ impl LiveCensus {
 
     /// [`LiveCensus::start`] with the kernel's facts read before.
     pub fn start_on(target: &Target, kernel: &LiveKernel) -> Result<LiveCensus, String> {
+        LiveCensus::start_sized(target, kernel, MAX_KEYS)
+    }
+
+    /// [`LiveCensus::start_on`] with a count map of `max_keys` keys. A
+    /// listener that comes or goes while the seeding dump runs (a service
+    /// starting beside the exporter) leaves keys classified by the wrong
+    /// ports: the count is started again, a few times at most.
+    fn start_sized(
+        target: &Target,
+        kernel: &LiveKernel,
+        max_keys: u32,
+    ) -> Result<LiveCensus, String> {
+        for _ in 0..5 {
+            if let Some(live) = LiveCensus::attempt(target, kernel, max_keys)? {
+                return Ok(live);
+            }
+        }
+        Err("the listening ports kept changing during the seeding dump".into())
+    }
+
+    /// One start; `None` when the listening ports changed while it ran.
+    fn attempt(
+        target: &Target,
+        kernel: &LiveKernel,
+        max_keys: u32,
+    ) -> Result<Option<LiveCensus>, String> {
         let LiveKernel {
             handler,
             tw_offsets,
@@ -201,7 +238,7 @@ impl LiveCensus {
         })
         .map_err(|e| e.to_string())??;
 
-        let counts = bpf::map(MAP_TYPE_HASH, KEY_LEN as u32, 8, MAX_KEYS, "timewait_live")?;
+        let counts = bpf::map(MAP_TYPE_HASH, KEY_LEN as u32, 8, max_keys, "timewait_live")?;
         let control = bpf::map(MAP_TYPE_ARRAY, 4, CONTROL_LEN as u32, 2, "timewait_lvctl")?;
         let listening_map = bpf::map(MAP_TYPE_ARRAY, 4, 4, LISTENING_WORDS, "timewait_lvlst")?;
         let bitmap = Listening::of(listening.iter().copied());
@@ -252,7 +289,6 @@ impl LiveCensus {
         }
         // All attached, idle: counting and logging begin together.
         set_flags(&control, COUNTING | WINDOW)?;
-        std::thread::sleep(Duration::from_millis(5));
 
         // Every socket there now, while the programs log each change.
         let key = |t: &Tuple, s: TcpState| live::classify(t, s, params.range, &bitmap);
@@ -296,7 +332,7 @@ impl LiveCensus {
         set_flags(&control, COUNTING)?;
         let deadline = Instant::now() + SETTLE;
         loop {
-            let n = counter(&control, INFLIGHT)?;
+            let n = Counters::read(&control)?.at(INFLIGHT);
             if n == 0 {
                 break;
             }
@@ -315,7 +351,7 @@ impl LiveCensus {
         // process's memory: the ring is mapped twice) goes; the programs
         // hold the map itself.
         drop(ring);
-        if counter(&control, RING_LOST)? > 0 {
+        if Counters::read(&control)?.at(RING_LOST) > 0 {
             return Err("the seeding log overflowed: too many changes during the dump".into());
         }
         if bad > 0 {
@@ -325,11 +361,12 @@ impl LiveCensus {
         after.sort_unstable();
         after.dedup();
         if after != listening {
-            return Err("the listening ports changed during the seeding dump".into());
+            return Ok(None);
         }
         let baseline = seed.finish(&window, key);
-        Ok(LiveCensus {
+        Ok(Some(LiveCensus {
             counts,
+            max_keys,
             control,
             baseline,
             range,
@@ -338,7 +375,7 @@ impl LiveCensus {
             programs,
             _listening_map: listening_map,
             _taken: taken,
-        })
+        }))
     }
 
     /// The ephemeral range and the listening ports the count classifies
@@ -356,7 +393,7 @@ impl LiveCensus {
     /// be the cover's ([`timewait_trace::live::Role`]); the cover's own
     /// misses are changes the primary took. Returns the changes no program
     /// counted.
-    fn missed(&self) -> Result<u64, String> {
+    fn missed(&self, counters: &Counters) -> Result<u64, String> {
         let misses = |p: &OwnedFd| {
             let path = format!("/proc/self/fdinfo/{}", p.as_raw_fd());
             let text =
@@ -369,7 +406,7 @@ impl LiveCensus {
         let [start, cancel, primary, _cover] = &self.programs[..] else {
             return Err("the live count lost a program".into());
         };
-        let covered = counter(&self.control, COVERED)?;
+        let covered = counters.at(COVERED);
         Ok(misses(start)? + misses(cancel)? + misses(primary)?.saturating_sub(covered))
     }
 
@@ -377,13 +414,15 @@ impl LiveCensus {
     /// full at some change, the kernel skipped a nested run, or a count
     /// went below zero.
     pub fn read(&self) -> Result<LiveCounts, String> {
-        let uncounted = counter(&self.control, UNCOUNTED)?;
+        let counters = Counters::read(&self.control)?;
+        let uncounted = counters.at(UNCOUNTED);
         if uncounted > 0 {
             return Err(format!(
-                "{uncounted} changes found the count map full ({MAX_KEYS} keys)"
+                "{uncounted} changes found the count map full ({} keys)",
+                self.max_keys
             ));
         }
-        let missed = self.missed()?;
+        let missed = self.missed(&counters)?;
         if missed > 0 {
             return Err(format!(
                 "{missed} changes went uncounted (a program's run nested in its own, not covered)"
@@ -682,6 +721,42 @@ mod tests {
             .map(|(s, n)| (s.clone(), *n))
             .collect();
         (clients, servers, states)
+    }
+
+    /// A count map with room for three keys, and connections to three
+    /// services (each a key per state it passes through at both ends): the
+    /// changes that found no room are counted, and the count says it is no
+    /// longer whole instead of being read short.
+    #[test]
+    fn a_full_count_map_makes_the_count_fail_not_read_short() {
+        if std::env::var_os("TIMEWAIT_SKIP_KERNEL_TESTS").is_some() {
+            return;
+        }
+        let ns = ScratchNetns::create().expect("kernel tests need root");
+        let listeners = ns
+            .spawn(|| {
+                (8080..8083)
+                    .map(|p| TcpListener::bind(("127.0.0.1", p)).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+        let kernel = LiveKernel::read().expect("this kernel can count live");
+        let live = LiveCensus::start_sized(&ns.target(), &kernel, 3).expect("starts");
+        assert_eq!(live.read().expect("empty, whole").by_key, []);
+        ns.spawn(move || {
+            for l in &listeners {
+                connection(l.local_addr().unwrap(), l, Ending::ClientFirst);
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+        let why = live.read().expect_err("the map overflowed");
+        assert!(why.contains("found the count map full (3 keys)"), "{why}");
     }
 
     /// Counted from the start: every socket is the programs' to count.

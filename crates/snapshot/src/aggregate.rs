@@ -199,7 +199,8 @@ impl Aggregator {
     /// Adds sockets counted, not listed: their timers are unknown.
     pub fn add_counted(&mut self, c: &Counted) {
         self.sockets += c.n;
-        self.states[usize::from(c.state.kernel()) & 15] += c.n;
+        // Known states are 1..=13, so the index is in bounds.
+        self.states[usize::from(c.state.kernel())] += c.n;
         self.timers_unknown = true;
         let tw = c.state == TcpState::TimeWait;
         self.fold(c.local, c.side, tw, Some(c.state), c.n);

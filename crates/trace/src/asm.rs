@@ -175,6 +175,16 @@ impl Asm {
         self.add_imm(R2, i32::from(key));
         self.call(MAP_LOOKUP_ELEM);
     }
+    /// `r0 = bpf_ringbuf_output(ring, fp + at, len, no wakeup)`: the
+    /// reader drains on its own clock.
+    pub(crate) fn ringbuf_output(&mut self, ring: i32, at: i16, len: usize) {
+        self.ld_imm64(R1, PSEUDO_MAP_FD, ring);
+        self.mov(R2, FP);
+        self.add_imm(R2, i32::from(at));
+        self.mov_imm(R3, len as i32);
+        self.mov_imm(R4, RB_NO_WAKEUP);
+        self.call(RINGBUF_OUTPUT);
+    }
     /// `bpf_probe_read_kernel(fp + at, len, base + from)`.
     pub(crate) fn read(&mut self, at: i16, len: i32, base: u8, from: u32) {
         // The helper's arguments are set in r1-r3 first: a base there

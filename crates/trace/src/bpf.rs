@@ -151,7 +151,7 @@ pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
         saddr: at(SADDR),
         daddr: at(DADDR),
     };
-    read_tuple(&mut a, &o.tuple, R9, &slots);
+    read_tuple(&mut a, &o.tuple, None, R9, &slots);
     a.store(DW, FP, at(SK), R9);
     a.store(W, FP, at(OLD), R7);
     a.store(W, FP, at(NEW), R8);
@@ -169,12 +169,7 @@ pub fn state_program(o: &SockOffsets, ring: i32, lost: i32) -> Vec<Insn> {
     a.read(at(TASK_STACK), 8, R9, o.task_stack);
     a.read(at(TASK_FLAGS), 4, R9, o.task_flags);
 
-    a.ld_imm64(R1, PSEUDO_MAP_FD, ring);
-    a.mov(R2, FP);
-    a.add_imm(R2, i32::from(REC));
-    a.mov_imm(R3, RECORD_LEN as i32);
-    a.mov_imm(R4, RB_NO_WAKEUP);
-    a.call(RINGBUF_OUTPUT);
+    a.ringbuf_output(ring, REC, RECORD_LEN);
     a.jump(JMP | JEQ, R0, 0, "out");
     // The ring was full: count it.
     a.store_imm(W, FP, KEY, 0);

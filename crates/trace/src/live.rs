@@ -51,6 +51,7 @@ use std::net::IpAddr;
 use timewait_kernel::TcpState;
 
 use crate::asm::*;
+use crate::bpf::SockOffsets;
 use crate::btf::Btf;
 use crate::tuple::{TupleOffsets, TupleSlots, addr, read_tuple};
 
@@ -104,13 +105,12 @@ pub struct LiveParams {
     pub range: (u16, u16),
 }
 
-/// Where `inet_sock_set_state`'s program reads a socket.
+/// Where `inet_sock_set_state`'s program reads a socket: what the trace
+/// filter reads ([`crate::bpf::SockOffsets`]) and more.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SockOffsets {
-    /// `sk_protocol` (u16).
-    pub protocol: u32,
-    /// The 4-tuple, in `sock.__sk_common`.
-    pub tuple: TupleOffsets,
+pub struct StateOffsets {
+    /// The protocol, the 4-tuple and the running task's stack.
+    pub sock: SockOffsets,
     /// `inet_sock.inet_sport`: the local port, network order (u16). The
     /// program reads it, not `skc_num`: a change to CLOSE gives the port
     /// back (`inet_put_port` zeroes `skc_num`) before the tracepoint.
@@ -119,31 +119,23 @@ pub struct SockOffsets {
     pub net: u32,
     /// `net.ns.inum`.
     pub ns_inum: u32,
-    /// `task_struct.stack`: the lowest address of the task's kernel stack.
-    pub task_stack: u32,
-    /// The size of a task's kernel stack.
-    pub thread_size: u64,
 }
 
-impl SockOffsets {
+impl StateOffsets {
     /// From the kernel's BTF; `Err` names what this kernel lacks.
-    pub fn from_btf(btf: &Btf) -> Result<SockOffsets, String> {
-        let at = |m: &str| {
-            btf.offset("sock", &["__sk_common"], m)
-                .ok_or_else(|| format!("struct sock has no byte-aligned {m} in this kernel's BTF"))
-        };
-        Ok(SockOffsets {
-            protocol: at("sk_protocol")?,
-            tuple: TupleOffsets::from_btf(btf, "sock", "__sk_common")?,
-            sport: btf.offset("inet_sock", &[], "inet_sport").ok_or_else(|| {
-                "struct inet_sock has no byte-aligned inet_sport in this kernel's BTF".to_string()
-            })?,
-            net: at("skc_net")? + net_pointer(btf),
+    pub fn from_btf(btf: &Btf) -> Result<StateOffsets, String> {
+        let missing =
+            |s: &str, m: &str| format!("struct {s} has no byte-aligned {m} in this kernel's BTF");
+        Ok(StateOffsets {
+            sock: SockOffsets::from_btf(btf)?,
+            sport: btf
+                .offset("inet_sock", &[], "inet_sport")
+                .ok_or_else(|| missing("inet_sock", "inet_sport"))?,
+            net: btf
+                .offset("sock", &["__sk_common"], "skc_net")
+                .ok_or_else(|| missing("sock", "skc_net"))?
+                + net_pointer(btf),
             ns_inum: ns_inum(btf)?,
-            task_stack: btf.offset("task_struct", &[], "stack").ok_or_else(|| {
-                "struct task_struct has no byte-aligned stack in this kernel's BTF".to_string()
-            })?,
-            thread_size: crate::bpf::thread_size(btf),
         })
     }
 }
@@ -188,10 +180,10 @@ pub const RECORD_LEN: usize = 56;
 pub const CONTROL_LEN: usize = 32;
 /// The control entry the reader writes: one word of flags.
 pub const FLAGS: u32 = 0;
-/// Flag: count changes. Set with [`WINDOW`] in one write once both
-/// programs are attached, so that starts and cancels are counted from the
-/// same moment (attaching one and then the other would miss a socket
-/// armed before the second attach and killed between them).
+/// Flag: count changes. Set with [`WINDOW`] in one write once every
+/// program is attached, so that all count from the same moment
+/// (attaching one and then another would miss, say, a socket armed
+/// before the second attach and killed between them).
 pub const COUNTING: u64 = 1;
 /// Flag: log every change to the ring (the seeding window).
 pub const WINDOW: u64 = 2;
@@ -292,13 +284,7 @@ fn read_and_classify(
         saddr: at(SADDR),
         daddr: at(DADDR),
     };
-    read_tuple(a, t, base, &slots);
-    if let Some(sport) = sport {
-        a.read(at(LPORT), 2, base, sport);
-        a.load(H, R1, FP, at(LPORT));
-        a.op(ALU | END_TO_BE, R1, 0, 0, 16);
-        a.store(H, FP, at(LPORT), R1);
-    }
+    read_tuple(a, t, sport, base, &slots);
     a.load(H, R6, FP, at(LPORT));
     a.jump(JMP | JEQ, R6, 0, "classified");
     a.mov(R1, R6);
@@ -351,12 +337,7 @@ fn log_and_key(a: &mut Asm, m: &LiveMaps) {
     a.jump(JMP | JEQ, R1, 0, "idle");
     a.op(ALU64 | AND | K, R8, 0, 0, WINDOW as i32);
     a.jump(JMP | JEQ, R8, 0, "logged");
-    a.ld_imm64(R1, PSEUDO_MAP_FD, m.ring);
-    a.mov(R2, FP);
-    a.add_imm(R2, i32::from(REC));
-    a.mov_imm(R3, RECORD_LEN as i32);
-    a.mov_imm(R4, RB_NO_WAKEUP);
-    a.call(RINGBUF_OUTPUT);
+    a.ringbuf_output(m.ring, REC, RECORD_LEN);
     a.jump(JMP | JEQ, R0, 0, "logged");
     a.mov_imm(R1, 1);
     a.atomic_add(R9, RING_LOST as i16, R1);
@@ -474,7 +455,7 @@ pub enum Role {
 
 /// The full sockets' program, for `inet_sock_set_state` (the socket, its
 /// old state and its new one).
-pub fn state_program(o: &SockOffsets, p: &LiveParams, m: &LiveMaps, role: Role) -> Vec<Insn> {
+pub fn state_program(o: &StateOffsets, p: &LiveParams, m: &LiveMaps, role: Role) -> Vec<Insn> {
     let at = |field: usize| REC + field as i16;
     let mut a = Asm::default();
     a.store(DW, FP, CTXP, R1);
@@ -490,12 +471,12 @@ pub fn state_program(o: &SockOffsets, p: &LiveParams, m: &LiveMaps, role: Role) 
     a.read(CTX, 8, FP, CTXP as i32 as u32);
     a.call(GET_CURRENT_TASK);
     a.mov(R6, R0);
-    a.read(TSTACK, 8, R6, o.task_stack);
+    a.read(TSTACK, 8, R6, o.sock.task_stack);
     a.load(DW, R1, FP, CTX);
     a.load(DW, R2, FP, TSTACK);
     a.op(ALU64 | SUB | X, R1, R2, 0, 0);
     a.store_imm(W, FP, IDX, 0);
-    a.jump(JMP | JLT, R1, o.thread_size as i32, "level");
+    a.jump(JMP | JLT, R1, o.sock.thread_size as i32, "level");
     a.store_imm(W, FP, IDX, 1);
     a.label("level");
     a.lookup(m.taken, IDX);
@@ -522,7 +503,7 @@ pub fn state_program(o: &SockOffsets, p: &LiveParams, m: &LiveMaps, role: Role) 
     counted_bit(&mut a, R8);
     a.jump(JMP | JEQ, R1, 0, "out");
     a.label("relevant");
-    a.read(FN, 2, R9, o.protocol);
+    a.read(FN, 2, R9, o.sock.protocol);
     a.load(H, R1, FP, FN);
     a.jump(JMP | JNE, R1, IPPROTO_TCP, "out");
     a.read(NETP, 8, R9, o.net);
@@ -531,7 +512,7 @@ pub fn state_program(o: &SockOffsets, p: &LiveParams, m: &LiveMaps, role: Role) 
     a.load(W, R1, FP, INUM);
     a.jump(JMP32 | JNE, R1, p.netns as i32, "out");
 
-    read_and_classify(&mut a, &o.tuple, Some(o.sport), R9, m, p);
+    read_and_classify(&mut a, &o.sock.tuple, Some(o.sport), R9, m, p);
     a.store(B, FP, at(OLD), R7);
     a.store(B, FP, at(NEW), R8);
     a.store(DW, FP, at(OBJ), R9);
@@ -801,15 +782,18 @@ mod tests {
         }
     }
 
-    fn sock_offsets() -> SockOffsets {
-        SockOffsets {
-            protocol: 522,
-            tuple: crate::tuple::sample(),
+    fn sock_offsets() -> StateOffsets {
+        StateOffsets {
+            sock: SockOffsets {
+                protocol: 522,
+                tuple: crate::tuple::sample(),
+                task_stack: 32,
+                task_flags: 44,
+                thread_size: 16 << 10,
+            },
             sport: 782,
             net: 48,
             ns_inum: 200,
-            task_stack: 32,
-            thread_size: 16 << 10,
         }
     }
 

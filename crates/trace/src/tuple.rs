@@ -62,10 +62,26 @@ pub(crate) struct TupleSlots {
 pub(crate) const AF_INET6: i32 = 10;
 
 /// Copies the tuple of the socket at `base` into `at` (the slots zeroed
-/// before). Uses the labels `v6` and `filled`; clobbers r1-r5.
-pub(crate) fn read_tuple(a: &mut Asm, o: &TupleOffsets, base: u8, at: &TupleSlots) {
+/// before), the local port from `skc_num`, or, given `sport`, from
+/// `inet_sock.inet_sport` (network order, turned to host order here).
+/// Uses the labels `v6` and `filled`; clobbers r1-r5.
+pub(crate) fn read_tuple(
+    a: &mut Asm,
+    o: &TupleOffsets,
+    sport: Option<u32>,
+    base: u8,
+    at: &TupleSlots,
+) {
     a.read(at.family, 2, base, o.family);
-    a.read(at.sport, 2, base, o.num);
+    match sport {
+        None => a.read(at.sport, 2, base, o.num),
+        Some(sport) => {
+            a.read(at.sport, 2, base, sport);
+            a.load(H, R1, FP, at.sport);
+            a.op(ALU | END_TO_BE, R1, 0, 0, 16);
+            a.store(H, FP, at.sport, R1);
+        }
+    }
     a.read(at.dport, 2, base, o.dport);
     a.load(H, R1, FP, at.family);
     a.jump(JMP | JEQ, R1, AF_INET6, "v6");
