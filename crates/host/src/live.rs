@@ -36,13 +36,14 @@ use crate::{HostError, Target, in_namespace};
 /// A change it has no room for is counted ([`LiveCensus::read`] then
 /// fails), never lost silently.
 const MAX_KEYS: u32 = 16_384;
-/// The seeding log: 1 MiB holds 16,000 changes (56 bytes and an 8-byte
-/// header each), read every [`DRAIN_EVERY`] dumped sockets: about 1,600
-/// loopback connections opened and closed (five state changes and a
-/// TIME_WAIT at each end) in the time the kernel dumps 1,024 sockets.
-const RING_BYTES: u32 = 1 << 20;
-/// Dumped sockets between two reads of the seeding log.
-const DRAIN_EVERY: u64 = 1024;
+/// The seeding log: 2 MiB holds 32,000 changes (56 bytes and an 8-byte
+/// header each), read after every dumped socket. What it must hold is what
+/// happens while the kernel walks the host-wide tables between two of our
+/// sockets (the whole walk, for a namespace of few sockets on a busy
+/// host): about 3,000 loopback connections opened and closed (five state
+/// changes and a TIME_WAIT at each end). A log that overflows anyway
+/// makes the start begin again.
+const RING_BYTES: u32 = 2 << 20;
 /// How long the seeding waits for programs still between their window
 /// check and their log (microseconds each: the bound is for a stuck CPU).
 const SETTLE: Duration = Duration::from_secs(1);
@@ -202,7 +203,8 @@ impl LiveCensus {
     /// [`LiveCensus::start_on`] with a count map of `max_keys` keys. A
     /// listener that comes or goes while the seeding dump runs (a service
     /// starting beside the exporter) leaves keys classified by the wrong
-    /// ports: the count is started again, a few times at most.
+    /// ports, and a seeding log that overflowed leaves changes unknown:
+    /// either way the count is started again, a few times at most.
     fn start_sized(
         target: &Target,
         kernel: &LiveKernel,
@@ -213,10 +215,11 @@ impl LiveCensus {
                 return Ok(live);
             }
         }
-        Err("the listening ports kept changing during the seeding dump".into())
+        Err("the listening ports kept changing, or the seeding log kept overflowing, during the seeding dump".into())
     }
 
-    /// One start; `None` when the listening ports changed while it ran.
+    /// One start; `None` when the listening ports changed while it ran,
+    /// or its log had no room for some change.
     fn attempt(
         target: &Target,
         kernel: &LiveKernel,
@@ -305,7 +308,6 @@ impl LiveCensus {
                 None => undecoded += 1,
             })
         };
-        let mut dumped = 0u64;
         let listening_after = in_namespace(target, || {
             dump_both_families(&Live, state_mask(&states), |payload| {
                 match inet_diag::decode(payload) {
@@ -318,10 +320,8 @@ impl LiveCensus {
                     }
                     Err(_) => bad += 1,
                 }
-                dumped += 1;
-                if dumped.is_multiple_of(DRAIN_EVERY) {
-                    log(&mut ring);
-                }
+                // Two atomic loads when there is nothing to read.
+                log(&mut ring);
             })
         })
         .map_err(|e| e.to_string())?
@@ -352,7 +352,7 @@ impl LiveCensus {
         // hold the map itself.
         drop(ring);
         if Counters::read(&control)?.at(RING_LOST) > 0 {
-            return Err("the seeding log overflowed: too many changes during the dump".into());
+            return Ok(None);
         }
         if bad > 0 {
             return Err(format!("{bad} sock_diag answers did not decode"));
